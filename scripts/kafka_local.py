@@ -101,7 +101,7 @@ def fetch_jars() -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     subprocess.run(
         [
-            "mvn", "-q", "-B", "-f", str(work / "pom.xml"),
+            "mvn", "-q", "-B", "-Dstyle.color=never", "-f", str(work / "pom.xml"),
             "dependency:copy-dependencies",
             f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
         ],
