@@ -1,0 +1,223 @@
+"""Rule evaluation cost per event, with and without the byte prefilter.
+
+Run: .venv/bin/python bench/rules_bench.py [--events N] [--repeats N]
+
+Data: real CloudTrail records from ../shared/datasets (mostly non-IAM traffic) with the real
+CreateAccessKey records mixed in at 0.1%; generated records when ../shared is absent. Each
+record is Avro-encoded with the project schema, as the service receives it. Prints a markdown
+table of mean microseconds per event (best of `--repeats` passes).
+"""
+
+import argparse
+import gzip
+import io
+import json
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from fastavro import schemaless_reader, schemaless_writer
+
+from consumer.event import CloudTrailRecord
+from consumer.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
+from consumer.rules import CombinedPrefilter, CompiledQuery, load_rules
+
+DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
+HARDENED_ID = "32403725-2adc-4bc1-a434-02793697b9bd"
+CREATE_KEY_SHARE = 0.001
+
+
+def _records_in(path: Path) -> Iterator[dict[str, Any]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        documents: list[Any] = [json.loads(text)]
+    except json.JSONDecodeError:
+        documents = [json.loads(line) for line in text.splitlines() if line.strip()]
+    for document in documents:
+        items = document.get("Records", [document]) if isinstance(document, dict) else document
+        yield from (item for item in items if isinstance(item, dict) and "eventName" in item)
+
+
+def _generated(count: int, rng: random.Random) -> list[dict[str, Any]]:
+    services = [
+        ("s3.amazonaws.com", "GetObject"),
+        ("ec2.amazonaws.com", "DescribeInstances"),
+        ("sts.amazonaws.com", "AssumeRole"),
+        ("kms.amazonaws.com", "Decrypt"),
+        ("iam.amazonaws.com", "ListUsers"),
+    ]
+    records = []
+    for index in range(count):
+        source, name = rng.choice(services)
+        records.append(
+            {
+                "eventVersion": "1.08",
+                "eventTime": "2025-01-15T10:00:00Z",
+                "eventSource": source,
+                "eventName": name,
+                "awsRegion": "us-east-1",
+                "sourceIPAddress": f"203.0.113.{index % 250}",
+                "userAgent": "aws-sdk-go-v2/1.30.0 os/linux lang/go#1.22",
+                "userIdentity": {
+                    "type": "AssumedRole",
+                    "arn": "arn:aws:sts::111122223333:assumed-role/app/i-0abc",
+                    "accountId": "111122223333",
+                    "sessionContext": {
+                        "sessionIssuer": {"type": "Role", "userName": "app"},
+                        "attributes": {"creationDate": "2025-01-15T09:00:00Z"},
+                    },
+                },
+                "requestParameters": {"bucketName": "logs", "key": f"2025/01/15/{index}.gz"},
+                "eventID": f"00000000-0000-0000-0000-{index:012d}",
+                "readOnly": True,
+                "eventType": "AwsApiCall",
+                "recipientAccountId": "111122223333",
+            }
+        )
+    return records
+
+
+def _create_key_records() -> list[dict[str, Any]]:
+    path = DATASETS / "createaccesskey-real-events" / "events.jsonl.gz"
+    if path.exists():
+        return list(_records_in(path))
+    return [
+        {
+            "eventVersion": "1.08",
+            "eventSource": "iam.amazonaws.com",
+            "eventName": "CreateAccessKey",
+            "userIdentity": {"type": "IAMUser", "userName": "alice"},
+            "requestParameters": {"userName": "bob"},
+        }
+    ]
+
+
+def realistic_mix(events: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Mostly everyday traffic, with CreateAccessKey at CREATE_KEY_SHARE of the events."""
+    background: list[dict[str, Any]] = []
+    if DATASETS.is_dir():
+        for path in sorted(DATASETS.rglob("*.json*")):
+            background.extend(
+                record for record in _records_in(path) if record["eventName"] != "CreateAccessKey"
+            )
+    if not background:
+        background = _generated(5000, rng)
+    create_keys = _create_key_records()
+    mix = [rng.choice(background) for _ in range(events)]
+    for position in range(0, events, round(1 / CREATE_KEY_SHARE)):
+        mix[position] = rng.choice(create_keys)
+    return mix
+
+
+def avro_payload(record: CloudTrailRecord) -> bytes:
+    buffer = io.BytesIO()
+    schemaless_writer(buffer, READER_SCHEMA, record)
+    return buffer.getvalue()
+
+
+def decode(payload: bytes) -> CloudTrailRecord:
+    record = schemaless_reader(io.BytesIO(payload), READER_SCHEMA, None)
+    assert isinstance(record, dict)
+    return record
+
+
+def best_per_event(run: Callable[[], object], events: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best / events * 1e6
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    rng = random.Random(20250115)
+    records: list[CloudTrailRecord] = []
+    texts: list[bytes] = []
+    for original in realistic_mix(args.events, rng):
+        try:
+            records.append(json_to_avro(original))
+        except NotCloudTrailError:
+            continue
+        texts.append(json.dumps(original, ensure_ascii=False).encode())
+    payloads = [avro_payload(record) for record in records]
+    decoded = [decode(payload) for payload in payloads]
+    count = len(records)
+
+    queries = {rule.rule_id: rule.query for rule in load_rules()}
+    seed, hardened = queries[SEED_ID], queries[HARDENED_ID]
+    both = [seed, hardened]
+    prefilter = CombinedPrefilter.for_queries(both)
+    passing = [p for p in payloads if prefilter.may_match(p, text_format=False)]
+
+    def matches_all(rules: list[CompiledQuery]) -> Callable[[], int]:
+        def run() -> int:
+            alerts = 0
+            for record in decoded:
+                for rule in rules:
+                    alerts += rule.matches(record)
+            return alerts
+
+        return run
+
+    def prefilter_alone(messages: list[bytes], text_format: bool) -> Callable[[], int]:
+        def run() -> int:
+            kept = 0
+            for message in messages:
+                kept += prefilter.may_match(message, text_format)
+            return kept
+
+        return run
+
+    def decode_alone() -> None:
+        for payload in payloads:
+            decode(payload)
+
+    def pipeline(use_prefilter: bool) -> int:
+        alerts = 0
+        for payload in payloads:
+            if use_prefilter and not prefilter.may_match(payload, False):
+                continue
+            record = decode(payload)
+            alerts += seed.matches(record) + hardened.matches(record)
+        return alerts
+
+    assert pipeline(True) == pipeline(False), "the prefilter dropped an alert"
+    measure = {
+        "seed rule `matches` (decoded record)": matches_all([seed]),
+        "hardened rule `matches` (decoded record)": matches_all([hardened]),
+        "both rules `matches`": matches_all(both),
+        "prefilter alone, Avro bytes": prefilter_alone(payloads, text_format=False),
+        "prefilter alone, JSON text": prefilter_alone(texts, text_format=True),
+        "Avro decode alone (fastavro)": decode_alone,
+        "decode + both rules, no prefilter": lambda: pipeline(False),
+        "prefilter + decode + both rules": lambda: pipeline(True),
+    }
+    mean_bytes = sum(map(len, payloads)) / count
+    mean_text = sum(map(len, texts)) / count
+    create_keys = sum(record["eventName"] == "CreateAccessKey" for record in records)
+    print(
+        f"{count} events ({'../shared datasets' if DATASETS.is_dir() else 'generated'}), "
+        f"{create_keys} CreateAccessKey, mean payload {mean_bytes:.0f} B Avro, "
+        f"{mean_text:.0f} B JSON, "
+        f"prefilter passes {len(passing)} ({len(passing) / count:.2%}), "
+        f"alerts: seed {matches_all([seed])()}, hardened {matches_all([hardened])()}\n"
+    )
+    print("| measurement | µs / event |")
+    print("|---|---:|")
+    for name, run in measure.items():
+        print(f"| {name} | {best_per_event(run, count, args.repeats):.3f} |")
+
+
+if __name__ == "__main__":
+    main()

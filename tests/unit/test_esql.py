@@ -1,0 +1,376 @@
+"""The ES|QL subset: three-valued semantics per operator, functions, syntax, load-time errors."""
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+
+from consumer.event import CloudTrailRecord, EcsValue
+from consumer.normalize import EcsField, EcsType
+from consumer.rules import esql
+from consumer.rules.esql import EsqlError, compile_query
+
+
+def _reads(key: str) -> Callable[[CloudTrailRecord], EcsValue]:
+    def extract(record: CloudTrailRecord) -> EcsValue:
+        value: EcsValue = record.get(key)
+        return value
+
+    return extract
+
+
+_TYPES: Mapping[str, EcsType] = {
+    "kw": "keyword",
+    "kw2": "keyword",
+    "num": "long",
+    "flag": "boolean",
+    "flag2": "boolean",
+    "ip": "ip",
+    "ts": "date",
+    "user.name": "keyword",
+    "aws.a": "keyword",
+    "aws.b": "keyword",
+}
+FIELDS: Mapping[str, EcsField] = {
+    name: EcsField(name, kind, _reads(name)) for name, kind in _TYPES.items()
+}
+
+
+def verdict(condition: str, record: CloudTrailRecord) -> bool | None:
+    """The condition's three-valued result, read through WHERE (true) and WHERE NOT (false)."""
+    if compile_query(f"FROM x | WHERE {condition}", FIELDS).matches(record):
+        return True
+    if compile_query(f"FROM x | WHERE NOT ({condition})", FIELDS).matches(record):
+        return False
+    return None
+
+
+MV = ["a", "b"]
+
+COMPARISONS: list[tuple[str, dict[str, Any], bool | None]] = [
+    ('kw == "a"', {"kw": "a"}, True),
+    ('kw == "a"', {"kw": "b"}, False),
+    ('kw == "a"', {}, None),
+    ('kw == "a"', {"kw": MV}, None),
+    ('kw == "a"', {"kw": ["a"]}, True),
+    ('kw == "a"', {"kw": []}, None),
+    ('kw == "a"', {"kw": "A"}, False),
+    ('"a" == kw', {"kw": "a"}, True),
+    ('kw != "a"', {"kw": "b"}, True),
+    ('kw != "a"', {"kw": "a"}, False),
+    ('kw != "a"', {}, None),
+    ('kw != "a"', {"kw": MV}, None),
+    ('kw != "a"', {"kw": ["b"]}, True),
+    ("kw == kw2", {"kw": "a", "kw2": "a"}, True),
+    ("kw == kw2", {"kw": "a", "kw2": "b"}, False),
+    ("kw != kw2", {"kw": "a", "kw2": "b"}, True),
+    ("kw != kw2", {"kw": "a"}, None),
+    ("kw != kw2", {"kw2": "a"}, None),
+    ("kw == kw2", {}, None),
+    ("kw == kw2", {"kw": MV, "kw2": "a"}, None),
+    ("kw != kw2", {"kw": "a", "kw2": MV}, None),
+    ("kw == null", {"kw": "a"}, None),
+    ("kw != null", {"kw": "a"}, None),
+    ("null == null", {}, None),
+    ('kw < "b"', {"kw": "a"}, True),
+    ('kw < "b"', {"kw": "b"}, False),
+    ('kw >= "b"', {"kw": "c"}, True),
+    ('kw > "B"', {"kw": "a"}, True),
+    ("num < 5", {"num": 3}, True),
+    ("num < 5", {"num": 5}, False),
+    ("num <= 5", {"num": 5}, True),
+    ("num > 5", {"num": 5}, False),
+    ("num >= 5", {"num": 5}, True),
+    ("num < 5", {}, None),
+    ("num < 5", {"num": [1, 2]}, None),
+    ("5 > num", {"num": 3}, True),
+    ("num == 5.0", {"num": 5}, True),
+    ("num > -1", {"num": 0}, True),
+    ("num < 2.5", {"num": 2}, True),
+    ("flag == true", {"flag": True}, True),
+    ("flag == true", {"flag": False}, False),
+    ("flag != false", {}, None),
+    ('ip == "10.0.0.1"', {"ip": "10.0.0.1"}, True),
+    ('ip == "10.0.0.1"', {"ip": "::ffff:10.0.0.1"}, True),
+    ('ip > "9.255.255.255"', {"ip": "10.0.0.1"}, True),
+    ('ip == "10.0.0.1"', {"ip": "not-an-ip"}, None),
+    ('ip != "10.0.0.1"', {"ip": "2001:db8::1"}, True),
+    ('ts > "2024-01-01T00:00:00Z"', {"ts": "2024-06-01T00:00:00.000Z"}, True),
+    ('ts < "2024-01-01T00:00:00Z"', {"ts": "2024-06-01T00:00:00.000Z"}, False),
+    ("ts == ts", {"ts": "2024-06-01T00:00:00Z"}, True),
+]
+
+NULL_TESTS: list[tuple[str, dict[str, Any], bool | None]] = [
+    ("kw IS NULL", {}, True),
+    ("kw IS NULL", {"kw": "a"}, False),
+    ("kw IS NULL", {"kw": MV}, False),
+    ("kw IS NULL", {"kw": []}, True),
+    ("kw IS NOT NULL", {}, False),
+    ("kw IS NOT NULL", {"kw": MV}, True),
+    ("null IS NULL", {}, True),
+    ("ip IS NULL", {"ip": "10.0.0.1"}, False),
+]
+
+IN_TESTS: list[tuple[str, dict[str, Any], bool | None]] = [
+    ('kw IN ("a", "b")', {"kw": "a"}, True),
+    ('kw IN ("a", "b")', {"kw": "c"}, False),
+    ('kw IN ("a", "b")', {}, None),
+    ('kw IN ("a", "b")', {"kw": MV}, None),
+    ('kw IN ("a", null)', {"kw": "a"}, True),
+    ('kw IN ("a", null)', {"kw": "c"}, None),
+    ("kw IN (null)", {"kw": "c"}, None),
+    ('kw NOT IN ("a", "b")', {"kw": "c"}, True),
+    ('kw NOT IN ("a", "b")', {"kw": "a"}, False),
+    ('kw NOT IN ("a", "b")', {}, None),
+    ('kw NOT IN ("a", null)', {"kw": "c"}, None),
+    ('kw NOT IN ("a", null)', {"kw": "a"}, False),
+    ('kw IN (kw2, "z")', {"kw": "a", "kw2": "a"}, True),
+    ('kw IN (kw2, "z")', {"kw": "a", "kw2": "b"}, False),
+    ('kw IN (kw2, "z")', {"kw": "c"}, None),
+    ('kw IN (kw2, "z")', {"kw": "z"}, True),
+    ('kw IN (kw2, "z")', {"kw": "a", "kw2": MV}, False),
+    ("kw IN (kw2)", {"kw": "a", "kw2": MV}, None),
+    ("num IN (1, 2, 3)", {"num": 2}, True),
+    ('ip IN ("10.0.0.1", "10.0.0.2")', {"ip": "10.0.0.2"}, True),
+]
+
+MATCH_TESTS: list[tuple[str, dict[str, Any], bool | None]] = [
+    ('kw LIKE "Create*"', {"kw": "CreateAccessKey"}, True),
+    ('kw LIKE "Create*"', {"kw": "createAccessKey"}, False),
+    ('kw LIKE "Create*"', {"kw": "xCreate"}, False),
+    ('kw LIKE "Create*"', {}, None),
+    ('kw LIKE "Create*"', {"kw": ["CreateA", "CreateB"]}, None),
+    ('kw LIKE "a?c"', {"kw": "abc"}, True),
+    ('kw LIKE "a?c"', {"kw": "ac"}, False),
+    ('kw LIKE "a?c"', {"kw": "abbc"}, False),
+    ('kw LIKE "a.c"', {"kw": "abc"}, False),
+    ('kw LIKE "a\\\\*"', {"kw": "a*"}, True),
+    ('kw LIKE "a\\\\*"', {"kw": "ab"}, False),
+    ('kw LIKE """a\\*"""', {"kw": "a*"}, True),
+    ('kw LIKE "a*"', {"kw": "a\nb"}, True),
+    ('kw NOT LIKE "Create*"', {"kw": "DeleteUser"}, True),
+    ('kw NOT LIKE "Create*"', {"kw": "CreateUser"}, False),
+    ('kw NOT LIKE "Create*"', {}, None),
+    ('kw RLIKE "Create.*Key"', {"kw": "CreateAccessKey"}, True),
+    ('kw RLIKE "Access"', {"kw": "CreateAccessKey"}, False),
+    ('kw RLIKE "[a-z]+"', {"kw": "abc"}, True),
+    ('kw RLIKE "[a-z]+"', {"kw": "aBc"}, False),
+    ('kw RLIKE ".*"', {"kw": MV}, None),
+    ('kw NOT RLIKE "Create.*"', {"kw": "DeleteUser"}, True),
+    ('kw NOT RLIKE "Create.*"', {}, None),
+]
+
+FUNCTION_TESTS: list[tuple[str, dict[str, Any], bool | None]] = [
+    ('TO_LOWER(kw) == "abc"', {"kw": "AbC"}, True),
+    ('TO_LOWER(kw) == "abc"', {}, None),
+    ('TO_LOWER(kw) == "a"', {"kw": ["A", "B"]}, None),
+    ("TO_LOWER(kw) IS NULL", {"kw": ["A", "B"]}, False),
+    ('TO_UPPER(kw) == "ABC"', {"kw": "abc"}, True),
+    ("TO_LOWER(kw) == TO_LOWER(kw2)", {"kw": "Alice", "kw2": "alice"}, True),
+    ("LENGTH(kw) == 3", {"kw": "abc"}, True),
+    ("LENGTH(kw) == 1", {"kw": "é"}, True),
+    ("LENGTH(kw) == 1", {"kw": "\N{GRINNING FACE}"}, True),
+    ("LENGTH(kw) > 0", {}, None),
+    ("LENGTH(kw) > 0", {"kw": MV}, None),
+    ("LENGTH(kw) IS NULL", {"kw": MV}, True),
+    ('STARTS_WITH(kw, "ab")', {"kw": "abc"}, True),
+    ('STARTS_WITH(kw, "ab")', {"kw": "xbc"}, False),
+    ('STARTS_WITH(kw, "ab")', {}, None),
+    ('STARTS_WITH(kw, "ab")', {"kw": MV}, None),
+    ("STARTS_WITH(kw, kw2)", {"kw": "abc"}, None),
+    ('ENDS_WITH(kw, "bc")', {"kw": "abc"}, True),
+    ('ENDS_WITH(kw, "bc")', {"kw": "abd"}, False),
+    ('COALESCE(kw, kw2) == "b"', {"kw2": "b"}, True),
+    ('COALESCE(kw, kw2) == "b"', {"kw": "a", "kw2": "b"}, False),
+    ('COALESCE(kw, kw2) == "b"', {}, None),
+    ('COALESCE(kw, "none") == "none"', {}, True),
+    ("COALESCE(kw, kw2) IS NULL", {"kw": MV}, False),
+    ('COALESCE(kw, kw2) == "a"', {"kw": MV}, None),
+    ("COALESCE(null, num) == 3", {"num": 3}, True),
+    ("COALESCE(flag, false)", {}, False),
+    ('to_lower(kw) == "a"', {"kw": "A"}, True),
+]
+
+SYNTAX_TESTS: list[tuple[str, dict[str, Any], bool | None]] = [
+    ('`user.name` == "a"', {"user.name": "a"}, True),
+    ('`user`.`name` == "a"', {"user.name": "a"}, True),
+    ('user.name == "a"', {"user.name": "a"}, True),
+    ('kw == "a\\"b"', {"kw": 'a"b'}, True),
+    ('kw == "tab\\there"', {"kw": "tab\there"}, True),
+    ('kw == "back\\\\slash"', {"kw": "back\\slash"}, True),
+    ('kw == """raw \\n"""', {"kw": "raw \\n"}, True),
+    ("flag", {"flag": True}, True),
+    ("flag", {"flag": False}, False),
+    ("flag", {}, None),
+    ("NOT flag", {"flag": True}, False),
+    ('kw == "a" and not kw is null', {"kw": "a"}, True),
+    ('kw == "a" // a trailing comment', {"kw": "a"}, True),
+    ('kw /* inline */ == "a"', {"kw": "a"}, True),
+    ('(kw == "a" OR kw == "b") AND num > 1', {"kw": "b", "num": 2}, True),
+    ('kw == "a" OR kw == "b" AND num > 1', {"kw": "a", "num": 0}, True),
+    ('NOT kw == "a"', {"kw": "b"}, True),
+    ('NOT NOT kw == "a"', {"kw": "a"}, True),
+    ("(kw == kw2) == true", {"kw": "a", "kw2": "a"}, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("condition", "record", "expected"),
+    COMPARISONS + NULL_TESTS + IN_TESTS + MATCH_TESTS + FUNCTION_TESTS + SYNTAX_TESTS,
+)
+def test_condition_has_esql_three_valued_result(
+    condition: str, record: dict[str, Any], expected: bool | None
+) -> None:
+    assert verdict(condition, record) is expected
+
+
+KLEENE = [True, False, None]
+AND_TABLE = {
+    (True, True): True, (True, False): False, (True, None): None,
+    (False, True): False, (False, False): False, (False, None): False,
+    (None, True): None, (None, False): False, (None, None): None,
+}  # fmt: skip
+OR_TABLE = {
+    (True, True): True, (True, False): True, (True, None): True,
+    (False, True): True, (False, False): False, (False, None): None,
+    (None, True): True, (None, False): None, (None, None): None,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("left", KLEENE)
+@pytest.mark.parametrize("right", KLEENE)
+def test_and_follows_kleene_truth_table(left: bool | None, right: bool | None) -> None:
+    assert verdict("flag AND flag2", {"flag": left, "flag2": right}) is AND_TABLE[(left, right)]
+
+
+@pytest.mark.parametrize("left", KLEENE)
+@pytest.mark.parametrize("right", KLEENE)
+def test_or_follows_kleene_truth_table(left: bool | None, right: bool | None) -> None:
+    assert verdict("flag OR flag2", {"flag": left, "flag2": right}) is OR_TABLE[(left, right)]
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, False), (False, True), (None, None)])
+def test_not_follows_kleene_truth_table(value: bool | None, expected: bool | None) -> None:
+    assert verdict("NOT flag", {"flag": value}) is expected
+
+
+def test_three_way_and_or_nest_with_kleene_semantics() -> None:
+    assert verdict("flag AND flag2 AND num > 1", {"flag": True, "flag2": None, "num": 0}) is False
+    assert verdict("flag OR flag2 OR num > 1", {"flag": False, "flag2": None, "num": 0}) is None
+
+
+def test_keywords_and_function_names_are_case_insensitive() -> None:
+    query = 'FrOm x | WhErE kw Is NoT nUlL aNd To_LoWeR(kw) In ("a") Or kw LiKe "z*"'
+    assert compile_query(query, FIELDS).matches({"kw": "A"})
+
+
+def test_several_where_commands_must_all_hold() -> None:
+    compiled = compile_query('from x | where kw == "a" | where num > 1', FIELDS)
+    assert compiled.matches({"kw": "a", "num": 2})
+    assert not compiled.matches({"kw": "a", "num": 1})
+
+
+def test_compiled_query_exposes_patterns_fields_read_and_keep() -> None:
+    compiled = compile_query(
+        'from logs-aws.cloudtrail-*, -logs-aws.other, "quoted-*"\n'
+        '| where num > 1 and kw == kw2 and num < 5\n| keep user.name, aws.*, kw',
+        FIELDS,
+    )
+    assert compiled.index_patterns == ("logs-aws.cloudtrail-*", "-logs-aws.other", "quoted-*")
+    assert compiled.fields_read == ("num", "kw", "kw2")
+    assert compiled.keep_fields == ("user.name", "aws.a", "aws.b", "kw")
+
+
+def test_and_stops_at_first_false_conjunct() -> None:
+    calls: list[str] = []
+
+    def counting(name: str) -> EcsField:
+        def extract(record: CloudTrailRecord) -> EcsValue:
+            calls.append(name)
+            value: EcsValue = record.get(name)
+            return value
+
+        return EcsField(name, "keyword", extract)
+
+    fields = {"first": counting("first"), "second": counting("second")}
+    compiled = compile_query('from x | where first == "a" and second == "b"', fields)
+    assert not compiled.matches({"first": "z", "second": "b"})
+    assert calls == ["first"]
+
+
+def test_evaluation_never_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled = compile_query('from x | where kw like "a*" and TO_LOWER(kw2) IN ("b")', FIELDS)
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("parsed during evaluation")
+
+    monkeypatch.setattr(esql, "_Parser", refuse)
+    monkeypatch.setattr(esql._Source, "tokens", refuse)
+    assert compiled.matches({"kw": "abc", "kw2": "B"})
+
+
+REJECTED: list[tuple[str, int, int, str]] = [
+    ("from x | stats count() by kw", 1, 10, "unsupported command STATS"),
+    ("from x\n| eval y = 1", 2, 3, "unsupported command EVAL"),
+    ("from x | enrich policy", 1, 10, "unsupported command ENRICH"),
+    ("from x | lookup join y on kw", 1, 10, "unsupported command LOOKUP"),
+    ("from x | sort kw", 1, 10, "unsupported command SORT"),
+    ("from x | frobnicate", 1, 10, "unknown command FROBNICATE"),
+    ("from x\n| where frob(kw)", 2, 9, "unknown function FROB"),
+    ("from x | where nope == 1", 1, 16, "unknown field 'nope'"),
+    ("from x | where user.nam == 1", 1, 16, "did you mean 'user.name'"),
+    ('from x | where kw == 5', 1, 19, "cannot compare field 'kw' (keyword) with 5 (long)"),
+    ('from x | where num == "5"', 1, 20, "cannot compare field 'num' (long)"),
+    ("from x | where LENGTH(num) > 1", 1, 23, "LENGTH needs a string"),
+    ("from x | where STARTS_WITH(kw)", 1, 16, "STARTS_WITH takes 2 arguments, got 1"),
+    ("from x | where TO_LOWER(kw, kw2) == kw", 1, 16, "TO_LOWER takes 1 argument, got 2"),
+    ("from x | where COALESCE(kw, num) == kw", 1, 29, "COALESCE arguments must share one type"),
+    ('from x | where num LIKE "1*"', 1, 20, "LIKE needs a string"),
+    ("from x | where kw and flag", 1, 16, "expected a condition, found field 'kw'"),
+    ("from x | where kw", 1, 16, "expected a condition"),
+    ('from x | where ip == "not-an-ip"', 1, 22, "not a valid ip literal"),
+    ("from x | where flag < true", 1, 21, "'<' does not apply to boolean"),
+    ('from x | where kw IN ("a", 1)', 1, 19, "cannot compare field 'kw' (keyword) with 1 (long)"),
+    ('from x | where kw = "a"', 1, 19, "compare with '=='"),
+    ('from x | where (kw == "a"', 1, 26, "expected ')'"),
+    ('from x | where kw == "a" kw2', 1, 26, "expected AND, OR or the end"),
+    ("from x | where kw == kw2 == kw", 1, 26, "cannot be chained"),
+    ('from x | where kw == "abc', 1, 22, "unterminated string"),
+    ('from x | where kw == "a\\q"', 1, 24, "unknown escape sequence"),
+    ("from x | where", 1, 15, "expected a condition"),
+    ("from x | where kw == ", 1, 22, "expected a field, literal, function or '('"),
+    ('where kw == "a"', 1, 1, "a query starts with FROM"),
+    ("from x", 1, 7, "needs at least one WHERE"),
+    ('from x | where kw == "a" |', 1, 27, "expected a command"),
+    ('from x | where kw RLIKE "("', 1, 19, "invalid RLIKE pattern"),
+    ('from x | where kw LIKE "a\\\\"', 1, 19, "lone escape"),
+    ('from x | where kw NOT kw2', 1, 19, "expected AND, OR or the end"),
+    ('from x | where kw NOT NULL', 1, 23, "expected IN, LIKE or RLIKE after NOT"),
+    ("from x | where kw == `unterminated", 1, 22, "unterminated backquoted name"),
+    ("from x | where kw == 1 ~ 2", 1, 24, "unexpected character '~'"),
+    ("from x metadata _id | where kw == kw", 1, 8, "METADATA is not supported"),
+    ('from "logs-* | where kw == kw', 1, 6, "unterminated \" quote"),
+    ("from x, | where kw == kw", 1, 9, "expected a name"),
+    ("from x | where kw == kw | keep `kw", 1, 32, "unterminated ` quote"),
+    ('from x | keep kw | where kw == "a"', 1, 20, "WHERE after KEEP"),
+    ('from x | where kw == "a" | keep nope', 1, 33, "unknown field 'nope'"),
+    ('from x | where kw == "a" | keep zz.*', 1, 33, "no field matches the pattern 'zz.*'"),
+    ('from x | where kw == "a"\n  and nope == 1', 2, 7, "unknown field 'nope'"),
+]
+
+
+@pytest.mark.parametrize(("query", "line", "column", "message"), REJECTED)
+def test_rejected_query_names_line_column_and_reason(
+    query: str, line: int, column: int, message: str
+) -> None:
+    with pytest.raises(EsqlError) as raised:
+        compile_query(query, FIELDS)
+    assert message in str(raised.value)
+    assert (raised.value.line, raised.value.column) == (line, column)
+    assert str(raised.value).startswith(f"line {line}, column {column}: ")
+
+
+def test_default_registry_is_the_ecs_field_set() -> None:
+    compiled = compile_query('from logs-* | where event.action == "CreateAccessKey"')
+    assert compiled.matches({"eventName": "CreateAccessKey"})
+    assert not compiled.matches({"eventName": "-"})

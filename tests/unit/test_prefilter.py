@@ -1,0 +1,265 @@
+"""The byte prefilter never skips a message a rule matches, for Avro and for (escaped) JSON."""
+
+import io
+import json
+import random
+from typing import Any
+
+from fastavro import schemaless_reader, schemaless_writer
+from hypothesis import find, given, settings
+from hypothesis import strategies as st
+
+from consumer.event import CloudTrailRecord
+from consumer.record import READER_SCHEMA, json_to_avro
+from consumer.rules import CombinedPrefilter, CompiledQuery, Prefilter, compile_query, load_rules
+
+RULES = {rule.name: rule.query for rule in load_rules()}
+SEED = RULES["AWS IAM User Created Access Keys For Another User"]
+HARDENED = RULES["AWS IAM Access Key Created For Another User (Hardened)"]
+
+
+def query(condition: str) -> CompiledQuery:
+    return compile_query(f"from logs-* | where {condition}")
+
+
+QUERIES = [
+    SEED,
+    HARDENED,
+    query('event.action IN ("CreateAccessKey", "UpdateAccessKey", null)'),
+    query('event.action IN ("UpdateAccessKey") OR event.provider == "sts.amazonaws.com"'),
+    query('event.action LIKE "Create*Key" AND event.provider == "iam.amazonaws.com"'),
+    query('event.action == "Create/Key\\"x" OR event.provider == "é-service"'),
+    query('NOT event.action == "CreateAccessKey"'),
+    query('event.provider == "iam.amazonaws.com" OR user.name == "alice"'),
+    query('TO_LOWER(event.action) == "createaccesskey"'),
+    query('aws.cloudtrail.error_code == "alice" AND user_agent.original LIKE "*é*"'),
+]
+PAIRS = [(compiled, Prefilter.for_query(compiled)) for compiled in QUERIES]
+COMBINED = CombinedPrefilter.for_queries([SEED, HARDENED, QUERIES[4], QUERIES[5]])
+COMBINED_QUERIES = [SEED, HARDENED, QUERIES[4], QUERIES[5]]
+
+SOURCES = ["iam.amazonaws.com", "sts.amazonaws.com", "s3.amazonaws.com", "é-service"]
+ACTIONS = ["CreateAccessKey", "UpdateAccessKey", 'Create/Key"x', "createaccesskey", "GetObject"]
+NAMES = ["alice", "Alice", "bob", "IAMUser", "Root", "AssumedRole", "-", "", "none", "agent é"]
+TEXT = st.one_of(
+    st.sampled_from(SOURCES + ACTIONS + NAMES),
+    st.text(st.characters(codec="utf-8"), max_size=8),
+)
+OPTIONAL_TEXT = st.none() | TEXT
+NAME = st.sampled_from(NAMES[:6])
+IDENTITY = st.fixed_dictionaries({"type": NAME | OPTIONAL_TEXT, "userName": NAME | OPTIONAL_TEXT})
+REQUEST = st.none() | st.fixed_dictionaries({"userName": NAME | OPTIONAL_TEXT})
+ANY_RECORD = st.fixed_dictionaries(
+    {
+        "eventVersion": st.just("1.08"),
+        "eventSource": st.sampled_from(SOURCES) | TEXT,
+        "eventName": st.sampled_from(ACTIONS) | TEXT,
+    },
+    optional={
+        "errorCode": OPTIONAL_TEXT,
+        "errorMessage": OPTIONAL_TEXT,
+        "userAgent": OPTIONAL_TEXT,
+        "userIdentity": IDENTITY,
+        "requestParameters": REQUEST,
+    },
+)
+NEAR_MATCH = st.fixed_dictionaries(
+    {
+        "eventVersion": st.just("1.08"),
+        "eventSource": st.sampled_from([SOURCES[0]] * 4 + SOURCES[1:]),
+        "eventName": st.sampled_from([ACTIONS[0]] * 4 + ACTIONS[1:]),
+        "userIdentity": IDENTITY,
+        "requestParameters": st.fixed_dictionaries({"userName": NAME | OPTIONAL_TEXT}),
+    },
+    optional={"errorCode": st.sampled_from(["-", "", "Denied"]), "userAgent": OPTIONAL_TEXT},
+)
+RECORDS = ANY_RECORD | NEAR_MATCH
+
+
+def json_string(text: str, rnd: random.Random, escape_rate: float, ensure_ascii: bool) -> str:
+    """A JSON string literal for `text`, spelling characters in the ways JSON allows."""
+    out = ['"']
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char == "/" and rnd.random() < 0.5:
+            out.append("\\/")
+        elif ord(char) < 0x20 or (ensure_ascii and not char.isascii()):
+            out.append(json.dumps(char)[1:-1])
+        elif char.isascii() and char.isalpha() and rnd.random() < escape_rate:
+            out.append(f"\\u{ord(char):04x}" if rnd.random() < 0.5 else f"\\u{ord(char):04X}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def json_text(value: Any, rnd: random.Random, escape_rate: float, ensure_ascii: bool) -> str:
+    if isinstance(value, dict):
+        members = (
+            json_string(key, rnd, escape_rate, ensure_ascii)
+            + ":"
+            + json_text(item, rnd, escape_rate, ensure_ascii)
+            for key, item in value.items()
+        )
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, str):
+        return json_string(value, rnd, escape_rate, ensure_ascii)
+    return json.dumps(value)
+
+
+def avro_bytes(record: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    schemaless_writer(buffer, READER_SCHEMA, json_to_avro(record))
+    return buffer.getvalue()
+
+
+def from_avro(payload: bytes) -> CloudTrailRecord:
+    decoded = schemaless_reader(io.BytesIO(payload), READER_SCHEMA, READER_SCHEMA)
+    assert isinstance(decoded, dict)
+    return decoded
+
+
+def from_json(payload: bytes) -> CloudTrailRecord:
+    return json_to_avro(json.loads(payload.decode("utf-8")))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    record=RECORDS,
+    rnd=st.randoms(use_true_random=False),
+    escape_rate=st.sampled_from([0.0, 0.2, 1.0]),
+    ensure_ascii=st.booleans(),
+)
+def test_prefilter_never_skips_a_record_a_rule_matches(
+    record: dict[str, Any], rnd: random.Random, escape_rate: float, ensure_ascii: bool
+) -> None:
+    binary = avro_bytes(record)
+    text = json_text(record, rnd, escape_rate, ensure_ascii).encode()
+    for payload, text_format, decoded in (
+        (binary, False, from_avro(binary)),
+        (text, True, from_json(text)),
+    ):
+        for compiled, prefilter in PAIRS:
+            if compiled.matches(decoded):
+                assert prefilter.may_match(payload, text_format), compiled.query
+        if any(compiled.matches(decoded) for compiled in COMBINED_QUERIES):
+            assert COMBINED.may_match(payload, text_format)
+
+
+def test_generated_records_include_matches_so_the_property_is_not_vacuous() -> None:
+    found = find(RECORDS, lambda record: SEED.matches(json_to_avro(record)))
+    assert SEED.matches(json_to_avro(found))
+
+
+CROSS_USER_KEY = {
+    "eventVersion": "1.08",
+    "eventSource": "iam.amazonaws.com",
+    "eventName": "CreateAccessKey",
+    "userIdentity": {"type": "IAMUser", "userName": "alice"},
+    "requestParameters": {"userName": "bob"},
+}
+S3_READ = {
+    "eventVersion": "1.08",
+    "eventSource": "s3.amazonaws.com",
+    "eventName": "GetObject",
+    "userIdentity": {"type": "IAMUser", "userName": "alice"},
+    "requestParameters": {"bucketName": "logs", "key": "a/b"},
+}
+SEED_PREFILTER = Prefilter.for_query(SEED)
+
+
+def test_seed_prefilter_requires_provider_and_action_bytes() -> None:
+    assert SEED_PREFILTER.binary_groups == ((b"iam.amazonaws.com",), (b"CreateAccessKey",))
+    assert SEED_PREFILTER.text_groups == SEED_PREFILTER.binary_groups
+
+
+def test_avro_event_of_another_service_is_skipped_and_the_match_is_not() -> None:
+    assert not SEED_PREFILTER.may_match(avro_bytes(S3_READ), text_format=False)
+    assert SEED_PREFILTER.may_match(avro_bytes(CROSS_USER_KEY), text_format=False)
+
+
+def test_plain_json_event_of_another_service_is_skipped() -> None:
+    assert not SEED_PREFILTER.may_match(json.dumps(S3_READ).encode(), text_format=True)
+
+
+def test_unicode_escaped_json_of_a_matching_event_is_not_skipped() -> None:
+    payload = json.dumps(CROSS_USER_KEY).replace("CreateAccessKey", "\\u0043reateAccessKey")
+    assert b"CreateAccessKey" not in payload.encode()
+    assert SEED.matches(from_json(payload.encode()))
+    assert SEED_PREFILTER.may_match(payload.encode(), text_format=True)
+
+
+def test_any_unicode_escape_in_json_disables_skipping() -> None:
+    payload = json.dumps({**S3_READ, "userAgent": "agent é"}, ensure_ascii=True).encode()
+    assert b"\\u00e9" in payload
+    assert SEED_PREFILTER.may_match(payload, text_format=True)
+
+
+def test_literal_json_may_escape_constrains_only_binary_payloads() -> None:
+    prefilter = Prefilter.for_query(query('event.action == "a/b" and event.provider == "p"'))
+    assert prefilter.binary_groups == ((b"a/b",), (b"p",))
+    assert prefilter.text_groups == ((b"p",),)
+    assert prefilter.may_match(b'{"eventName":"a\\/b","eventSource":"p"}', text_format=True)
+
+
+def test_and_unions_groups_and_or_keeps_what_each_branch_implies() -> None:
+    prefilter = Prefilter.for_query(
+        query('(event.action == "A" or event.action IN ("B", "C")) and event.provider == "p"')
+    )
+    assert prefilter.binary_groups == ((b"A", b"B", b"C"), (b"p",))
+
+
+def test_or_of_two_conjunctions_keeps_pairwise_merged_groups() -> None:
+    prefilter = Prefilter.for_query(
+        query(
+            '(event.action == "A" and event.provider == "p") or '
+            '(event.action == "B" and event.provider == "q")'
+        )
+    )
+    assert set(prefilter.binary_groups) == {
+        (b"A", b"B"),
+        (b"A", b"q"),
+        (b"B", b"p"),
+        (b"p", b"q"),
+    }
+
+
+def test_like_requires_each_literal_run() -> None:
+    prefilter = Prefilter.for_query(query('event.action LIKE "Create*Key?\\\\*"'))
+    assert prefilter.binary_groups == ((b"Create",), (b"Key",), (b"*",))
+
+
+def test_conditions_that_imply_no_bytes_give_no_constraint() -> None:
+    for condition in (
+        'NOT event.action == "A"',
+        'event.action != "A"',
+        'event.action == "A" OR user.name == "bob"',
+        'user.name == "bob"',
+        'TO_LOWER(event.action) == "a"',
+        'source.ip == "10.0.0.1"',
+        'event.action RLIKE "Create.*"',
+        'event.action NOT IN ("A")',
+        "event.action IN (null)",
+    ):
+        prefilter = Prefilter.for_query(query(condition))
+        assert prefilter.binary_groups == (), condition
+        assert prefilter.may_match(b"", text_format=False)
+
+
+def test_combined_prefilter_skips_only_when_no_rule_may_match() -> None:
+    combined = CombinedPrefilter.for_queries(
+        [query('event.action == "A"'), query('event.action == "B"')]
+    )
+    assert combined.may_match(b"..B..", text_format=False)
+    assert combined.may_match(b"..A..", text_format=True)
+    assert not combined.may_match(b"..C..", text_format=False)
+
+
+def test_combined_prefilter_with_an_unconstrained_rule_never_skips() -> None:
+    combined = CombinedPrefilter.for_queries([SEED, query('user.name == "bob"')])
+    assert combined.may_match(b"nothing relevant", text_format=False)
+
+
+def test_combined_prefilter_without_rules_skips_everything() -> None:
+    assert not CombinedPrefilter.for_queries([]).may_match(b"anything", text_format=False)
