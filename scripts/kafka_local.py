@@ -78,6 +78,7 @@ SINGLE_NODE_SETTINGS = {
     "transaction.state.log.min.isr": "1",
     "transaction.state.log.num.partitions": "10",
     "group.initial.rebalance.delay.ms": "0",
+    "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
     "num.partitions": "1",
     "auto.create.topics.enable": "false",
     "log.flush.interval.messages": "9223372036854775807",

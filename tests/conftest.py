@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -40,13 +42,22 @@ class Broker:
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+def run_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Logs of the broker and detector processes: removed after a green run, kept otherwise."""
+    path = Path(tempfile.mkdtemp(prefix="cloudtrail-detector-test-"))
+    yield path
+    if request.session.testsfailed == 0:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def broker(run_dir: Path) -> Iterator[Broker]:
     """A real Apache Kafka broker: $KAFKA_BOOTSTRAP_SERVERS if set, else a local KRaft one."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         yield Broker(external, None)
         return
-    local = LocalKafka(workdir=tmp_path_factory.mktemp("kafka"))
+    local = LocalKafka(workdir=run_dir / "kafka")
     local.start()
     try:
         yield Broker(local.bootstrap_servers, local)

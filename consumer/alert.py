@@ -1,0 +1,238 @@
+"""The alert document: the contract with every SIEM that reads the alerts topic.
+
+An alert is an ECS document (nested JSON objects) that also carries Elastic Security's
+`kibana.alert.*` fields, so the topic can be indexed straight into Elastic. Its id is derived from
+(rule_id, source event id), so a replayed or retried detection always carries the same id and a
+SIEM can drop duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from consumer.event import CloudTrailRecord, EcsValue
+from consumer.normalize import normalize
+from consumer.rules.model import RuleDefinition
+
+ALERT_NAMESPACE = uuid.UUID("8f9a4c52-3c1e-4d4b-9a55-2f0f3e6c9b11")
+"""UUIDv5 namespace of alert ids; changing it would change every alert id."""
+
+CONTEXT_FIELDS = (
+    "@timestamp",
+    "event.id",
+    "event.action",
+    "event.provider",
+    "event.outcome",
+    "user.name",
+    "user.target.name",
+    "service.name",
+    "source.ip",
+    "source.address",
+    "user_agent.original",
+    "cloud.provider",
+    "cloud.account.id",
+    "cloud.region",
+    "aws.cloudtrail.user_identity.type",
+    "aws.cloudtrail.user_identity.arn",
+    "aws.cloudtrail.user_identity.access_key_id",
+)
+"""ECS fields every alert carries besides those its rule read: who, from where, which account."""
+
+_ACTION_PHRASES = {
+    "CreateAccessKey": "created an access key for",
+    "CreateLoginProfile": "created a console password for",
+    "UpdateLoginProfile": "changed the console password of",
+    "AttachUserPolicy": "attached a policy to",
+}
+
+
+Headers = list[tuple[str, str | bytes | None]]
+"""Kafka message headers, as confluent-kafka takes them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert ready for the sink: its id, Kafka key, headers and ECS document."""
+
+    alert_id: str
+    key: bytes
+    headers: Headers
+    document: dict[str, Any]
+
+
+def alert_id(rule_id: str, event_id: str | None, payload: bytes | None) -> str:
+    """Deterministic: the same rule on the same event always gives the same id."""
+    source = event_id if event_id else hashlib.sha256(payload or b"").hexdigest()
+    return str(uuid.uuid5(ALERT_NAMESPACE, f"{rule_id}:{source}"))
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{"user.target.name": x} -> {"user": {"target": {"name": x}}}."""
+    document: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = document
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return document
+
+
+def _actor(ecs: Mapping[str, EcsValue]) -> str:
+    for field in ("user.name", "service.name", "aws.cloudtrail.user_identity.arn"):
+        value = ecs.get(field)
+        if isinstance(value, str):
+            return value
+    identity_type = ecs.get("aws.cloudtrail.user_identity.type")
+    return f"an unnamed {identity_type} identity" if identity_type else "an unknown identity"
+
+
+def reason(rule: RuleDefinition, ecs: Mapping[str, EcsValue]) -> str:
+    """A sentence an analyst reads first: who did what to whom, where."""
+    action = ecs.get("event.action")
+    target = ecs.get("user.target.name")
+    account = ecs.get("cloud.account.id")
+    where = f" in account {account}" if account else ""
+    phrase = _ACTION_PHRASES.get(action) if isinstance(action, str) else None
+    if phrase and target:
+        return f"{_actor(ecs)} {phrase} {target}{where}"
+    return f"{rule.name}: {_actor(ecs)} called {action}{where}"
+
+
+def _threat(rule: RuleDefinition) -> dict[str, Any]:
+    """ECS threat.* for the rule's MITRE mappings, as arrays across its tactics."""
+    if not rule.threat:
+        return {}
+    techniques = {t.id: t for threat in rule.threat for t in threat.technique}
+    subtechniques = {s.id: s for t in techniques.values() for s in t.subtechnique}
+    flat: dict[str, Any] = {
+        "threat.framework": rule.threat[0].framework,
+        "threat.tactic.id": [t.tactic.id for t in rule.threat],
+        "threat.tactic.name": [t.tactic.name for t in rule.threat],
+        "threat.tactic.reference": [t.tactic.reference for t in rule.threat],
+        "threat.technique.id": list(techniques),
+        "threat.technique.name": [t.name for t in techniques.values()],
+        "threat.technique.reference": [t.reference for t in techniques.values()],
+    }
+    if subtechniques:
+        flat["threat.technique.subtechnique.id"] = list(subtechniques)
+        flat["threat.technique.subtechnique.name"] = [s.name for s in subtechniques.values()]
+        flat["threat.technique.subtechnique.reference"] = [
+            s.reference for s in subtechniques.values()
+        ]
+    return flat
+
+
+def _rule_fields(rule: RuleDefinition, ruleset: str) -> dict[str, Any]:
+    return {
+        "rule.id": rule.rule_id,
+        "rule.uuid": rule.rule_id,
+        "rule.name": rule.name,
+        "rule.version": str(rule.version),
+        "rule.description": rule.description,
+        "rule.author": list(rule.author),
+        "rule.license": rule.license,
+        "rule.reference": rule.references[0] if rule.references else None,
+        "rule.ruleset": ruleset,
+        "kibana.alert.rule.rule_id": rule.rule_id,
+        "kibana.alert.rule.name": rule.name,
+        "kibana.alert.rule.version": rule.version,
+        "kibana.alert.severity": rule.severity,
+        "kibana.alert.risk_score": rule.risk_score,
+        "kibana.alert.workflow_status": "open",
+        **_threat(rule),
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def build_alert(
+    *,
+    rule: RuleDefinition,
+    ruleset: str,
+    record: CloudTrailRecord,
+    fields_read: Iterable[str],
+    detected_at: datetime,
+    original: str | None,
+) -> Alert:
+    """The alert for one match: the rule's fields, context, rule metadata and a reason."""
+    ecs = normalize(record, dict.fromkeys((*CONTEXT_FIELDS, *fields_read)))
+    event_id = ecs.get("event.id")
+    identifier = alert_id(
+        rule.rule_id,
+        event_id if isinstance(event_id, str) else None,
+        original.encode() if original else None,
+    )
+    flat: dict[str, Any] = {
+        **ecs,
+        "@timestamp": _iso(detected_at),
+        "event.kind": "alert",
+        "message": reason(rule, ecs),
+        **_rule_fields(rule, ruleset),
+        "kibana.alert.uuid": identifier,
+        "kibana.alert.reason": reason(rule, ecs),
+    }
+    if "@timestamp" in ecs:
+        flat["kibana.alert.original_time"] = ecs["@timestamp"]
+    if original is not None:
+        flat["event.original"] = original
+    account = ecs.get("cloud.account.id") or ""
+    subject = ecs.get("user.target.name") or _actor(ecs)
+    return Alert(
+        alert_id=identifier,
+        key=f"{account}/{subject}".encode(),
+        headers=[("rule.id", rule.rule_id.encode()), ("rule.severity", rule.severity.encode())],
+        document=nest({k: v for k, v in flat.items() if v is not None}),
+    )
+
+
+def build_throttle_summary(
+    *,
+    rule: RuleDefinition,
+    ruleset: str,
+    suppressed: int,
+    window_start: datetime,
+    window_end: datetime,
+    worker: str,
+) -> Alert:
+    """One alert that stands for the matches above max_signals in one interval."""
+    identifier = str(
+        uuid.uuid5(ALERT_NAMESPACE, f"{rule.rule_id}:throttle:{worker}:{window_start.isoformat()}")
+    )
+    text = (
+        f"{suppressed} further matches of {rule.name!r} between {_iso(window_start)} and "
+        f"{_iso(window_end)} were not sent as alerts (max_signals {rule.max_signals} per "
+        f"{rule.interval}); search the source topic for them"
+    )
+    flat: dict[str, Any] = {
+        "@timestamp": _iso(window_end),
+        "event.kind": "alert",
+        "event.action": "throttled-matches",
+        "message": text,
+        **_rule_fields(rule, ruleset),
+        "kibana.alert.uuid": identifier,
+        "kibana.alert.reason": text,
+        "detector.throttle.suppressed": suppressed,
+        "detector.throttle.window_start": _iso(window_start),
+        "detector.throttle.window_end": _iso(window_end),
+    }
+    return Alert(
+        alert_id=identifier,
+        key=rule.rule_id.encode(),
+        headers=[("rule.id", rule.rule_id.encode()), ("rule.severity", rule.severity.encode())],
+        document=nest({k: v for k, v in flat.items() if v is not None}),
+    )
+
+
+def encode_json(alert: Alert) -> bytes:
+    """Compact ASCII JSON: lone surrogates from hostile input stay valid escapes, never NaN."""
+    text = json.dumps(alert.document, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return text.encode()

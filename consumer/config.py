@@ -1,0 +1,340 @@
+"""Settings from CLI options, DETECTOR_* environment variables and an optional TOML file.
+
+Everything is validated before the detector touches Kafka, so a bad setting stops start-up
+with one message that names it. librdkafka properties pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "DETECTOR_"
+_config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
+
+SECRET_KAFKA_PROPERTIES = frozenset(
+    {
+        "sasl.password",
+        "sasl.oauthbearer.client.secret",
+        "ssl.key.password",
+        "ssl.key.pem",
+        "ssl.keystore.password",
+        "ssl.truststore.password",
+        "basic.auth.user.info",
+    }
+)
+"""librdkafka properties whose values never appear in logs or configuration dumps."""
+
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'6m', '90s', '2h' or '1d', as Elastic's rule `interval` and `from` write them."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like 90s, 6m, 2h or 1d")
+    return timedelta(seconds=int(match[1]) * _DURATION_UNITS[match[2]])
+
+
+StartFrom = Literal["earliest", "latest", "lookback"] | timedelta | datetime
+
+
+def parse_start_from(text: str) -> StartFrom:
+    """earliest | latest | lookback | now-<duration> | an ISO-8601 time."""
+    if text in ("earliest", "latest", "lookback"):
+        return text  # type: ignore[return-value]
+    if text.startswith("now-"):
+        return parse_duration(text.removeprefix("now-"))
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r}: use earliest, latest, lookback, now-<duration> or an ISO-8601 time"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _comma_separated(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """The detector's configuration. Each field is also DETECTOR_<NAME> in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
+    )
+
+    bootstrap_servers: str = Field("localhost:9092", min_length=1)
+    input_topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["cloudtrail-events"],
+        description="Topics to read, comma-separated in the environment.",
+    )
+    input_pattern: str | None = Field(
+        None, description="A regex of topics to read instead of input_topics (must start with ^)."
+    )
+    group_id: str = Field("cloudtrail-detector", min_length=1)
+    alerts_topic: str = Field("cloudtrail-alerts", min_length=1)
+    dlq_topic: str | None = Field(None, description="Dead-letter topic; default <input>.dlq.")
+    input_format: Literal["avro-registry", "avro", "json"] = "avro-registry"
+    writer_schema: Path | None = Field(
+        None, description="Writer schema for schemaless Avro; default the bundled schema."
+    )
+    schema_registry_url: str | None = None
+    schema_registry_basic_auth: SecretStr | None = Field(
+        None, description="user:password for the Schema Registry."
+    )
+    schema_registry_ca_location: Path | None = None
+    schema_registry_certificate_location: Path | None = None
+    schema_registry_key_location: Path | None = None
+    alert_format: Literal["json", "avro-registry"] = "json"
+    include_event_original: bool = True
+    delivery: Literal["exactly-once", "at-least-once"] = "exactly-once"
+    prefilter: bool = Field(
+        True,
+        description="Skip decoding messages whose bytes no rule can match (their framing is "
+        "still checked). false decodes everything, so every corrupt body reaches the DLQ.",
+    )
+    batch_size: PositiveInt = Field(1000, description="Messages per consume call.")
+    transaction_max_messages: PositiveInt = 10_000
+    transaction_max_ms: PositiveInt = 100
+    start_from: str = Field(
+        "lookback",
+        description="Where a partition with no committed offset starts: earliest, latest, "
+        "lookback (the longest rule lookback, now-6m for the seed rule), now-<duration> or a time.",
+    )
+    rules_dir: Path | None = None
+    enable_rules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    disable_rules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    metrics_host: str = Field("0.0.0.0", description="Bind address of /metrics, /healthz, /readyz.")
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    shutdown_timeout_s: PositiveFloat = 10.0
+    workers: PositiveInt = 1
+    member_name: str = Field(
+        default_factory=socket.gethostname,
+        description="Stable name of this replica: transactional.id and static membership use it.",
+    )
+    static_membership: bool = False
+    kafka: dict[str, str] = Field(
+        default_factory=dict,
+        description="librdkafka properties for every client (security.protocol, sasl.*, ssl.*).",
+    )
+    kafka_consumer: dict[str, str] = Field(default_factory=dict)
+    kafka_producer: dict[str, str] = Field(default_factory=dict)
+    kafka_sasl_password: SecretStr | None = Field(None, description="Becomes sasl.password.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("input_topics", "enable_rules", "disable_rules", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _comma_separated(value)
+
+    @field_validator("input_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("^"):
+            raise ValueError("librdkafka treats a topic as a regex only when it starts with ^")
+        re.compile(value)
+        return value
+
+    @field_validator("start_from")
+    @classmethod
+    def _start_from(cls, value: str) -> str:
+        parse_start_from(value)
+        return value
+
+    @field_validator("kafka", "kafka_consumer", "kafka_producer", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        """TOML gives numbers and booleans; librdkafka wants every property as a string."""
+        if isinstance(value, Mapping):
+            return {
+                str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()
+            }
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if not self.input_topics and self.input_pattern is None:
+            raise ValueError("set input_topics or input_pattern")
+        if "avro-registry" in (self.input_format, self.alert_format) and not (
+            self.schema_registry_url
+        ):
+            raise ValueError("schema_registry_url is required for the avro-registry format")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """CLI options win over the environment, which wins over the config file."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def subscription(self) -> list[str]:
+        return [self.input_pattern] if self.input_pattern else list(self.input_topics)
+
+    @property
+    def dead_letter_topic(self) -> str:
+        if self.dlq_topic:
+            return self.dlq_topic
+        base = self.input_topics[0] if self.input_topics else "cloudtrail-events"
+        return f"{base}.dlq"
+
+    def start_position(self) -> StartFrom:
+        return parse_start_from(self.start_from)
+
+    def transactional_id(self, worker: int) -> str:
+        """Stable across restarts of the same replica and worker, unique within the group."""
+        return f"{self.group_id}-{self.member_name}-{worker}"
+
+    def _common_kafka(self) -> dict[str, str]:
+        config = {"bootstrap.servers": self.bootstrap_servers, **self.kafka}
+        if self.kafka_sasl_password is not None:
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        return config
+
+    def consumer_config(self, worker: int) -> dict[str, str]:
+        config = {
+            **self._common_kafka(),
+            "group.id": self.group_id,
+            "enable.auto.commit": "false",
+            "enable.auto.offset.store": "false",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "auto.offset.reset": "earliest",
+            "statistics.interval.ms": "5000",
+            "enable.partition.eof": "false",
+        }
+        if self.static_membership:
+            config["group.instance.id"] = f"{self.member_name}-{worker}"
+        return {**config, **self.kafka_consumer}
+
+    def producer_config(self, worker: int) -> dict[str, str]:
+        config = {
+            **self._common_kafka(),
+            "enable.idempotence": "true",
+            "acks": "all",
+            "linger.ms": "5",
+            "compression.type": "lz4",
+        }
+        if self.delivery == "exactly-once":
+            config["transactional.id"] = self.transactional_id(worker)
+        return {**config, **self.kafka_producer}
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dump safe for logs: every secret shows as ***."""
+        dump = self.model_dump(mode="json")
+        for section in ("kafka", "kafka_consumer", "kafka_producer"):
+            dump[section] = {
+                key: "***" if key in SECRET_KAFKA_PROPERTIES else value
+                for key, value in dump[section].items()
+            }
+        for key, value in dump.items():
+            if isinstance(getattr(self, key), SecretStr) and value is not None:
+                dump[key] = "***"
+        return dump
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or invalid; the message names it."""
+
+
+def _env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _unknown_env_settings() -> list[str]:
+    known = {_env_name(name) for name in Settings.model_fields} | {f"{ENV_PREFIX}CONFIG_FILE"}
+    return sorted(name for name in os.environ if name.startswith(ENV_PREFIX) and name not in known)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        location = ".".join(str(part) for part in problem["loc"])
+        if location:
+            field = str(problem["loc"][0])
+            lines.append(f"setting {location} ({_env_name(field)}): {problem['msg']}")
+        else:
+            lines.append(f"settings: {problem['msg']}")
+    return "\n".join(lines)
+
+
+@contextmanager
+def _reading_config_file(path: Path | None) -> Iterator[None]:
+    token = _config_file.set(path)
+    try:
+        yield
+    finally:
+        _config_file.reset(token)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from overrides, the environment and the config file, or a ConfigError."""
+    unknown = _unknown_env_settings()
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
+    config_file = config_file or (
+        Path(os.environ[f"{ENV_PREFIX}CONFIG_FILE"])
+        if os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
+        else None
+    )
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} ({ENV_PREFIX}CONFIG_FILE) does not exist")
+    try:
+        with _reading_config_file(config_file):
+            return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None
+    except ValueError as error:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"config file {config_file}: {error}") from None
+
+
+def start_timestamp_ms(start: StartFrom, lookback: timedelta, now: datetime) -> int | None:
+    """Where a partition without committed offsets starts; None for earliest/latest."""
+    if start == "lookback":
+        return int((now - lookback).timestamp() * 1000)
+    if isinstance(start, timedelta):
+        return int((now - start).timestamp() * 1000)
+    if isinstance(start, datetime):
+        return int(start.timestamp() * 1000)
+    return None

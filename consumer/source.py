@@ -1,0 +1,165 @@
+"""The input side: a consumer-group member, where new partitions start, and what lag it reports.
+
+A partition with no committed offset starts where the rules would look in Elastic (their
+lookback, now-6m for the seed rule) unless `start_from` says otherwise, found through
+`offsets_for_times`. Rebalances call back into the service so it can commit or abort the open
+transaction before partitions move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    Message,
+    TopicPartition,
+)
+
+from consumer.config import StartFrom, start_timestamp_ms
+from consumer.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+PartitionsCallback = Callable[[list[TopicPartition]], None]
+
+
+class Source:
+    def __init__(
+        self,
+        *,
+        config: dict[str, str],
+        subscription: list[str],
+        start_from: StartFrom,
+        lookback: timedelta,
+        metrics: Metrics,
+        on_revoke: PartitionsCallback,
+        on_lost: PartitionsCallback,
+    ) -> None:
+        self._start_from = start_from
+        self._lookback = lookback
+        self._metrics = metrics
+        self._on_revoke_hook = on_revoke
+        self._on_lost_hook = on_lost
+        self._cooperative = "cooperative" in config.get("partition.assignment.strategy", "")
+        self.assignment: set[tuple[str, int]] = set()
+        self.broker_reachable = False
+        self.consumer = Consumer(
+            {**config, "stats_cb": self._on_stats, "error_cb": self._on_error}
+        )
+        self.consumer.subscribe(
+            subscription,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def consume(self, count: int, timeout: float) -> list[Message]:
+        return self.consumer.consume(count, timeout)
+
+    def _start_offsets(self, partitions: list[TopicPartition]) -> None:
+        """Set the start of partitions that have no committed offset, in place."""
+        committed = self.consumer.committed(partitions, timeout=30)
+        fresh = [tp for tp in committed if tp.offset == OFFSET_INVALID]
+        if not fresh:
+            return
+        timestamp = start_timestamp_ms(self._start_from, self._lookback, datetime.now(UTC))
+        if timestamp is None:
+            start = OFFSET_BEGINNING if self._start_from == "earliest" else OFFSET_END
+            starts = {(tp.topic, tp.partition): start for tp in fresh}
+        else:
+            found = self.consumer.offsets_for_times(
+                [TopicPartition(tp.topic, tp.partition, timestamp) for tp in fresh], timeout=30
+            )
+            # -1 means no message at or after the time: start at the end.
+            starts = {
+                (tp.topic, tp.partition): tp.offset if tp.offset >= 0 else OFFSET_END
+                for tp in found
+            }
+        for tp in partitions:
+            tp.offset = starts.get((tp.topic, tp.partition), tp.offset)
+        log.info("no committed offset for %d partition(s); starting per %s", len(fresh), starts)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._start_offsets(partitions)
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        self.assignment.update((tp.topic, tp.partition) for tp in partitions)
+        self._metrics.rebalances.labels("assigned").inc()
+        self._metrics.assigned_partitions.set(len(self.assignment))
+        log.info("assigned %s", sorted(self.assignment))
+
+    def _forget(self, partitions: list[TopicPartition], kind: str) -> None:
+        for tp in partitions:
+            self.assignment.discard((tp.topic, tp.partition))
+            labels = (tp.topic, str(tp.partition))
+            for gauge in (self._metrics.consumer_lag, self._metrics.committed_offset):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
+        self._metrics.rebalances.labels(kind).inc()
+        self._metrics.assigned_partitions.set(len(self.assignment))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_revoke_hook(partitions)
+        if self._cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+        self._forget(partitions, "revoked")
+        log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_lost_hook(partitions)
+        self._forget(partitions, "lost")
+        log.warning("lost %s", sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.broker_reachable = False
+        log.warning("consumer: %s", error)
+
+    def _on_stats(self, stats_json: str) -> None:
+        """Lag and committed offsets of the assigned partitions, from librdkafka's statistics."""
+        stats = json.loads(stats_json)
+        self.broker_reachable = any(
+            broker.get("state") == "UP" and broker.get("nodeid", -1) >= 0
+            for broker in stats.get("brokers", {}).values()
+        )
+        for topic, topic_stats in stats.get("topics", {}).items():
+            for partition, partition_stats in topic_stats.get("partitions", {}).items():
+                if (topic, int(partition)) not in self.assignment:
+                    continue
+                lag = partition_stats.get("consumer_lag", -1)
+                if lag >= 0:
+                    self._metrics.consumer_lag.labels(topic, partition).set(lag)
+                committed = partition_stats.get("committed_offset", -1)
+                if committed >= 0:
+                    self._metrics.committed_offset.labels(topic, partition).set(committed)
+
+    def rewind_to_committed(self) -> None:
+        """After an abandoned batch: read every assigned partition again from its commit."""
+        partitions = [TopicPartition(t, p) for t, p in sorted(self.assignment)]
+        if not partitions:
+            return
+        committed = self.consumer.committed(partitions, timeout=30)
+        to_start = [tp for tp in committed if tp.offset == OFFSET_INVALID]
+        if to_start:
+            self._start_offsets(to_start)
+        for tp in committed:
+            if tp.offset != OFFSET_INVALID:
+                self.consumer.seek(tp)
+        for tp in to_start:
+            self.consumer.seek(tp)
+
+    def close(self) -> None:
+        self.consumer.close()
