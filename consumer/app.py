@@ -8,6 +8,7 @@ import multiprocessing
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -15,6 +16,8 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from prometheus_client import CollectorRegistry
 
 from consumer import __version__
+from consumer.alert import Alert, encode_json
+from consumer.alert_avro import RegistryAlertEncoder
 from consumer.config import Settings
 from consumer.decode import Decoder, JsonDecoder, RegistryAvroDecoder, SchemalessAvroDecoder
 from consumer.detector import Detector
@@ -58,6 +61,12 @@ def make_decoder(settings: Settings) -> Decoder:
     return JsonDecoder()
 
 
+def alert_encoder(settings: Settings) -> Callable[[Alert], bytes]:
+    if settings.alert_format == "avro-registry":
+        return RegistryAlertEncoder(registry_client(settings), f"{settings.alerts_topic}-value")
+    return encode_json
+
+
 def load_enabled_rules(settings: Settings) -> list[LoadedRule]:
     overrides = dict.fromkeys(settings.enable_rules, True)
     overrides |= dict.fromkeys(settings.disable_rules, False)
@@ -88,7 +97,9 @@ def run_worker(settings: Settings, worker: int) -> int:
     )
     health = Health()
     detector = Detector(make_decoder(settings), rules, use_prefilter=settings.prefilter)
-    service = Service(settings, detector, metrics, health, worker)
+    service = Service(
+        settings, detector, metrics, health, worker=worker, encode_alert=alert_encoder(settings)
+    )
     install_signal_handlers(service)
     port = settings.metrics_port + worker if settings.metrics_port else 0
     server = serve(

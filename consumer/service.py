@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -23,7 +24,7 @@ from typing import cast
 from confluent_kafka import KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer.alert import Headers, build_alert, build_throttle_summary, encode_json
+from consumer.alert import Alert, Headers, build_alert, build_throttle_summary, encode_json
 from consumer.config import Settings
 from consumer.decode import DecodeError
 from consumer.detector import Detector, RuleEvaluationError
@@ -86,13 +87,16 @@ class Service:
         detector: Detector,
         metrics: Metrics,
         health: Health,
+        *,
         worker: int = 0,
+        encode_alert: Callable[[Alert], bytes] = encode_json,
     ) -> None:
         self.settings = settings
         self.detector = detector
         self.metrics = metrics
         self.health = health
         self.worker = worker
+        self._encode_alert = encode_alert
         self.stopping = threading.Event()
         self.finished = threading.Event()
         self._throttle = Throttle(
@@ -266,7 +270,7 @@ class Service:
             detected_at=now,
             original=original,
         )
-        self.sink.produce(self.settings.alerts_topic, alert.key, encode_json(alert), alert.headers)
+        self._send_alert(alert)
         self.metrics.alerts.labels(rule.rule_id, rule.severity).inc()
         self.metrics.processing_latency.observe(time.monotonic() - consumed_at)
         event_time = _event_time(record)
@@ -279,6 +283,11 @@ class Service:
         if self.detector.decoder.text_format:
             return payload.decode("utf-8", "replace")
         return json.dumps(avro_to_json(record), separators=(",", ":"))
+
+    def _send_alert(self, alert: Alert) -> None:
+        self.sink.produce(
+            self.settings.alerts_topic, alert.key, self._encode_alert(alert), alert.headers
+        )
 
     def _emit_throttle_summaries(self) -> None:
         closed = self._throttle.closed_windows(datetime.now(UTC))
@@ -296,9 +305,7 @@ class Service:
                 window_end=window.end,
                 worker=f"{self.settings.member_name}-{self.worker}",
             )
-            self.sink.produce(
-                self.settings.alerts_topic, summary.key, encode_json(summary), summary.headers
-            )
+            self._send_alert(summary)
 
     def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
         topic, partition, offset = _origin(message)
