@@ -282,7 +282,11 @@ class Service:
         """event.original is the CloudTrail JSON record, whatever the input encoding."""
         if self.detector.decoder.text_format:
             return payload.decode("utf-8", "replace")
-        return json.dumps(avro_to_json(record), separators=(",", ":"))
+        try:
+            return json.dumps(avro_to_json(record), separators=(",", ":"))
+        except (ValueError, RecursionError):
+            # A producer wrote text that is not JSON into a free-form field: keep it as text.
+            return json.dumps(record, separators=(",", ":"), default=str)
 
     def _send_alert(self, alert: Alert) -> None:
         self.sink.produce(
