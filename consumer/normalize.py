@@ -18,11 +18,12 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from types import MappingProxyType
 from typing import Any, Literal
 
 from consumer.event import CloudTrailRecord, EcsValue, Extractor
+from consumer.times import parse_iso_utc
 
 EcsType = Literal["keyword", "date", "ip", "long", "boolean"]
 
@@ -204,15 +205,9 @@ def _event_type(record: CloudTrailRecord) -> EcsValue:
 
 def _timestamp(record: CloudTrailRecord) -> EcsValue:
     """eventTime as Elastic stores it: UTC, millisecond precision, `Z` suffix."""
-    event_time = _text(record.get("eventTime"))
-    if event_time is None:
+    moment = parse_iso_utc(_text(record.get("eventTime")))
+    if moment is None:
         return None
-    try:
-        moment = datetime.fromisoformat(event_time)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 

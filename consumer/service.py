@@ -34,6 +34,7 @@ from consumer.rules.loader import LoadedRule
 from consumer.sink import AtLeastOnceSink, FatalSinkError, Sink, TransactionalSink
 from consumer.source import Source
 from consumer.throttle import Throttle
+from consumer.times import parse_iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,6 @@ class Health:
 def _rule_lookback(rules: list[LoadedRule]) -> timedelta:
     lookbacks = [rule.definition.rule.lookback for rule in rules if rule.enabled]
     return max(lookbacks, default=timedelta(minutes=6))
-
-
-def _event_time(record: dict[str, object]) -> datetime | None:
-    value = record.get("eventTime")
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _origin(message: Message) -> tuple[str, int, int]:
@@ -273,7 +263,7 @@ class Service:
         self._send_alert(alert)
         self.metrics.alerts.labels(rule.rule_id, rule.severity).inc()
         self.metrics.processing_latency.observe(time.monotonic() - consumed_at)
-        event_time = _event_time(record)
+        event_time = parse_iso_utc(record.get("eventTime"))
         if event_time is not None:
             lateness = max(0.0, (now - event_time).total_seconds())
             self.metrics.event_to_alert_latency.observe(lateness)

@@ -33,11 +33,11 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from consumer.event import CloudTrailRecord
 from consumer.normalize import ECS_FIELDS, EcsField
+from consumer.times import parse_iso_utc
 
 Predicate = Callable[[CloudTrailRecord], bool]
 ValueFn = Callable[[CloudTrailRecord], Any]
@@ -471,15 +471,8 @@ def _ip_key(value: object) -> int | None:
 
 def _date_key(value: object) -> int | None:
     """An ISO-8601 timestamp as epoch milliseconds (UTC when no offset is given)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    moment = parse_iso_utc(value)
+    return None if moment is None else int(moment.timestamp() * 1000)
 
 
 _KEYS: Mapping[str, Callable[[object], int | None]] = {"ip": _ip_key, "date": _date_key}

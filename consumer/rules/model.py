@@ -13,28 +13,20 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-_DURATION_RE = re.compile(r"(\d+)([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(text: str) -> timedelta:
-    found = _DURATION_RE.fullmatch(text)
-    if found is None:
-        raise ValueError(f"expected a duration such as '5m' (units s, m, h, d), got {text!r}")
-    return timedelta(seconds=int(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+from consumer.times import parse_duration
 
 
 def _parse_interval(value: object) -> timedelta:
     if not isinstance(value, str):
         raise ValueError("expected a duration string such as '5m'")
-    return _duration(value)
+    return parse_duration(value)
 
 
 def _parse_lookback(value: object) -> timedelta:
     """`from = "now-6m"`: how far back each run looks, as a positive duration."""
     if not isinstance(value, str) or not value.startswith("now-"):
         raise ValueError(f"expected 'now-<duration>' such as 'now-6m', got {value!r}")
-    return _duration(value.removeprefix("now-"))
+    return parse_duration(value.removeprefix("now-"))
 
 
 def _check_uuid(value: str) -> str:
