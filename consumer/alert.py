@@ -154,6 +154,11 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _canonical(record: CloudTrailRecord) -> bytes:
+    """The record's content, independent of key order, input format and event.original."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+
+
 def build_alert(
     *,
     rule: RuleDefinition,
@@ -167,9 +172,7 @@ def build_alert(
     ecs = normalize(record, dict.fromkeys((*CONTEXT_FIELDS, *fields_read)))
     event_id = ecs.get("event.id")
     identifier = alert_id(
-        rule.rule_id,
-        event_id if isinstance(event_id, str) else None,
-        original.encode() if original else None,
+        rule.rule_id, event_id if isinstance(event_id, str) else None, _canonical(record)
     )
     flat: dict[str, Any] = {
         **ecs,
@@ -188,7 +191,9 @@ def build_alert(
     subject = ecs.get("user.target.name") or _actor(ecs)
     return Alert(
         alert_id=identifier,
-        key=f"{account}/{subject}".encode(),
+        # A name from a \u-escaped JSON string may hold a lone surrogate, which UTF-8 cannot
+        # encode: the key spells it as an escape instead of failing the whole batch.
+        key=f"{account}/{subject}".encode("utf-8", "backslashreplace"),
         headers=[("rule.id", rule.rule_id.encode()), ("rule.severity", rule.severity.encode())],
         document=nest({k: v for k, v in flat.items() if v is not None}),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import multiprocessing
@@ -32,6 +33,9 @@ log = logging.getLogger("consumer")
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_CONFIG = 2
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal a process gets when its parent dies."""
 
 WORKER_RESTART_BACKOFF_S = 1.0
 """A crashed worker is restarted after this pause, so a persistent fault cannot spin."""
@@ -121,7 +125,18 @@ def run_worker(settings: Settings, worker: int) -> int:
 
 
 def _worker_main(settings: Settings, worker: int) -> None:
+    _exit_with_parent()
     sys.exit(run_worker(settings, worker))
+
+
+def _exit_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when its supervisor dies, even by SIGKILL, so no
+    orphaned worker keeps consuming for a group whose supervisor is gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.warning("cannot tie worker lifetime to the supervisor on this platform")
 
 
 def run(settings: Settings) -> int:
@@ -129,6 +144,7 @@ def run(settings: Settings) -> int:
     if settings.workers == 1:
         return run_worker(settings, 0)
     configure_logging(settings.log_level)
+    load_enabled_rules(settings)  # a broken rule stops start-up here, not in N restart loops
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -154,15 +170,20 @@ def run(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    worst = EXIT_OK
     while workers:
         for index, process in list(workers.items()):
             process.join(0.5)
             if process.exitcode is None:
                 continue
-            if stopping:
+            if stopping or process.exitcode == EXIT_CONFIG:
                 del workers[index]
+                worst = max(worst, process.exitcode)
+                if not stopping:
+                    log.error("worker %d: configuration error; stopping", index)
+                    forward(signal.SIGTERM, None)
             else:
                 log.error("worker %d exited with %s; restarting it", index, process.exitcode)
                 time.sleep(WORKER_RESTART_BACKOFF_S)
                 workers[index] = start(index)
-    return EXIT_OK
+    return worst

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scan(args: argparse.Namespace) -> int:
+    missing = [str(path) for path in args.paths if not path.exists()]
+    if missing:
+        raise ConfigError(f"no such file or directory: {', '.join(missing)}")
     settings = load_settings(None, rules_dir=args.rules_dir, enable_rules=args.enable_rules,
                              input_format="json")
     rules = load_enabled_rules(settings)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, BinaryIO
 
 @dataclass(frozen=True, slots=True)
 class FileRecord:
-    """One record and where it came from; `error` says why a line held no JSON."""
+    """One record and where it came from; `error` says why a line or file held no record."""
 
     record: Any
     origin: str
@@ -41,20 +42,27 @@ def _records_of(document: Any, origin: str) -> Iterator[FileRecord]:
 
 
 def read_records(path: Path) -> Iterator[FileRecord]:
-    """Records of one file: an S3 delivery object, a JSON array, or JSON Lines."""
-    with _open(path) as stream:
-        data = stream.read()
-    text = data.decode("utf-8")
+    """Records of one file: an S3 delivery object, a JSON array, or JSON Lines.
+
+    Works on bytes: a line that is not UTF-8 is one bad line, and only CR/LF end a line (a JSON
+    string may hold U+2028 or U+0085 literally, which `str.splitlines` would cut at).
+    """
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError:
-        for number, line in enumerate(text.splitlines(), start=1):
+        with _open(path) as stream:
+            data = stream.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        yield FileRecord(None, str(path), f"corrupt gzip: {error}")
+        return
+    try:
+        document = json.loads(data)
+    except ValueError:  # JSONDecodeError, or UnicodeDecodeError somewhere in the file
+        for number, line in enumerate(data.splitlines(), start=1):
             if not line.strip():
                 continue
             origin = f"{path}:{number}"
             try:
                 document = json.loads(line)
-            except json.JSONDecodeError as error:
+            except ValueError as error:
                 yield FileRecord(None, origin, f"invalid JSON: {error}")
                 continue
             yield from _records_of(document, origin)

@@ -95,6 +95,8 @@ class Source:
         else:
             consumer.assign(partitions)
         self.assignment.update((tp.topic, tp.partition) for tp in partitions)
+        # The group coordinator just answered: the broker is reachable, before any statistics.
+        self.broker_reachable = True
         self._metrics.rebalances.labels("assigned").inc()
         self._metrics.assigned_partitions.set(len(self.assignment))
         log.info("assigned %s", sorted(self.assignment))

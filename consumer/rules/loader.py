@@ -186,5 +186,11 @@ def validate_paths(
     """Problems in the given rule files or directories, checked together with the built-ins
     (a rule_id clashing with a built-in would stop start-up). Empty when all are valid."""
     texts, problems = _read_files(paths)
-    _, load_problems = _load_all([*_builtin_texts(), *texts], fields)
+    given = {(Path(source).name, text) for source, text in texts}
+    builtins = [
+        (source, text)
+        for source, text in _builtin_texts()
+        if (source.removeprefix(BUILTIN_PREFIX), text) not in given  # the built-in file itself
+    ]
+    _, load_problems = _load_all([*builtins, *texts], fields)
     return problems + load_problems

@@ -11,11 +11,9 @@ import random
 import threading
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from consumer.replay import avro_encoder
 from tests.conftest import Broker, TopicFactory
@@ -24,6 +22,8 @@ from tests.support.kafka import (
     DetectorProcess,
     Topics,
     alert_event_ids,
+    committed_offsets,
+    end_offsets,
     produce,
     produce_raw,
     read_all,
@@ -38,15 +38,6 @@ def topics(new_topic: TopicFactory) -> Topics:
         alerts=new_topic("alerts", partitions=3),
         dlq=new_topic("dlq"),
     )
-
-
-@pytest.fixture
-def detectors(broker: Broker, topics: Topics) -> Iterator[list[DetectorProcess]]:
-    """Detector processes a test starts; all stopped at the end."""
-    started: list[DetectorProcess] = []
-    yield started
-    for detector in started:
-        detector.stop()
 
 
 def new_detector(
@@ -67,28 +58,6 @@ def assert_exactly_once(alert_ids: list[str], expected: list[str]) -> None:
     assert (duplicated, lost, unexpected) == ([], [], []), (
         f"{len(duplicated)} duplicated, {len(lost)} lost, {len(unexpected)} unexpected"
     )
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        committed = consumer.committed(
-            [TopicPartition(topic, p) for p in range(partitions)], timeout=30
-        )
-        return [tp.offset for tp in committed]
-    finally:
-        consumer.close()
-
-
-def end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
-    try:
-        return [
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-            for p in range(partitions)
-        ]
-    finally:
-        consumer.close()
 
 
 def assert_all_committed(bootstrap: str, group: str, topic: str, partitions: int = 3) -> None:

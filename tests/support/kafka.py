@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from consumer.replay import account_of, avro_encoder, json_encoder
 from scripts.kafka_local import free_port
@@ -181,3 +189,49 @@ class DetectorProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+COORDINATOR_NOT_READY = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    """The group's committed offsets; OFFSET_INVALID while its new coordinator is not ready."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        committed = consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=30
+        )
+    except KafkaException as error:
+        if error.args[0].code() not in COORDINATOR_NOT_READY:
+            raise
+        return [OFFSET_INVALID] * partitions
+    finally:
+        consumer.close()
+    return [tp.offset for tp in committed]
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"w-{uuid.uuid4().hex}"})
+    try:
+        return [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in range(partitions)
+        ]
+    finally:
+        consumer.close()
+
+
+def wait_all_committed(bootstrap: str, group: str, topic: str, partitions: int,
+                       timeout: float = 90) -> list[int]:
+    """The end offsets, once the group has committed every message of `topic`."""
+    ends = end_offsets(bootstrap, topic, partitions)
+    wait_until(
+        lambda: [max(c, 0) for c in committed_offsets(bootstrap, group, topic, partitions)]
+        == ends,
+        timeout, f"group {group} to commit {ends} on {topic}",
+    )
+    return ends
