@@ -106,9 +106,7 @@ def run_worker(settings: Settings, worker: int) -> int:
     )
     install_signal_handlers(service)
     port = settings.metrics_port + worker if settings.metrics_port else 0
-    server = serve(
-        settings.metrics_host, port, registry, health.alive, lambda: health.ready and health.alive()
-    )
+    server = serve(settings.metrics_host, port, registry, health.alive, health.serving)
     log.info(
         "worker %d: rules %s; metrics on http://%s:%d/metrics; settings %s",
         worker, [rule.name for rule in enabled], settings.metrics_host, server.server_port,

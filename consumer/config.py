@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BeforeValidator,
     Field,
     PositiveFloat,
     PositiveInt,
@@ -30,8 +31,11 @@ from pydantic_settings import (
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
+
+from consumer.times import parse_duration
 
 ENV_PREFIX = "DETECTOR_"
 _config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
@@ -49,18 +53,6 @@ SECRET_KAFKA_PROPERTIES = frozenset(
 )
 """librdkafka properties whose values never appear in logs or configuration dumps."""
 
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> timedelta:
-    """'6m', '90s', '2h' or '1d', as Elastic's rule `interval` and `from` write them."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration like 90s, 6m, 2h or 1d")
-    return timedelta(seconds=int(match[1]) * _DURATION_UNITS[match[2]])
-
-
 StartFrom = Literal["earliest", "latest", "lookback"] | timedelta | datetime
 
 
@@ -77,6 +69,20 @@ def parse_start_from(text: str) -> StartFrom:
             f"{text!r}: use earliest, latest, lookback, now-<duration> or an ISO-8601 time"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _read_secret_file(value: Any) -> Any:
+    """A path in, the file's content out (without the trailing newline editors add)."""
+    if value is None or isinstance(value, SecretStr):
+        return value
+    path = Path(value)
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read the secret file {path}: {error}") from None
+    if not secret:
+        raise ValueError(f"the secret file {path} is empty")
+    return secret
 
 
 def _comma_separated(value: Any) -> Any:
@@ -149,6 +155,13 @@ class Settings(BaseSettings):
     kafka_consumer: dict[str, str] = Field(default_factory=dict)
     kafka_producer: dict[str, str] = Field(default_factory=dict)
     kafka_sasl_password: SecretStr | None = Field(None, description="Becomes sasl.password.")
+    kafka_sasl_password_file: Annotated[SecretStr | None, BeforeValidator(_read_secret_file)] = (
+        Field(
+            None,
+            description="A file holding the SASL password (e.g. a mounted secret): read at "
+            "start-up, its content stands in for kafka_sasl_password.",
+        )
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("input_topics", "enable_rules", "disable_rules", mode="before")
@@ -186,6 +199,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if not self.input_topics and self.input_pattern is None:
             raise ValueError("set input_topics or input_pattern")
+        if self.kafka_sasl_password is not None and self.kafka_sasl_password_file is not None:
+            raise ValueError("set kafka_sasl_password or kafka_sasl_password_file, not both")
         if "avro-registry" in (self.input_format, self.alert_format) and not (
             self.schema_registry_url
         ):
@@ -228,8 +243,9 @@ class Settings(BaseSettings):
 
     def _common_kafka(self) -> dict[str, str]:
         config = {"bootstrap.servers": self.bootstrap_servers, **self.kafka}
-        if self.kafka_sasl_password is not None:
-            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        password = self.kafka_sasl_password or self.kafka_sasl_password_file
+        if password is not None:
+            config["sasl.password"] = password.get_secret_value()
         return config
 
     def consumer_config(self, worker: int) -> dict[str, str]:
@@ -259,6 +275,12 @@ class Settings(BaseSettings):
         if self.delivery == "exactly-once":
             config["transactional.id"] = self.transactional_id(worker)
         return {**config, **self.kafka_producer}
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """repr() and str() show the redacted values: a logged Settings object leaks nothing."""
+        redacted = self.redacted()
+        for name, value in super().__repr_args__():
+            yield name, redacted.get(name or "", value)
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dump safe for logs: every secret shows as ***."""
@@ -299,6 +321,19 @@ def describe_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+_FIELD_IN_SOURCE_ERROR = re.compile(r'field "(\w+)"')
+
+
+def _describe_settings_error(error: SettingsError) -> str:
+    """pydantic-settings' message for an environment value that is not JSON, naming the setting
+    and what was wrong with it instead of the source class."""
+    match = _FIELD_IN_SOURCE_ERROR.search(str(error))
+    if match is None:
+        return str(error)
+    field = match[1]
+    return f"setting {field} ({_env_name(field)}): not a JSON object: {error.__cause__ or error}"
+
+
 @contextmanager
 def _reading_config_file(path: Path | None) -> Iterator[None]:
     token = _config_file.set(path)
@@ -325,6 +360,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error)) from None
+    except SettingsError as error:
+        raise ConfigError(_describe_settings_error(error)) from None
     except ValueError as error:  # TOML syntax errors surface as ValueError subclasses
         raise ConfigError(f"config file {config_file}: {error}") from None
 

@@ -14,15 +14,15 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import cast
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
+from prometheus_client import Counter as PrometheusCounter
 
 from consumer.alert import Alert, Headers, build_alert, build_throttle_summary, encode_json
 from consumer.config import Settings
@@ -41,8 +41,20 @@ log = logging.getLogger(__name__)
 EXIT_INTERRUPTED = 130
 EXIT_SHUTDOWN_TIMEOUT = 3
 
+@dataclass(slots=True)
+class _Tally:
+    """One partition's share of a batch: messages judged, their bytes, the last one judged."""
+
+    count: int = 0
+    size: int = 0
+    last: Message | None = None
+
 RETRY_LATER_BACKOFF_S = 5.0
 """How long a partition waits after a "retry later" decode error (e.g. registry down)."""
+
+WEDGED_COMMIT_S = 20.0
+"""A commit still blocked after this long is wedged, not slow: after a broker restart librdkafka
+can wait forever in send_offsets_to_transaction (confluentinc/librdkafka#5456)."""
 
 
 @dataclass
@@ -53,9 +65,31 @@ class Health:
     ready: bool = False
     fatal: str | None = None
     stuck_after_s: float = 60.0
+    unready_after_s: float = 5.0
 
     def alive(self) -> bool:
         return self.fatal is None and time.monotonic() - self.last_loop < self.stuck_after_s
+
+    def serving(self) -> bool:
+        """Ready, and the loop turned lately: a loop blocked in a commit to a broker that went
+        away reports not ready at once, long before it counts as stuck."""
+        return (
+            self.ready
+            and self.alive()
+            and time.monotonic() - self.last_loop < self.unready_after_s
+        )
+
+
+class _WatchedTransactionalSink(TransactionalSink):
+    """Remembers a fatal producer error as it is reported: a commit blocked after one (fenced by
+    a newer instance) must end this worker, where one blocked on the broker is worked around."""
+
+    fatal_error: KafkaError | None = None
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self.fatal_error = error
+        super()._on_error(error)
 
 
 def _rule_lookback(rules: list[LoadedRule]) -> timedelta:
@@ -97,6 +131,9 @@ class Service:
         )
         self._paused_until: dict[tuple[str, int], float] = {}
         self._next_offsets: dict[tuple[str, int], int] = {}
+        self._consumed_counters: dict[
+            tuple[str, int], tuple[PrometheusCounter, PrometheusCounter]
+        ] = {}
         self._batch_started = 0.0
         self._batch_messages = 0
         self.sink: Sink
@@ -108,12 +145,10 @@ class Service:
         """Run until `stopping` is set, then commit or abort and leave the group."""
         settings = self.settings
         self._wait_for_topics()
-        if settings.delivery == "exactly-once":
-            transactional = TransactionalSink(settings.producer_config(self.worker), self.metrics)
-            transactional.init(deadline=float("inf"))
-            self.sink = transactional
-        else:
-            self.sink = AtLeastOnceSink(settings.producer_config(self.worker), self.metrics, 30.0)
+        if self.stopping.is_set():  # stopped while waiting for Kafka: nothing opened to close
+            self.finished.set()
+            return
+        self.sink = self._open_sink()
         self.source = Source(
             config=settings.consumer_config(self.worker),
             subscription=settings.subscription,
@@ -134,15 +169,31 @@ class Service:
             self.health.ready = False
             self.metrics.ready.set(0)
             self.source.close()
-            self.sink.close(5.0)
+            if self.health.fatal is None:  # a failed producer has nothing left to deliver
+                self.sink.close(5.0)
             self.finished.set()
+
+    def _open_sink(self) -> Sink:
+        config = self.settings.producer_config(self.worker)
+        if self.settings.delivery == "at-least-once":
+            return AtLeastOnceSink(config, self.metrics, 30.0)
+        transactional = _WatchedTransactionalSink(config, self.metrics)
+        transactional.init(deadline=float("inf"))
+        return transactional
 
     def _wait_for_topics(self) -> None:
         """A missing topic or an unreachable broker is logged and waited for, never a crash."""
+        refusals: list[KafkaError] = []
+
+        def on_error(error: KafkaError) -> None:
+            if error.code() == KafkaError._AUTHENTICATION:
+                refusals.append(error)
+
         admin = AdminClient(
             {k: v for k, v in self.settings.consumer_config(self.worker).items()
              if not k.startswith(("group.", "enable.", "isolation.", "partition.", "auto.",
-                                  "statistics."))}
+                                  "statistics."))},
+            error_cb=on_error,
         )
         wanted = {self.settings.alerts_topic, self.settings.dead_letter_topic}
         if not self.settings.input_pattern:
@@ -153,8 +204,16 @@ class Service:
             try:
                 existing = set(admin.list_topics(timeout=10).topics)
             except Exception as error:  # any failure here means "not yet"
-                log.error("cannot reach Kafka at %s: %s; retrying in %.0fs",
-                          self.settings.bootstrap_servers, error, delay)
+                admin.poll(0)
+                if refusals:
+                    log.error("Kafka at %s refused our credentials (%s): check sasl.mechanism, "
+                              "sasl.username and DETECTOR_KAFKA_SASL_PASSWORD or "
+                              "DETECTOR_KAFKA_SASL_PASSWORD_FILE; retrying in %.0fs",
+                              self.settings.bootstrap_servers, refusals[-1].str(), delay)
+                    refusals.clear()
+                else:
+                    log.error("cannot reach Kafka at %s: %s; retrying in %.0fs",
+                              self.settings.bootstrap_servers, error, delay)
             else:
                 missing = sorted(wanted - existing)
                 if not missing:
@@ -168,7 +227,9 @@ class Service:
     def _step(self) -> None:
         self.health.last_loop = time.monotonic()
         self._resume_due_partitions()
-        messages = self.source.consume(self.settings.batch_size, 0.1)
+        batch_size = self.settings.batch_size
+        # With a batch open, an empty input means commit now, not wait for more.
+        messages = self.source.consume(batch_size, 0 if self._batch_messages else 0.1)
         consumed_at = time.monotonic()
         if messages:
             self.sink.begin()
@@ -181,36 +242,45 @@ class Service:
         ready = bool(self.source.assignment) and self.source.broker_reachable
         self.health.ready = ready
         self.metrics.ready.set(1 if ready else 0)
+        # Alerts become visible when their batch commits: at once when the input is drained,
+        # since waiting would only delay them; under a backlog, when the batch is full or old.
         if self._batch_messages and (
-            self._batch_messages >= self.settings.transaction_max_messages
+            len(messages) < batch_size
+            or self._batch_messages >= self.settings.transaction_max_messages
             or (time.monotonic() - self._batch_started) * 1000 >= self.settings.transaction_max_ms
         ):
             self._commit()
 
     def _handle(self, messages: list[Message], consumed_at: float) -> None:
-        counts: Counter[tuple[str, int]] = Counter()
-        sizes: Counter[tuple[str, int]] = Counter()
-        blocked: set[tuple[str, int]] = set()
+        """Judge a batch. Nearly every message is skipped on its bytes, so the per-message path
+        is kept short: the tally of a partition is looked up once per run of its messages (a
+        fetch delivers them together) and reaches the metrics once per batch."""
+        tallies: dict[tuple[str, int], _Tally] = {}
+        blocked: set[tuple[str | None, int | None]] = set()
         skipped = decoded = 0
         inspect = self.detector.inspect
+        run: tuple[str | None, int | None] | None = None
+        tally = _Tally()
         for message in messages:
             error = message.error()
             if error is not None:
                 self._consumer_error(error)
                 continue
-            partition_key = cast("tuple[str, int]", (message.topic(), message.partition()))
-            if partition_key in blocked:
+            partition_key = (message.topic(), message.partition())
+            if partition_key != run:
+                run = partition_key
+                tally = tallies.setdefault(cast("tuple[str, int]", partition_key), _Tally())
+            if blocked and partition_key in blocked:
                 continue
             value = message.value()
-            counts[partition_key] += 1
-            sizes[partition_key] += len(value) if value else 0
+            if value:
+                tally.size += len(value)
             try:
                 verdict = inspect(value)
             except DecodeError as undecodable:
                 if undecodable.retriable:
                     blocked.add(partition_key)
                     self._retry_later(message, undecodable)
-                    counts[partition_key] -= 1
                     continue
                 self.metrics.decode_errors.labels(undecodable.reason).inc()
                 self._dead_letter(message, undecodable.reason, str(undecodable))
@@ -223,44 +293,74 @@ class Service:
                 else:
                     decoded += 1
                     for rule in verdict.matched:
-                        self._alert(rule, verdict.record, value, consumed_at)
-            self._next_offsets[partition_key] = cast(int, message.offset()) + 1
+                        self._alert(rule, verdict.record, message, consumed_at)
+            tally.count += 1
+            tally.last = message
         self._batch_messages += len(messages)
         self.metrics.batch_size.observe(len(messages))
         self.metrics.prefilter_skipped.inc(skipped)
         self.metrics.events_decoded.inc(decoded)
-        for (topic, partition), count in counts.items():
-            self.metrics.messages_consumed.labels(topic, str(partition)).inc(count)
-            self.metrics.bytes_consumed.labels(topic, str(partition)).inc(
-                sizes[(topic, partition)]
-            )
+        for partition_key, tally in tallies.items():
+            if tally.last is not None:
+                self._next_offsets[partition_key] = _origin(tally.last)[2] + 1
+            consumed, consumed_bytes = self._partition_counters(partition_key)
+            consumed.inc(tally.count)
+            consumed_bytes.inc(tally.size)
         for rule in self.detector.rules:
             self.metrics.rule_evaluations.labels(rule.rule_id).inc(decoded)
+
+    def _partition_counters(
+        self, partition_key: tuple[str, int]
+    ) -> tuple[PrometheusCounter, PrometheusCounter]:
+        """The consumed-messages and consumed-bytes counters of a partition, looked up once."""
+        counters = self._consumed_counters.get(partition_key)
+        if counters is None:
+            topic, partition = partition_key[0], str(partition_key[1])
+            counters = (
+                self.metrics.messages_consumed.labels(topic, partition),
+                self.metrics.bytes_consumed.labels(topic, partition),
+            )
+            self._consumed_counters[partition_key] = counters
+        return counters
 
     def _consumer_error(self, error: KafkaError) -> None:
         if error.code() != KafkaError._PARTITION_EOF:
             log.warning("consume: %s", error)
 
     def _alert(
-        self, rule: LoadedRule, record: dict[str, object], payload: bytes | None, consumed_at: float
+        self, rule: LoadedRule, record: dict[str, object], message: Message, consumed_at: float
     ) -> None:
         self.metrics.rule_matches.labels(rule.rule_id).inc()
         now = datetime.now(UTC)
         if not self._throttle.admit(rule.rule_id, now):
             self.metrics.alerts_throttled.labels(rule.rule_id).inc()
             return
+        payload = message.value()
         original = None
         if self.settings.include_event_original and payload is not None:
             original = self._original_json(record, payload)
-        alert = build_alert(
-            rule=rule.definition.rule,
-            ruleset=rule.source,
-            record=record,
-            fields_read=rule.query.fields_read + rule.query.keep_fields,
-            detected_at=now,
-            original=original,
-        )
-        self._send_alert(alert)
+
+        def build(original: str | None) -> Alert:
+            return build_alert(
+                rule=rule.definition.rule,
+                ruleset=rule.source,
+                record=record,
+                fields_read=rule.query.fields_read + rule.query.keep_fields,
+                detected_at=now,
+                original=original,
+            )
+
+        alert = build(original)
+        # A record near Kafka's message size limit is too large to carry twice: once more in
+        # event.original. Without it the alert usually fits; if not, it is dead-lettered.
+        if not self._send_alert(alert):
+            if original is not None and self._send_alert(build(None)):
+                log.warning("alert %s sent without event.original: too large with it",
+                            alert.alert_id)
+            else:
+                self._dead_letter(message, "alert-too-large",
+                                  f"the alert of rule {rule.rule_id} is too large to produce")
+                return
         self.metrics.alerts.labels(rule.rule_id, rule.severity).inc()
         self.metrics.processing_latency.observe(time.monotonic() - consumed_at)
         event_time = parse_iso_utc(record.get("eventTime"))
@@ -278,15 +378,35 @@ class Service:
             # A producer wrote text that is not JSON into a free-form field: keep it as text.
             return json.dumps(record, separators=(",", ":"), default=str)
 
-    def _send_alert(self, alert: Alert) -> None:
-        self.sink.produce(
+    def _send_alert(self, alert: Alert) -> bool:
+        return self._produce_if_fits(
             self.settings.alerts_topic, alert.key, self._encode_alert(alert), alert.headers
         )
 
+    def _produce_if_fits(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> bool:
+        """False when the producer refuses the message as over its message.max.bytes: a fact
+        about this one message, which must not stop the stream."""
+        try:
+            self.sink.produce(topic, key, value, headers)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                raise
+            return False
+        return True
+
     def _emit_throttle_summaries(self) -> None:
+        """Summaries of ended throttle windows, in the open batch or in one of their own, so
+        they are committed now rather than with the next input."""
+        if not self._batch_messages:
+            self._throttle.checkpoint()
         closed = self._throttle.closed_windows(datetime.now(UTC))
         if not closed:
             return
+        if not self._batch_messages:
+            self._batch_started = time.monotonic()
+        self._batch_messages += len(closed)
         by_id = {rule.rule_id: rule for rule in self.detector.rules}
         self.sink.begin()
         for window in closed:
@@ -314,7 +434,13 @@ class Service:
             ("dlq.source.timestamp", str(timestamp).encode()),
             ("dlq.detector.time", datetime.now(UTC).isoformat().encode()),
         ]
-        self.sink.produce(self.settings.dead_letter_topic, message.key(), message.value(), headers)
+        value = message.value()
+        if not self._produce_if_fits(self.settings.dead_letter_topic, message.key(), value,
+                                     headers):
+            # The header says where the original is: it stays readable in the source topic.
+            omitted: Headers = [("dlq.value.omitted", f"{len(value or b'')} bytes".encode())]
+            self.sink.produce(self.settings.dead_letter_topic, message.key(), None,
+                              headers + omitted)
         self.metrics.dead_letters.labels(reason).inc()
         log.warning("dead letter %s[%d]@%d: %s", topic, partition, offset, detail)
 
@@ -340,16 +466,45 @@ class Service:
 
     def _commit(self) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._next_offsets.items()]
-        committed = self.sink.commit(offsets, self.source.consumer)
+        committed = self._commit_unless_wedged(offsets)
         self._next_offsets.clear()
         self._batch_messages = 0
         if not committed:
             self._throttle.rollback()
             self.source.rewind_to_committed()
 
+    def _commit_unless_wedged(self, offsets: list[TopicPartition]) -> bool:
+        """The sink's commit, watched from here: a producer wedged past WEDGED_COMMIT_S is left
+        to its thread and a new one takes over. Its transactional.id fences the old producer, so
+        the abandoned batch is either committed by it already or aborted, and read again."""
+        sink = self.sink
+        outcome: list[bool] = []
+        failure: list[Exception] = []
+
+        def commit() -> None:
+            try:
+                outcome.append(sink.commit(offsets, self.source.consumer))
+            except Exception as error:
+                failure.append(error)
+
+        helper = threading.Thread(target=commit, name="commit", daemon=True)
+        helper.start()
+        helper.join(WEDGED_COMMIT_S)
+        if helper.is_alive():
+            sink.poll()  # serves the producer's error reports, a fatal one among them
+            if isinstance(sink, _WatchedTransactionalSink) and sink.fatal_error is not None:
+                raise FatalSinkError(f"transactional producer failed: {sink.fatal_error}")
+            log.error("commit blocked for %.0fs: replacing the producer and reading the batch "
+                      "again", WEDGED_COMMIT_S)
+            self.sink = self._open_sink()
+            return False
+        if failure:
+            raise failure[0]
+        return outcome[0]
+
     def _before_revoke(self, revoked: list[TopicPartition]) -> None:
         """Inside a rebalance: land the open batch while we still own its partitions."""
-        if self.sink.in_batch:
+        if self.sink.in_batch and self.health.fatal is None:
             self._commit()
         for tp in revoked:
             self._paused_until.pop((tp.topic, tp.partition), None)

@@ -139,11 +139,15 @@ class LocalKafka:
         extra_config: Mapping[str, str] | None = None,
         listeners: Mapping[str, str] | None = None,
         jvm_options: tuple[str, ...] = (),
+        scram_users: Mapping[str, str] | None = None,
     ) -> None:
+        """`scram_users` (name -> password) get SCRAM-SHA-512 credentials when the storage is
+        formatted: KRaft has no ZooKeeper to add them to before the broker first starts."""
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="kafka-local-"))
         self.extra_config = dict(extra_config or {})
         self.extra_listeners = dict(listeners or {})
         self.jvm_options = jvm_options
+        self.scram_users = dict(scram_users or {})
         self.port = free_port()
         self.controller_port = free_port()
         self.listener_ports = {name: free_port() for name in self.extra_listeners}
@@ -205,10 +209,15 @@ class LocalKafka:
         (self.workdir / "logs").mkdir(exist_ok=True)
         config = self._write_config()
         if not self._formatted:
+            scram = [
+                argument
+                for name, password in self.scram_users.items()
+                for argument in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
+            ]
             subprocess.run(
                 self._java(
                     "kafka.tools.StorageTool", "format", "--standalone",
-                    "-t", str(uuid.uuid4()).replace("-", "")[:22], "-c", str(config),
+                    "-t", str(uuid.uuid4()).replace("-", "")[:22], "-c", str(config), *scram,
                 ),
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )

@@ -161,11 +161,6 @@ def throttled_rule_dir(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service.py: a summary produced while no batch is open is only committed with the "
-    "next input or at shutdown (_step commits only when _batch_messages > 0)",
-)
 def test_matches_above_max_signals_become_one_summary_alert_after_the_window(
     broker: Broker, new_topic: TopicFactory, run_dir: Path, detectors: list[DetectorProcess],
     tmp_path: Path,
