@@ -109,7 +109,8 @@ class RegistryAvroDecoder:
     def check_framing(self, payload: bytes | None) -> None:
         data = _bounded(payload, self._max_payload_bytes)
         writer_schema, _ = self._writer_and_reader(data)
-        _check_leading_string(data, _HEADER_SIZE, writer_schema)
+        if _starts_with_string(writer_schema):
+            _check_leading_string(data, _HEADER_SIZE)
 
     def _writer_and_reader(self, data: bytes) -> tuple[Schema, Schema | None]:
         """The schemas named by the 5-byte header, from the cache or the registry."""
@@ -179,6 +180,7 @@ class SchemalessAvroDecoder:
     ) -> None:
         """Raises ValueError when `writer_schema` is not one this decoder can read safely."""
         self._writer_schema = readable_writer_schema(writer_schema)
+        self._leading_string = _starts_with_string(self._writer_schema)
         self._reader_schema = _resolve_to(self._writer_schema, parse_schema(reader_schema))
         self._max_payload_bytes = max_payload_bytes
 
@@ -187,7 +189,9 @@ class SchemalessAvroDecoder:
         return _read_avro(data, 0, self._writer_schema, self._reader_schema)
 
     def check_framing(self, payload: bytes | None) -> None:
-        _check_leading_string(_bounded(payload, self._max_payload_bytes), 0, self._writer_schema)
+        data = _bounded(payload, self._max_payload_bytes)
+        if self._leading_string:
+            _check_leading_string(data, 0)
 
 
 class JsonDecoder:
@@ -321,26 +325,23 @@ def _read_avro(
     return cast(CloudTrailRecord, record)
 
 
-_MAX_LEADING_STRING = 64
-"""eventVersion, the first field of a CloudTrail record, is a few characters ("1.11")."""
+_MAX_LEADING_STRING = 63
+"""eventVersion, the first field of a CloudTrail record, is a few characters ("1.11"); up to 63
+its zigzag length fits in one byte, which keeps the check to a few operations per message."""
 
 
-def _check_leading_string(data: bytes, offset: int, writer_schema: Schema) -> None:
-    """When the writer's first field is a plain string (eventVersion in ours), the body must start
-    with a short, non-negative zigzag length that fits in the payload."""
+def _starts_with_string(writer_schema: Schema) -> bool:
     fields = writer_schema.get("fields") if isinstance(writer_schema, dict) else None
-    if not fields or fields[0].get("type") != "string":
-        return
-    value = shift = 0
-    for position in range(offset, min(len(data), offset + 10)):
-        byte = data[position]
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            length = (value >> 1) ^ -(value & 1)
-            if 0 < length <= _MAX_LEADING_STRING and position + length < len(data):
-                return
-            break
+    return isinstance(fields, list) and bool(fields) and fields[0].get("type") == "string"
+
+
+def _check_leading_string(data: bytes, offset: int) -> None:
+    """The body of a record whose first field is a plain string (eventVersion in ours) starts
+    with that string's length: one byte, even (zigzag for positive), fitting in the payload."""
+    if offset < len(data):
+        first = data[offset]
+        if first < 0x80 and not first & 1 and 0 < first >> 1 < len(data) - offset:
+            return
     raise DecodeError(
         "avro-corrupt", "the Avro body does not start with the writer schema's first string field"
     )

@@ -41,12 +41,13 @@ class Detector:
     def __init__(self, decoder: Decoder, rules: Sequence[LoadedRule], use_prefilter: bool = True):
         self.decoder = decoder
         self.rules = tuple(rule for rule in rules if rule.enabled)
-        self._prefilter = (
-            CombinedPrefilter.for_queries(rule.query for rule in self.rules)
+        self._may_match = (
+            CombinedPrefilter.for_queries(rule.query for rule in self.rules).checker(
+                decoder.text_format
+            )
             if use_prefilter
             else None
         )
-        self._text_format = decoder.text_format
 
     def inspect(self, payload: bytes | None) -> Verdict | None:
         """The verdict for one message, or SKIPPED when its bytes rule out every rule.
@@ -57,8 +58,8 @@ class Detector:
         """
         if (
             payload is not None
-            and self._prefilter is not None
-            and not self._prefilter.may_match(payload, self._text_format)
+            and self._may_match is not None
+            and not self._may_match(payload)
         ):
             self.decoder.check_framing(payload)
             return SKIPPED

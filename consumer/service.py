@@ -80,18 +80,6 @@ class Health:
         )
 
 
-class _WatchedTransactionalSink(TransactionalSink):
-    """Remembers a fatal producer error as it is reported: a commit blocked after one (fenced by
-    a newer instance) must end this worker, where one blocked on the broker is worked around."""
-
-    fatal_error: KafkaError | None = None
-
-    def _on_error(self, error: KafkaError) -> None:
-        if error.fatal():
-            self.fatal_error = error
-        super()._on_error(error)
-
-
 def _rule_lookback(rules: list[LoadedRule]) -> timedelta:
     lookbacks = [rule.definition.rule.lookback for rule in rules if rule.enabled]
     return max(lookbacks, default=timedelta(minutes=6))
@@ -177,7 +165,7 @@ class Service:
         config = self.settings.producer_config(self.worker)
         if self.settings.delivery == "at-least-once":
             return AtLeastOnceSink(config, self.metrics, 30.0)
-        transactional = _WatchedTransactionalSink(config, self.metrics)
+        transactional = TransactionalSink(config, self.metrics)
         transactional.init(deadline=float("inf"))
         return transactional
 
@@ -492,7 +480,7 @@ class Service:
         helper.join(WEDGED_COMMIT_S)
         if helper.is_alive():
             sink.poll()  # serves the producer's error reports, a fatal one among them
-            if isinstance(sink, _WatchedTransactionalSink) and sink.fatal_error is not None:
+            if sink.fatal_error is not None:
                 raise FatalSinkError(f"transactional producer failed: {sink.fatal_error}")
             log.error("commit blocked for %.0fs: replacing the producer and reading the batch "
                       "again", WEDGED_COMMIT_S)

@@ -27,6 +27,8 @@ class FatalSinkError(Exception):
 
 
 class Sink(Protocol):
+    fatal_error: KafkaError | None
+
     def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
         """Queue one message in the current batch."""
 
@@ -55,8 +57,12 @@ class _ProducerSink:
         self._timeout = timeout
         self._failed_deliveries = 0
         self._open = False
+        self.fatal_error: KafkaError | None = None
+        """A fatal error the producer reported (fenced by a newer instance, ...), if any."""
 
     def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self.fatal_error = error
         log.warning("producer: %s", error)
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:

@@ -16,7 +16,7 @@ Why this is sound:
   groups, merged); NOT and everything else imply nothing.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import product
 
@@ -158,6 +158,36 @@ class CombinedPrefilter:
         if len(prefilters) == 1:  # the usual case: rules that share their literals dedupe to one
             return prefilters[0].may_match(payload, text_format)
         return any(prefilter.may_match(payload, text_format) for prefilter in prefilters)
+
+
+    def checker(self, text_format: bool) -> Callable[[bytes], bool]:
+        """`may_match` for one payload format as a single closure: for the usual rule set the
+        per-message test is then two substring searches, with no dispatch around them."""
+        prefilters = self._text if text_format else self._binary
+        if prefilters is None:
+            return _anything
+        if len(prefilters) == 1:
+            groups = prefilters[0].text_groups if text_format else prefilters[0].binary_groups
+            if all(len(group) == 1 for group in groups):
+                present = _all_present(tuple(group[0] for group in groups))
+                if text_format:
+                    return lambda payload: _UNICODE_ESCAPE in payload or present(payload)
+                return present
+        return lambda payload: self.may_match(payload, text_format)
+
+
+def _anything(payload: bytes) -> bool:
+    return True
+
+
+def _all_present(literals: tuple[bytes, ...]) -> Callable[[bytes], bool]:
+    if len(literals) == 1:
+        (only,) = literals
+        return lambda payload: only in payload
+    if len(literals) == 2:  # the seed rule: its provider and its action
+        first, second = literals
+        return lambda payload: first in payload and second in payload
+    return lambda payload: all(literal in payload for literal in literals)
 
 
 def _without_unconstrained(

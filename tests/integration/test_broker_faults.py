@@ -59,14 +59,6 @@ def fresh_topics(label: str) -> Topics:
     return Topics(f"{label}-in-{suffix}", f"{label}-alerts-{suffix}", f"{label}-dlq-{suffix}")
 
 
-@pytest.fixture
-def detectors() -> Iterator[list[DetectorProcess]]:
-    started: list[DetectorProcess] = []
-    yield started
-    for detector in started:
-        detector.stop()
-
-
 def start_detector(
     bootstrap: str, topics: Topics, run_dir: Path, started: list[DetectorProcess]
 ) -> DetectorProcess:

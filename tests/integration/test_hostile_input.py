@@ -14,7 +14,7 @@ import re
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -93,14 +93,6 @@ def create_topics(broker: Broker, label: str, input_config: dict[str, str]) -> T
     for future in futures.values():
         future.result(timeout=30)
     return topics
-
-
-@pytest.fixture
-def detectors() -> Iterator[list[DetectorProcess]]:
-    started: list[DetectorProcess] = []
-    yield started
-    for detector in started:
-        detector.stop()
 
 
 def start_detector(

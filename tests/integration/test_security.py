@@ -92,14 +92,6 @@ def secure(run_dir: Path) -> Iterator[SecureKafka]:
         local.stop()
 
 
-@pytest.fixture
-def detectors() -> Iterator[list[DetectorProcess]]:
-    started: list[DetectorProcess] = []
-    yield started
-    for detector in started:
-        detector.stop()
-
-
 def new_topics(secure: SecureKafka, label: str) -> Topics:
     suffix = uuid.uuid4().hex[:8]
     topics = Topics(f"{label}-in-{suffix}", f"{label}-alerts-{suffix}", f"{label}-dlq-{suffix}")

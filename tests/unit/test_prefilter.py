@@ -36,6 +36,8 @@ QUERIES = [
 ]
 PAIRS = [(compiled, Prefilter.for_query(compiled)) for compiled in QUERIES]
 COMBINED = CombinedPrefilter.for_queries([SEED, HARDENED, QUERIES[4], QUERIES[5]])
+SEED_ONLY = CombinedPrefilter.for_queries([SEED])
+"""The detector's default: one rule, whose checker is specialised to two substring tests."""
 COMBINED_QUERIES = [SEED, HARDENED, QUERIES[4], QUERIES[5]]
 
 SOURCES = ["iam.amazonaws.com", "sts.amazonaws.com", "s3.amazonaws.com", "é-service"]
@@ -145,6 +147,10 @@ def test_prefilter_never_skips_a_record_a_rule_matches(
                 assert prefilter.may_match(payload, text_format), compiled.query
         if any(compiled.matches(decoded) for compiled in COMBINED_QUERIES):
             assert COMBINED.may_match(payload, text_format)
+        for combined in (COMBINED, SEED_ONLY):
+            assert combined.checker(text_format)(payload) == combined.may_match(
+                payload, text_format
+            )
 
 
 def test_generated_records_include_matches_so_the_property_is_not_vacuous() -> None:

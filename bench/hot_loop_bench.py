@@ -1,0 +1,145 @@
+"""The detector's hot loop in-process, without Kafka: CPU per message, and where it goes.
+
+Run: .venv/bin/python bench/hot_loop_bench.py [--messages N] [--repeats N] [--profile]
+
+Feeds `Service._handle` (prefilter → decode → rules → alerts, with the per-partition offset and
+metric bookkeeping) batches of real `confluent_kafka.Message` objects carrying the pipeline
+benchmark's mix (bench/pipeline_workload.py), with a sink that only counts what it is given.
+Prints the best mean microseconds per message over `--repeats` passes next to what merely
+touching each message's value costs; `--profile` prints a pyinstrument tree of one pass
+(`pip install pyinstrument`; not a project dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from confluent_kafka import Message, TopicPartition
+from pipeline_workload import SEED_RULE_ID, Mix, bench_rule_query, load_sources, write_bench_rules
+from prometheus_client import CollectorRegistry
+
+from consumer.alert import Headers
+from consumer.app import load_enabled_rules, make_decoder
+from consumer.config import Settings
+from consumer.detector import Detector
+from consumer.metrics import Metrics
+from consumer.service import Health, Service
+
+TOPIC = "cloudtrail-events"
+PARTITIONS = 4
+BATCH = 1000
+
+
+class CountingSink:
+    """Takes alerts and offsets and keeps nothing but counts."""
+
+    def __init__(self) -> None:
+        self.produced = 0
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
+        self.produced += 1
+
+    def begin(self) -> None:
+        """Nothing to open."""
+
+    @property
+    def in_batch(self) -> bool:
+        return False
+
+    def commit(self, offsets: Sequence[TopicPartition], consumer: object) -> bool:
+        return True
+
+    def abort(self) -> None:
+        """Nothing to abandon."""
+
+    def poll(self) -> None:
+        """No deliveries to serve."""
+
+    def close(self, timeout: float) -> None:
+        """Nothing to close."""
+
+
+def build_service(rules_dir: Path) -> Service:
+    settings = Settings.model_validate(
+        {
+            "input_topics": [TOPIC],
+            "input_format": "avro",
+            "rules_dir": rules_dir,
+            "disable_rules": [SEED_RULE_ID],
+        }
+    )
+    rules = load_enabled_rules(settings)
+    metrics = Metrics(CollectorRegistry())
+    service = Service(settings, Detector(make_decoder(settings), rules), metrics, Health())
+    service.sink = CountingSink()
+    return service
+
+
+def batches(rules_dir: Path, count: int) -> tuple[list[list[Message]], int]:
+    """`count` messages in consume()-sized batches, spread over partitions like a fetch does,
+    and how many of them must alert."""
+    mix = Mix(load_sources(bench_rule_query(rules_dir)), seed=7)
+    messages = []
+    matches = 0
+    for index in range(count):
+        event = next(mix)
+        matches += event.matches
+        messages.append(
+            Message(topic=TOPIC, partition=(index // 250) % PARTITIONS, offset=index,
+                    key=event.key, value=event.payload)
+        )
+    return [messages[start : start + BATCH] for start in range(0, count, BATCH)], matches
+
+
+def best_us_per_message(run: Callable[[], None], messages: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best / messages * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="pyinstrument tree of one pass")
+    args = parser.parse_args()
+
+    rules_dir = write_bench_rules(Path(tempfile.mkdtemp(prefix="hot-loop-rules-")))
+    service = build_service(rules_dir)
+    work, matches = batches(rules_dir, args.messages)
+
+    def handle_all() -> None:
+        for batch in work:
+            service._handle(batch, time.monotonic())
+
+    def touch_values() -> None:
+        for batch in work:
+            for message in batch:
+                message.value()
+
+    sink = service.sink
+    assert isinstance(sink, CountingSink)
+    handle_all()
+    if sink.produced != matches:
+        raise SystemExit(f"{sink.produced} alerts from {matches} matching messages")
+    if args.profile:
+        profiler = importlib.import_module("pyinstrument").Profiler(interval=0.0002)
+        with profiler:
+            handle_all()
+        print(profiler.output_text(show_all=False))
+    touch = best_us_per_message(touch_values, args.messages, args.repeats)
+    handle = best_us_per_message(handle_all, args.messages, args.repeats)
+    print("| step | µs per message |\n|---|---:|")
+    print(f"| touch value() only | {touch:.3f} |\n| Service._handle | {handle:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

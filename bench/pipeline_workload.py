@@ -1,0 +1,272 @@
+"""The pipeline benchmark's input: a realistic CloudTrail mix and the alerts it must produce.
+
+Real records from ../shared/datasets are replayed with fresh eventIDs (generated ones when
+../shared is absent). About 0.1% are CreateAccessKey calls, one in ten of those a cross-user key
+creation that the seed rule flags; the rest are near misses (self-created keys, failed calls).
+The expected alerts are found up front by evaluating the compiled seed rule directly on each
+source record, without Kafka, decoder or prefilter, and checked against the datasets' labels.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastavro import schemaless_writer
+
+from consumer.event import CloudTrailRecord
+from consumer.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
+from consumer.rules import CompiledQuery, load_rules
+from consumer.rules.loader import BUILTIN_PREFIX
+
+DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+SEED_RULE_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
+SEED_RULE_FILE = "aws_iam_user_created_access_keys_for_another_user.toml"
+BENCH_RULE_ID = "b3f0c1de-0b5e-4c1f-9a55-5e11c0ffee01"
+"""The benchmark's copy of the seed rule: same query, max_signals high enough never to throttle."""
+BENCH_MAX_SIGNALS = 1_000_000
+CREATE_KEY_EVERY = 1000
+"""One event in this many is a CreateAccessKey call."""
+MATCHING_SHARE = 0.1
+"""Share of the CreateAccessKey calls that the seed rule flags."""
+LABEL_FILES = (
+    "createaccesskey-real-events",
+    "panther-analysis-createaccesskey-fixtures",
+)
+
+
+def write_bench_rules(directory: Path) -> Path:
+    """The seed rule's TOML under a new rule_id with a huge max_signals, in `directory`.
+
+    The detector runs it with the built-in seed rule disabled (DETECTOR_DISABLE_RULES), so
+    a million-event run is never throttled and every match becomes an alert.
+    """
+    builtin = Path(__file__).resolve().parents[1] / "consumer" / "rules" / "builtin"
+    text = (builtin / SEED_RULE_FILE).read_text(encoding="utf-8")
+    text, ids = re.subn(r'(?m)^rule_id = ".*"$', f'rule_id = "{BENCH_RULE_ID}"', text)
+    text, caps = re.subn(r"(?m)^max_signals = \d+$", f"max_signals = {BENCH_MAX_SIGNALS}", text)
+    if (ids, caps) != (1, 1):
+        raise RuntimeError(f"{SEED_RULE_FILE} no longer has one rule_id and one max_signals line")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "bench_seed_copy.toml"
+    path.write_text(text, encoding="utf-8")
+    return directory
+
+
+def bench_rule_query(rules_dir: Path) -> CompiledQuery:
+    """The compiled query of the benchmark's rule, as every variant evaluates it."""
+    for rule in load_rules(rules_dir, {SEED_RULE_ID: False}):
+        if rule.rule_id == BENCH_RULE_ID:
+            return rule.query
+    raise RuntimeError(f"{rules_dir} does not hold rule {BENCH_RULE_ID}")
+
+
+def seed_query() -> CompiledQuery:
+    for rule in load_rules():
+        if rule.source == BUILTIN_PREFIX + SEED_RULE_FILE:
+            return rule.query
+    raise RuntimeError(f"built-in rule {SEED_RULE_FILE} is missing")
+
+
+def _documents_in(path: Path) -> Iterator[Any]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        yield from (json.loads(line) for line in text.splitlines() if line.strip())
+        return
+    if isinstance(document, dict) and isinstance(document.get("Records"), list):
+        yield from document["Records"]
+    elif isinstance(document, list):
+        yield from document
+    else:
+        yield document
+
+
+def _to_avro(records: Iterator[Any]) -> list[CloudTrailRecord]:
+    converted = []
+    for record in records:
+        try:
+            converted.append(json_to_avro(record))
+        except NotCloudTrailError:
+            continue
+    return converted
+
+
+def _generated_record(index: int, *, event_name: str = "GetObject",
+                      event_source: str = "s3.amazonaws.com", caller: str = "alice",
+                      target: str | None = None, error_code: str | None = None) -> dict[str, Any]:
+    """A CloudTrail record in the shape tests/support/events.py writes."""
+    account = ("111122223333", "444455556666", "777788889999")[index % 3]
+    record: dict[str, Any] = {
+        "eventVersion": "1.09",
+        "userIdentity": {
+            "type": "IAMUser",
+            "principalId": f"AIDA{uuid.uuid5(uuid.NAMESPACE_DNS, caller).hex[:16].upper()}",
+            "arn": f"arn:aws:iam::{account}:user/{caller}",
+            "accountId": account,
+            "accessKeyId": "AKIAIOSFODNN7EXAMPLE",
+            "userName": caller,
+        },
+        "eventTime": "2026-11-29T10:00:00Z",
+        "eventSource": event_source,
+        "eventName": event_name,
+        "awsRegion": "us-east-1",
+        "sourceIPAddress": "198.51.100.7",
+        "userAgent": "aws-cli/2.15.0 Python/3.11.6",
+        "requestParameters": {"userName": target} if target else
+        {"bucketName": "logs", "key": f"k{index}"},
+        "responseElements": None,
+        "requestID": str(uuid.uuid5(uuid.NAMESPACE_URL, str(index))),
+        "eventID": str(uuid.uuid5(uuid.NAMESPACE_OID, str(index))),
+        "readOnly": event_name.startswith(("Get", "List", "Describe")),
+        "eventType": "AwsApiCall",
+        "managementEvent": True,
+        "recipientAccountId": account,
+        "eventCategory": "Management",
+    }
+    if error_code is not None:
+        record["errorCode"] = error_code
+        record["errorMessage"] = "User is not authorized to perform this action"
+    return record
+
+
+def _near_misses() -> list[dict[str, Any]]:
+    """CreateAccessKey calls the seed rule must not flag, plus cross-user ones it must."""
+    create = {"event_name": "CreateAccessKey", "event_source": "iam.amazonaws.com"}
+    return [
+        _generated_record(1, caller="bob", target="bob", **create),
+        _generated_record(2, caller="carol", **create),
+        _generated_record(3, caller="eve", target="carol", error_code="AccessDenied", **create),
+        _generated_record(4, caller="mallory", target="target-4", **create),
+        _generated_record(5, caller="mallory", target="target-5", **create),
+    ]
+
+
+@dataclass(frozen=True)
+class SourceRecords:
+    background: list[CloudTrailRecord]
+    """Everyday traffic, no CreateAccessKey."""
+    matching: list[CloudTrailRecord]
+    """CreateAccessKey records the seed rule flags."""
+    near_misses: list[CloudTrailRecord]
+    """CreateAccessKey records it does not."""
+    origin: str
+
+
+def _labelled_verdicts() -> list[tuple[CloudTrailRecord, bool]]:
+    """The labelled CreateAccessKey records and Elastic's verdict on each, from ../shared."""
+    verdicts = []
+    for folder in LABEL_FILES:
+        records = list(_documents_in(DATASETS / folder / "events.jsonl.gz"))
+        labels = json.loads((DATASETS / folder / "labels.json").read_text(encoding="utf-8"))
+        for label in labels:
+            record = json_to_avro(records[label["line"] - 1])
+            verdicts.append((record, label["elastic_verdict"] == "alert"))
+    return verdicts
+
+
+def load_sources(query: CompiledQuery) -> SourceRecords:
+    """Records to replay, each sorted by the verdict `query` gives it (checked against labels)."""
+    create_keys = [json_to_avro(record) for record in _near_misses()]
+    if DATASETS.is_dir():
+        background = [
+            record
+            for path in sorted(DATASETS.rglob("*.json*"))
+            if path.name != "labels.json" and not path.parent.name.startswith(LABEL_FILES)
+            for record in _to_avro(_documents_in(path))
+            if record["eventName"] != "CreateAccessKey"
+        ]
+        for record, alerts in _labelled_verdicts():
+            if query.matches(record) != alerts:
+                raise RuntimeError(f"seed rule disagrees with the label of {record['eventID']}")
+            create_keys.append(record)
+        origin = f"{len(background):,} real records from ../shared/datasets"
+    else:
+        background = [json_to_avro(_generated_record(index)) for index in range(5000)]
+        origin = "5,000 generated records (../shared/datasets is absent)"
+    matching = [record for record in create_keys if query.matches(record)]
+    near_misses = [record for record in create_keys if not query.matches(record)]
+    if any(query.matches(record) for record in background):
+        raise RuntimeError("a background record matches the seed rule")
+    return SourceRecords(background, matching, near_misses, origin)
+
+
+@dataclass
+class Event:
+    payload: bytes
+    key: bytes | None
+    event_id: str
+    matches: bool
+
+
+_ID_PLACEHOLDER = "00000000-0000-4000-8000-0000000000ff"
+"""Written as each template's eventID; a fresh id of the same length replaces its bytes."""
+
+
+@dataclass(frozen=True)
+class _Template:
+    payload: bytes
+    key: bytes | None
+
+
+def _template(record: CloudTrailRecord) -> _Template:
+    """The record encoded once, so a million events cost a bytes.replace each, not an encode."""
+    buffer = io.BytesIO()
+    schemaless_writer(buffer, READER_SCHEMA, {**record, "eventID": _ID_PLACEHOLDER})
+    payload = buffer.getvalue()
+    if payload.count(_ID_PLACEHOLDER.encode()) != 1:
+        raise RuntimeError("the eventID placeholder is not unique in an encoded record")
+    account = record.get("recipientAccountId")
+    return _Template(payload, account.encode() if isinstance(account, str) else None)
+
+
+class Mix:
+    """An endless, reproducible stream of encoded events with their known verdicts.
+
+    Event `i` is a CreateAccessKey call when `i % create_key_every == create_key_every // 2`,
+    and of those a `matching_share` (drawn at random) is one the rule flags. Every event gets
+    a fresh eventID, so every alert is distinct.
+    """
+
+    def __init__(
+        self,
+        sources: SourceRecords,
+        seed: int,
+        create_key_every: int = CREATE_KEY_EVERY,
+        matching_share: float = MATCHING_SHARE,
+    ) -> None:
+        self._background = [_template(record) for record in sources.background]
+        self._matching = [_template(record) for record in sources.matching]
+        self._near_misses = [_template(record) for record in sources.near_misses]
+        self._random = random.Random(seed)
+        self._id_base = self._random.getrandbits(128) & ~((1 << 64) - 1)
+        self._create_key_every = create_key_every
+        self._matching_share = matching_share
+        self._index = 0
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        index = self._index
+        self._index += 1
+        if index % self._create_key_every == self._create_key_every // 2:
+            matches = self._random.random() < self._matching_share
+            template = self._random.choice(self._matching if matches else self._near_misses)
+        else:
+            matches = False
+            template = self._background[index % len(self._background)]
+        event_id = str(uuid.UUID(int=self._id_base | index))
+        payload = template.payload.replace(_ID_PLACEHOLDER.encode(), event_id.encode(), 1)
+        return Event(payload, template.key, event_id, matches)
