@@ -93,8 +93,14 @@ class _ProducerSink:
         self._producer.flush(timeout)
 
 
+RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+"""Pauses between retries of a transactional call: an error that returns at once (a _CONFLICT
+while another call is in flight) must not spin the loop."""
+
+
 def _retry(action: Callable[[], Any], what: str, deadline: float) -> None:
     """Run a transactional call, retrying while librdkafka says the error is retriable."""
+    attempt = 0
     while True:
         try:
             action()
@@ -103,6 +109,8 @@ def _retry(action: Callable[[], Any], what: str, deadline: float) -> None:
             error: KafkaError = exception.args[0]
             if error.retriable() and time.monotonic() < deadline:
                 log.warning("%s: %s; retrying", what, error)
+                time.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+                attempt += 1
                 continue
             raise
 
