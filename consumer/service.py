@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 EXIT_INTERRUPTED = 130
 EXIT_SHUTDOWN_TIMEOUT = 3
 
+
 @dataclass(slots=True)
 class _Tally:
     """One partition's share of a batch: messages judged, their bytes, the last one judged."""
@@ -48,6 +49,7 @@ class _Tally:
     count: int = 0
     size: int = 0
     last: Message | None = None
+
 
 RETRY_LATER_BACKOFF_S = 5.0
 """How long a partition waits after a "retry later" decode error (e.g. registry down)."""
