@@ -241,7 +241,8 @@ class Settings(BaseSettings):
         """Stable across restarts of the same replica and worker, unique within the group."""
         return f"{self.group_id}-{self.member_name}-{worker}"
 
-    def _common_kafka(self) -> dict[str, str]:
+    def client_config(self) -> dict[str, str]:
+        """What every Kafka client shares: bootstrap servers, `kafka` properties, the password."""
         config = {"bootstrap.servers": self.bootstrap_servers, **self.kafka}
         password = self.kafka_sasl_password or self.kafka_sasl_password_file
         if password is not None:
@@ -250,7 +251,7 @@ class Settings(BaseSettings):
 
     def consumer_config(self, worker: int) -> dict[str, str]:
         config = {
-            **self._common_kafka(),
+            **self.client_config(),
             "group.id": self.group_id,
             "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
@@ -266,7 +267,7 @@ class Settings(BaseSettings):
 
     def producer_config(self, worker: int) -> dict[str, str]:
         config = {
-            **self._common_kafka(),
+            **self.client_config(),
             "enable.idempotence": "true",
             "acks": "all",
             "linger.ms": "5",

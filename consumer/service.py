@@ -179,12 +179,7 @@ class Service:
             if error.code() == KafkaError._AUTHENTICATION:
                 refusals.append(error)
 
-        admin = AdminClient(
-            {k: v for k, v in self.settings.consumer_config(self.worker).items()
-             if not k.startswith(("group.", "enable.", "isolation.", "partition.", "auto.",
-                                  "statistics."))},
-            error_cb=on_error,
-        )
+        admin = AdminClient({**self.settings.client_config()}, error_cb=on_error)
         wanted = {self.settings.alerts_topic, self.settings.dead_letter_topic}
         if not self.settings.input_pattern:
             wanted |= set(self.settings.input_topics)
