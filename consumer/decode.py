@@ -12,8 +12,9 @@ length or count ends in "avro-truncated" after at most one step per payload byte
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from io import BytesIO
+from operator import itemgetter
 from typing import Any, Final, Literal, NoReturn, Protocol, cast
 
 from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
@@ -45,6 +46,8 @@ CONFLUENT_MAGIC_BYTE: Final = 0
 _HEADER_SIZE: Final = 5
 _DETAIL_LIMIT: Final = 200
 _HTTP_NOT_FOUND: Final = 404
+_OPEN_BRACE: Final = ord("{")
+_CLOSE_BRACE: Final = ord("}")
 
 
 class DecodeError(Exception):
@@ -74,6 +77,11 @@ class Decoder(Protocol):
         """Raise DecodeError when the payload's envelope is already wrong, at a tiny fraction of
         decode's cost: for messages the prefilter lets skip decoding, so framing garbage still
         reaches the dead-letter topic."""
+
+    def well_framed(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> bool:
+        """True when `check_framing` would pass every payload (`sizes` are their lengths, 0 for
+        a missing one), judged for the batch at once. False means "check them one by one":
+        some may fail, or the batch is not one this shortcut can vouch for."""
 
 
 class RegistryAvroDecoder:
@@ -111,6 +119,23 @@ class RegistryAvroDecoder:
         writer_schema, _ = self._writer_and_reader(data)
         if _starts_with_string(writer_schema):
             _check_leading_string(data, _HEADER_SIZE)
+
+    def well_framed(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> bool:
+        """Each distinct header is checked once; its schema must be cached or fetched now, so
+        a batch vouched for here cannot raise a retriable error when decoded."""
+        if not _sizes_within(sizes, _HEADER_SIZE + 1, self._max_payload_bytes):
+            return False
+        framed = cast(Sequence[bytes], payloads)
+        try:
+            leading = {
+                _starts_with_string(self._writer_and_reader(header)[0])
+                for header in set(map(itemgetter(slice(0, _HEADER_SIZE)), framed))
+            }
+        except DecodeError:
+            return False
+        if leading == {False}:
+            return True
+        return leading == {True} and _leading_strings_fit(framed, sizes, _HEADER_SIZE)
 
     def _writer_and_reader(self, data: bytes) -> tuple[Schema, Schema | None]:
         """The schemas named by the 5-byte header, from the cache or the registry."""
@@ -193,6 +218,13 @@ class SchemalessAvroDecoder:
         if self._leading_string:
             _check_leading_string(data, 0)
 
+    def well_framed(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> bool:
+        if not _sizes_within(sizes, 1, self._max_payload_bytes):
+            return False
+        return not self._leading_string or _leading_strings_fit(
+            cast(Sequence[bytes], payloads), sizes, 0
+        )
+
 
 class JsonDecoder:
     """One CloudTrail JSON record (UTF-8) per message, converted to the Avro record shape."""
@@ -221,6 +253,15 @@ class JsonDecoder:
         data = _bounded(payload, self._max_payload_bytes)
         if data.lstrip()[:1] != b"{" or data.rstrip()[-1:] != b"}":
             raise DecodeError("invalid-json", "a CloudTrail record is a JSON object: {...}")
+
+    def well_framed(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> bool:
+        """Vouches for unpadded objects only; one with whitespace around it is checked alone."""
+        if not _sizes_within(sizes, 1, self._max_payload_bytes):
+            return False
+        framed = cast(Sequence[bytes], payloads)
+        return set(map(itemgetter(0), framed)) == {_OPEN_BRACE} and set(
+            map(itemgetter(-1), framed)
+        ) == {_CLOSE_BRACE}
 
 
 def readable_writer_schema(schema: Schema) -> Schema:
@@ -290,6 +331,11 @@ def _resolve_to(writer_schema: Schema, reader_schema: Schema) -> Schema | None:
     return None if writer_schema == reader_schema else reader_schema
 
 
+def _sizes_within(sizes: Sequence[int], shortest: int, longest: int) -> bool:
+    """Every size in [shortest, longest]; for a batch, so an empty one has nothing to refuse."""
+    return not sizes or (min(sizes) >= shortest and max(sizes) <= longest)
+
+
 def _bounded(payload: bytes | None, max_payload_bytes: int) -> bytes:
     if not payload:
         raise DecodeError("empty", "the message has no payload (empty or a tombstone)")
@@ -344,6 +390,15 @@ def _check_leading_string(data: bytes, offset: int) -> None:
             return
     raise DecodeError(
         "avro-corrupt", "the Avro body does not start with the writer schema's first string field"
+    )
+
+
+def _leading_strings_fit(payloads: Sequence[bytes], sizes: Sequence[int], offset: int) -> bool:
+    """`_check_leading_string` for a batch: the distinct first bytes are few (eventVersion has
+    a handful of values), and the longest of their strings must fit in the shortest payload."""
+    firsts = set(map(itemgetter(offset), payloads))
+    return all(first < 0x80 and not first & 1 and first for first in firsts) and (
+        max(firsts, default=0) >> 1 < min(sizes, default=0) - offset
     )
 
 

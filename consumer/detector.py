@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from consumer.decode import Decoder
 from consumer.event import CloudTrailRecord
@@ -41,13 +42,20 @@ class Detector:
     def __init__(self, decoder: Decoder, rules: Sequence[LoadedRule], use_prefilter: bool = True):
         self.decoder = decoder
         self.rules = tuple(rule for rule in rules if rule.enabled)
-        self._may_match = (
-            CombinedPrefilter.for_queries(rule.query for rule in self.rules).checker(
-                decoder.text_format
-            )
-            if use_prefilter
-            else None
-        )
+        prefilter = CombinedPrefilter.for_queries(rule.query for rule in self.rules)
+        self._may_match = prefilter.checker(decoder.text_format) if use_prefilter else None
+        self._batch_screen = prefilter.batch_screen(decoder.text_format) if use_prefilter else None
+
+    def screen(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> Sequence[int]:
+        """Indices, ascending, of the payloads `inspect` must see: it would skip every other one.
+
+        `sizes` are the payloads' lengths (0 for a missing one). A batch whose framing cannot be
+        vouched for at once, or a rule set the prefilter cannot narrow, is inspected whole.
+        """
+        if self._batch_screen is None or not self.decoder.well_framed(payloads, sizes):
+            return range(len(payloads))
+        # Well framed: every payload is present.
+        return self._batch_screen.candidates(cast("Sequence[bytes]", payloads), sizes)
 
     def inspect(self, payload: bytes | None) -> Verdict | None:
         """The verdict for one message, or SKIPPED when its bytes rule out every rule.

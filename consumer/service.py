@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import compress, islice
+from operator import ne
 from types import FrameType
 from typing import cast
 
@@ -40,15 +42,6 @@ log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
 EXIT_SHUTDOWN_TIMEOUT = 3
-
-
-@dataclass(slots=True)
-class _Tally:
-    """One partition's share of a batch: messages judged, their bytes, the last one judged."""
-
-    count: int = 0
-    size: int = 0
-    last: Message | None = None
 
 
 RETRY_LATER_BACKOFF_S = 5.0
@@ -237,34 +230,35 @@ class Service:
             self._commit()
 
     def _handle(self, messages: list[Message], consumed_at: float) -> None:
-        """Judge a batch. Nearly every message is skipped on its bytes, so the per-message path
-        is kept short: the tally of a partition is looked up once per run of its messages (a
-        fetch delivers them together) and reaches the metrics once per batch."""
-        tallies: dict[tuple[str, int], _Tally] = {}
-        blocked: set[tuple[str | None, int | None]] = set()
+        """Judge a batch. Nearly every message is ruled out on its bytes, so the batch is
+        screened as a whole and only the messages the screen hands back are inspected one by
+        one; the per-message work left is a few C-level passes over the batch."""
+        self._batch_messages += len(messages)
+        self.metrics.batch_size.observe(len(messages))
+        if any(map(Message.error, messages)):
+            messages = self._without_errors(messages)
+            if not messages:
+                return
+        values = list(map(Message.value, messages))
+        try:
+            sizes = list(map(len, cast("list[bytes]", values)))
+        except TypeError:  # a tombstone has no value
+            sizes = [len(value) if value else 0 for value in values]
+        blocked: dict[tuple[str, int], int] = {}
+        """Partitions to read again from an offset, after a "retry later" decode error."""
         skipped = decoded = 0
         inspect = self.detector.inspect
-        run: tuple[str | None, int | None] | None = None
-        tally = _Tally()
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                self._consumer_error(error)
+        looked_at = self.detector.screen(values, sizes)
+        for index in looked_at:
+            message = messages[index]
+            topic, partition, offset = _origin(message)
+            if blocked and (topic, partition) in blocked:
                 continue
-            partition_key = (message.topic(), message.partition())
-            if partition_key != run:
-                run = partition_key
-                tally = tallies.setdefault(cast("tuple[str, int]", partition_key), _Tally())
-            if blocked and partition_key in blocked:
-                continue
-            value = message.value()
-            if value:
-                tally.size += len(value)
             try:
-                verdict = inspect(value)
+                verdict = inspect(values[index])
             except DecodeError as undecodable:
                 if undecodable.retriable:
-                    blocked.add(partition_key)
+                    blocked[(topic, partition)] = offset
                     self._retry_later(message, undecodable)
                     continue
                 self.metrics.decode_errors.labels(undecodable.reason).inc()
@@ -279,20 +273,49 @@ class Service:
                     decoded += 1
                     for rule in verdict.matched:
                         self._alert(rule, verdict.record, message, consumed_at)
-            tally.count += 1
-            tally.last = message
-        self._batch_messages += len(messages)
-        self.metrics.batch_size.observe(len(messages))
-        self.metrics.prefilter_skipped.inc(skipped)
+        self._tally_partitions(messages, sizes, blocked)
+        self.metrics.prefilter_skipped.inc(skipped + len(messages) - len(looked_at))
         self.metrics.events_decoded.inc(decoded)
-        for partition_key, tally in tallies.items():
-            if tally.last is not None:
-                self._next_offsets[partition_key] = _origin(tally.last)[2] + 1
-            consumed, consumed_bytes = self._partition_counters(partition_key)
-            consumed.inc(tally.count)
-            consumed_bytes.inc(tally.size)
         for rule in self.detector.rules:
             self.metrics.rule_evaluations.labels(rule.rule_id).inc(decoded)
+
+    def _without_errors(self, messages: list[Message]) -> list[Message]:
+        """The batch without the consumer's error events, which are reported."""
+        kept = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                kept.append(message)
+            else:
+                self._consumer_error(error)
+        return kept
+
+    def _tally_partitions(
+        self, messages: list[Message], sizes: list[int], blocked: dict[tuple[str, int], int]
+    ) -> None:
+        """Messages, bytes and the next offset to commit of each partition in the batch, taken
+        once per run of one partition's messages (a fetch delivers them together). A blocked
+        partition is committed up to where it will be read again, and only what precedes that
+        counts as consumed."""
+        keys = cast(
+            "list[tuple[str, int]]",
+            list(zip(map(Message.topic, messages), map(Message.partition, messages), strict=True)),
+        )
+        starts = [*compress(range(1, len(keys)), map(ne, keys, islice(keys, 1, None)))]
+        for start, end in zip([0, *starts], [*starts, len(keys)], strict=True):
+            key = keys[start]
+            read_again_from = blocked.get(key)
+            if read_again_from is None:
+                self._next_offsets[key] = _origin(messages[end - 1])[2] + 1
+                counted = end
+            else:
+                self._next_offsets[key] = read_again_from
+                counted = start + sum(
+                    _origin(message)[2] < read_again_from for message in messages[start:end]
+                )
+            consumed, consumed_bytes = self._partition_counters(key)
+            consumed.inc(counted - start)
+            consumed_bytes.inc(sum(sizes[start:counted]))
 
     def _partition_counters(
         self, partition_key: tuple[str, int]

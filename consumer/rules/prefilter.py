@@ -16,9 +16,10 @@ Why this is sound:
   groups, merged); NOT and everything else imply nothing.
 """
 
-from collections.abc import Callable, Iterable
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import product
+from itertools import accumulate, product
 
 from consumer.rules.esql import (
     Compare,
@@ -159,7 +160,6 @@ class CombinedPrefilter:
             return prefilters[0].may_match(payload, text_format)
         return any(prefilter.may_match(payload, text_format) for prefilter in prefilters)
 
-
     def checker(self, text_format: bool) -> Callable[[bytes], bool]:
         """`may_match` for one payload format as a single closure: for the usual rule set the
         per-message test is then two substring searches, with no dispatch around them."""
@@ -174,6 +174,65 @@ class CombinedPrefilter:
                     return lambda payload: _UNICODE_ESCAPE in payload or present(payload)
                 return present
         return lambda payload: self.may_match(payload, text_format)
+
+    def batch_screen(self, text_format: bool) -> "BatchScreen | None":
+        """The screen for whole batches; None when some rule may match any message."""
+        prefilters = self._text if text_format else self._binary
+        if prefilters is None:
+            return None
+        return BatchScreen(
+            [p.text_groups if text_format else p.binary_groups for p in prefilters],
+            always=(_UNICODE_ESCAPE,) if text_format else (),
+        )
+
+
+class BatchScreen:
+    """The prefilter over a whole batch: which messages may match, found with a few C-level
+    scans of the joined payloads instead of a Python call per message.
+
+    Every prefilter needs one literal of each of its groups, so a message that may match holds
+    a literal of one chosen group per prefilter (its anchor): the screen reports the messages in
+    which an anchor literal (or an `always` literal) starts, and `may_match` then judges each of
+    those as usual. A literal that only exists across the join of two messages adds a candidate,
+    never loses one. The anchor is the group found least often in a recent batch, re-chosen every
+    `REVIEW_EVERY` batches, so the few scans land on few messages whatever the traffic mix.
+    """
+
+    REVIEW_EVERY = 500
+
+    def __init__(
+        self, groups_per_prefilter: Sequence[tuple[tuple[bytes, ...], ...]],
+        always: tuple[bytes, ...] = (),
+    ) -> None:
+        self._groups = groups_per_prefilter
+        self._always = always
+        self._literals: tuple[bytes, ...] = ()
+        self._until_review = 0
+
+    def candidates(self, payloads: Sequence[bytes], sizes: Sequence[int]) -> list[int]:
+        """Indices, ascending, of the payloads that may match; `sizes` are their lengths."""
+        joined = b"".join(payloads)
+        if not self._until_review:
+            self._choose_anchors(joined)
+        self._until_review -= 1
+        ends = list(accumulate(sizes))
+        found: set[int] = set()
+        for literal in self._literals:
+            start = joined.find(literal)
+            while start >= 0:
+                index = bisect_right(ends, start)
+                found.add(index)
+                start = joined.find(literal, ends[index])
+        return sorted(found)
+
+    def _choose_anchors(self, sample: bytes) -> None:
+        anchors = (
+            min(groups, key=lambda group: sum(map(sample.count, group)))
+            for groups in self._groups
+        )
+        chosen = [literal for anchor in anchors for literal in anchor]
+        self._literals = tuple(dict.fromkeys([*self._always, *chosen]))
+        self._until_review = self.REVIEW_EVERY
 
 
 def _anything(payload: bytes) -> bool:

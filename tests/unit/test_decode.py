@@ -246,6 +246,31 @@ def test_unreachable_registry_is_retriable(closed_port: int) -> None:
     assert "ConnectError" in str(caught.value)
 
 
+def test_a_batch_is_not_vouched_for_while_the_registry_is_unreachable(closed_port: int) -> None:
+    """Each message is then checked alone, which reports the retriable error per partition."""
+    client = SchemaRegistryClient(
+        {"url": f"http://127.0.0.1:{closed_port}", "timeout": 2, "max.retries": 0}
+    )
+    message = wire(1, avro_body(RECORD))
+    assert not RegistryAvroDecoder(client).well_framed([message], [len(message)])
+
+
+def test_a_batch_with_an_unknown_schema_id_is_not_vouched_for(
+    decoder: RegistryAvroDecoder, schema_id: int
+) -> None:
+    known = wire(schema_id, avro_body(RECORD))
+    unknown = wire(schema_id + 1000, avro_body(RECORD))
+    assert decoder.well_framed([known, known], [len(known)] * 2)
+    assert not decoder.well_framed([known, unknown], [len(known), len(unknown)])
+
+
+def test_a_batch_with_a_message_over_the_limit_is_not_vouched_for() -> None:
+    body = avro_body(RECORD)
+    decoder = SchemalessAvroDecoder(max_payload_bytes=len(body))
+    assert decoder.well_framed([body], [len(body)])
+    assert not decoder.well_framed([body, body + b"x"], [len(body), len(body) + 1])
+
+
 class _FixedAnswer(BaseHTTPRequestHandler):
     """Answers every GET with the server's `answer`: (status, registry error code)."""
 

@@ -206,3 +206,54 @@ def test_lying_array_block_count_is_rejected_without_allocating_it(traced: None,
     assert isinstance(outcome, DecodeError)
     assert outcome.reason in {"avro-truncated", "avro-corrupt"}
     assert peak < PEAK_BYTES_LIMIT
+
+
+def assert_vouched_batches_pass_one_by_one(decoder: Decoder, batch: list[bytes | None]) -> bool:
+    """`well_framed` may say True only when `check_framing` passes every payload; returns it."""
+    vouched = decoder.well_framed(batch, [len(payload or b"") for payload in batch])
+    if vouched:
+        for payload in batch:
+            decoder.check_framing(payload)
+    return vouched
+
+
+BATCH_SETTINGS = settings(max_examples=300, deadline=None)
+
+
+def batches(payloads: st.SearchStrategy[bytes]) -> st.SearchStrategy[list[bytes | None]]:
+    return st.lists(payloads | st.none(), max_size=6)
+
+
+@BATCH_SETTINGS
+@given(batch=batches(mutated(SCHEMALESS_SEEDS) | st.sampled_from(SCHEMALESS_SEEDS)))
+def test_a_schemaless_batch_is_vouched_for_only_when_every_message_is_well_framed(
+    batch: list[bytes | None],
+) -> None:
+    assert_vouched_batches_pass_one_by_one(SchemalessAvroDecoder(), batch)
+
+
+@BATCH_SETTINGS
+@given(data=st.data())
+def test_a_registry_batch_is_vouched_for_only_when_every_message_is_well_framed(
+    registry_decoder: tuple[RegistryAvroDecoder, list[bytes]], data: st.DataObject
+) -> None:
+    decoder, seeds = registry_decoder
+    batch = data.draw(batches(mutated(seeds) | st.sampled_from(seeds)))
+    assert_vouched_batches_pass_one_by_one(decoder, batch)
+
+
+@BATCH_SETTINGS
+@given(batch=batches(mutated(JSON_SEEDS) | st.sampled_from(JSON_SEEDS)))
+def test_a_json_batch_is_vouched_for_only_when_every_message_is_well_framed(
+    batch: list[bytes | None],
+) -> None:
+    assert_vouched_batches_pass_one_by_one(JsonDecoder(), batch)
+
+
+def test_batches_of_intact_messages_are_vouched_for_so_the_properties_are_not_vacuous(
+    registry_decoder: tuple[RegistryAvroDecoder, list[bytes]],
+) -> None:
+    decoder, seeds = registry_decoder
+    assert assert_vouched_batches_pass_one_by_one(decoder, [*seeds, *seeds])
+    assert assert_vouched_batches_pass_one_by_one(SchemalessAvroDecoder(), [*SCHEMALESS_SEEDS])
+    assert assert_vouched_batches_pass_one_by_one(JsonDecoder(), [*JSON_SEEDS])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -45,6 +46,9 @@ class CountingDecoder:
         self.framing_checked += 1
         self.inner.check_framing(payload)
 
+    def well_framed(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> bool:
+        return self.inner.well_framed(payloads, sizes)
+
 
 FORMATS = {
     "avro": (SchemalessAvroDecoder, avro_encoder()),
@@ -72,6 +76,37 @@ def test_a_message_no_rule_can_match_is_skipped_without_decoding(wire: str) -> N
 
     assert detector.inspect(encode(wire, READ)) is SKIPPED
     assert (decoder.decoded, decoder.framing_checked) == (0, 1)
+
+
+def screened(detector: Detector, payloads: list[bytes | None]) -> list[int]:
+    return list(detector.screen(payloads, [len(payload or b"") for payload in payloads]))
+
+
+def test_a_batch_is_screened_down_to_the_messages_a_rule_may_match(wire: str) -> None:
+    detector, decoder = detector_for(wire)
+    batch: list[bytes | None] = [
+        encode(wire, record) for record in (READ, CROSS_USER, READ, OWN_KEY, READ)
+    ]
+
+    assert screened(detector, batch) == [1, 3]
+    assert decoder.decoded == 0
+    assert [detector.inspect(batch[index]) for index in (0, 2, 4)] == [SKIPPED] * 3
+
+
+@pytest.mark.parametrize("odd_one", [None, b"", b"\xff\xfe not a record"])
+def test_a_batch_holding_a_message_with_broken_framing_is_inspected_whole(
+    wire: str, odd_one: bytes | None
+) -> None:
+    detector, _ = detector_for(wire)
+    batch = [encode(wire, READ), odd_one, encode(wire, READ)]
+
+    assert screened(detector, batch) == [0, 1, 2]
+
+
+def test_without_the_prefilter_a_batch_is_inspected_whole(wire: str) -> None:
+    detector, _ = detector_for(wire, use_prefilter=False)
+
+    assert screened(detector, [encode(wire, READ), encode(wire, READ)]) == [0, 1]
 
 
 def test_a_candidate_is_decoded_and_judged_by_the_enabled_rules(wire: str) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from consumer.event import CloudTrailRecord
 from consumer.record import READER_SCHEMA, json_to_avro
 from consumer.rules import CombinedPrefilter, CompiledQuery, Prefilter, compile_query, load_rules
+from consumer.rules.prefilter import BatchScreen
 
 RULES = {rule.name: rule.query for rule in load_rules()}
 SEED = RULES["AWS IAM User Created Access Keys For Another User"]
@@ -269,3 +270,69 @@ def test_combined_prefilter_with_an_unconstrained_rule_never_skips() -> None:
 
 def test_combined_prefilter_without_rules_skips_everything() -> None:
     assert not CombinedPrefilter.for_queries([]).may_match(b"anything", text_format=False)
+
+
+BATCH_PREFILTERS = [COMBINED, SEED_ONLY, *(CombinedPrefilter([p]) for _, p in PAIRS)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    records=st.lists(RECORDS, max_size=8),
+    rnd=st.randoms(use_true_random=False),
+    escape_rate=st.sampled_from([0.0, 0.2]),
+)
+def test_the_batch_screen_hands_back_every_message_the_prefilter_lets_through(
+    records: list[dict[str, Any]], rnd: random.Random, escape_rate: float
+) -> None:
+    binary = [avro_bytes(record) for record in records]
+    text = [json_text(record, rnd, escape_rate, False).encode() for record in records]
+    for payloads, text_format in ((binary, False), (text, True)):
+        sizes = [len(payload) for payload in payloads]
+        for combined in BATCH_PREFILTERS:
+            screen = combined.batch_screen(text_format)
+            may_match = [i for i, p in enumerate(payloads) if combined.may_match(p, text_format)]
+            if screen is None:  # some rule is unconstrained: every message may match
+                assert may_match == list(range(len(payloads)))
+                continue
+            candidates = screen.candidates(payloads, sizes)
+            assert candidates == sorted(set(candidates))
+            assert set(may_match) <= set(candidates)
+
+
+def seed_screen() -> BatchScreen:
+    screen = SEED_ONLY.batch_screen(text_format=False)
+    assert screen is not None
+    return screen
+
+
+def sizes_of(payloads: list[bytes]) -> list[int]:
+    return [len(payload) for payload in payloads]
+
+
+def test_a_literal_across_two_joined_messages_adds_a_candidate_and_hides_none() -> None:
+    payloads = [
+        b"..iam.amazonaws.com..CreateAcc", b"essKey..", b"iam.amazonaws.com CreateAccessKey"
+    ]
+    assert seed_screen().candidates(payloads, sizes_of(payloads)) == [0, 2]
+    assert [SEED_ONLY.may_match(p, text_format=False) for p in payloads] == [False, False, True]
+
+
+def test_the_screen_anchors_on_the_literal_that_is_rarer_in_the_traffic() -> None:
+    """Every message is an IAM call, one is CreateAccessKey: one candidate, not a hundred."""
+    payloads = [b"iam.amazonaws.com ListUsers"] * 99 + [b"iam.amazonaws.com CreateAccessKey"]
+    assert seed_screen().candidates(payloads, sizes_of(payloads)) == [99]
+    payloads = [b"CreateAccessKey s3.amazonaws.com"] * 99 + [b"iam.amazonaws.com CreateAccessKey"]
+    assert seed_screen().candidates(payloads, sizes_of(payloads)) == [99]
+
+
+def test_a_json_message_with_a_unicode_escape_is_always_a_candidate() -> None:
+    screen = SEED_ONLY.batch_screen(text_format=True)
+    assert screen is not None
+    payloads = [b'{"a":"b"}', b'{"eventName":"\\u0043reateAccessKey"}', b'{"c":"d"}']
+    assert screen.candidates(payloads, sizes_of(payloads)) == [1]
+
+
+def test_no_batch_screen_when_a_rule_may_match_any_message() -> None:
+    assert CombinedPrefilter.for_queries([SEED, query('user.name == "bob"')]).batch_screen(
+        text_format=False
+    ) is None
