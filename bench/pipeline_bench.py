@@ -323,24 +323,36 @@ class Measurement:
     """Events read between the start and the end of the measurement."""
     broker_cpu_s: float | None = None
     alerts: int | None = None
+    commits: int | None = None
+    commit_wait_s: float = 0.0
+    """The detector's commits over its whole run, and the time its loop spent waiting on them."""
     problem: str | None = None
     """Why the variant failed: the run exits non-zero."""
     skipped: str | None = None
 
 
-def _consumed(ports: list[int]) -> list[int]:
-    """Messages each detector worker has consumed so far, from its /metrics."""
-    counts = []
+COMMIT_SECONDS = "cloudtrail_detector_commit_duration_seconds"
+
+
+def _metric_totals(ports: list[int], family: str) -> list[float]:
+    """Each detector worker's `family` from its /metrics, summed over label sets (0 if down)."""
+    totals = []
     for port in ports:
         total = 0.0
         with contextlib.suppress(OSError):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as reply:
                 text = reply.read().decode()
             for line in text.splitlines():
-                if line.startswith("cloudtrail_detector_messages_consumed_total{"):
+                if line.startswith((family + "{", family + " ")):
                     total += float(line.rsplit(" ", 1)[1])
-        counts.append(int(total))
-    return counts
+        totals.append(total)
+    return totals
+
+
+def _consumed(ports: list[int]) -> list[int]:
+    """Messages each detector worker has consumed so far."""
+    consumed = _metric_totals(ports, "cloudtrail_detector_messages_consumed_total")
+    return [int(total) for total in consumed]
 
 
 class StdoutReports:
@@ -405,6 +417,10 @@ def measure(
         if setup.broker_pid and broker_cpu_start is not None:
             result.broker_cpu_s = cpu_seconds([setup.broker_pid]) - broker_cpu_start
         result.peak_rss_mb = memory_kb(tree, "VmHWM") / 1024
+        if variant.metrics_ports:
+            ports = variant.metrics_ports
+            result.commits = int(sum(_metric_totals(ports, f"{COMMIT_SECONDS}_count")))
+            result.commit_wait_s = sum(_metric_totals(ports, f"{COMMIT_SECONDS}_sum"))
         result.seconds = end - start
         result.events = setup.events - consumed_before
     finally:
@@ -698,14 +714,15 @@ def table(rows: list[Measurement], expected: int) -> list[str]:
     raw = next((row for row in rows if row.key == "a" and row.seconds), None)
     lines = [
         "| variant | events/s | x raw (a) | CPU s per 1M events | broker CPU s per 1M | "
-        "peak RSS MB | alerts |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "peak RSS MB | commits (loop wait s) | alerts |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if row.seconds == 0:
             why = f"skipped: {row.skipped}" if row.skipped else f"**FAILED: {row.problem}**"
-            lines.append(f"| ({row.key}) {row.label} | — | — | — | — | — | {why} |")
+            lines.append(f"| ({row.key}) {row.label} | — | — | — | — | — | — | {why} |")
             continue
+        commits = "—" if row.commits is None else f"{row.commits} ({row.commit_wait_s:.2f})"
         rate = row.events / row.seconds
         ratio = f"{rate / (raw.events / raw.seconds):.2f}" if raw else "—"
         alerts = "—" if row.alerts is None else f"{row.alerts} of {expected}"
@@ -714,7 +731,8 @@ def table(rows: list[Measurement], expected: int) -> list[str]:
         broker = "—" if row.broker_cpu_s is None else f"{row.broker_cpu_s / row.events * 1e6:.2f}"
         lines.append(
             f"| ({row.key}) {row.label} | {rate:,.0f} | {ratio} | "
-            f"{row.cpu_s / row.events * 1e6:.2f} | {broker} | {row.peak_rss_mb:.0f} | {alerts} |"
+            f"{row.cpu_s / row.events * 1e6:.2f} | {broker} | {row.peak_rss_mb:.0f} | {commits} | "
+            f"{alerts} |"
         )
     return lines
 

@@ -21,6 +21,9 @@ EVENT_TO_ALERT_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 
 
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""A healthy commit takes milliseconds; seconds mean a struggling broker or coordinator."""
+
 
 class Metrics:
     """Every metric the detector exports, registered in one registry."""
@@ -105,6 +108,11 @@ class Metrics:
         self.transactions = Counter(
             name("transactions"), "Kafka transactions, by outcome (committed or aborted).",
             ["outcome"], registry=registry,
+        )
+        self.commit_duration = Histogram(
+            name("commit_duration_seconds"),
+            "Time the loop waited to commit a batch (transaction, or flush and offset commit).",
+            buckets=COMMIT_BUCKETS, registry=registry,
         )
         self.produce_errors = Counter(
             name("produce_errors"), "Messages whose delivery failed, by error name.",

@@ -474,7 +474,8 @@ class Service:
 
     def _commit(self) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._next_offsets.items()]
-        committed = self._commit_unless_wedged(offsets)
+        with self.metrics.commit_duration.time():
+            committed = self._commit_unless_wedged(offsets)
         self._next_offsets.clear()
         self._batch_messages = 0
         if not committed:
