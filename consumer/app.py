@@ -42,7 +42,11 @@ WORKER_RESTART_BACKOFF_S = 1.0
 
 
 def registry_client(settings: Settings) -> SchemaRegistryClient:
-    config: dict[str, object] = {"url": settings.schema_registry_url, "timeout": 10}
+    """No retries inside the client: they would hold up the whole loop (up to 7 s per lookup
+    with its defaults) where the service pauses only the partition and reads it again later."""
+    config: dict[str, object] = {
+        "url": settings.schema_registry_url, "timeout": 10, "max.retries": 0,
+    }
     if settings.schema_registry_basic_auth is not None:
         config["basic.auth.user.info"] = settings.schema_registry_basic_auth.get_secret_value()
     for key, path in (

@@ -12,6 +12,7 @@ length or count ends in "avro-truncated" after at most one step per payload byte
 """
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from io import BytesIO
 from operator import itemgetter
@@ -88,8 +89,11 @@ class RegistryAvroDecoder:
     """Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro body.
 
     Writer schemas are fetched by id from the registry once, parsed once and kept; older or newer
-    compatible writer schemas are resolved to `reader_schema`. The registry client's own
-    `timeout` and `max.retries` bound how long a first message with a new id can block.
+    compatible writer schemas are resolved to `reader_schema`. The registry client's `timeout`
+    and `max.retries` bound how long a first message with a new id can block. A registry that
+    could not answer is not asked about the same id again for `outage_memory_s`: every message
+    of a batch that needs it then gets the same retriable error at once, instead of each one
+    holding up the loop for another round trip to a registry that is down.
     """
 
     text_format = False
@@ -100,8 +104,12 @@ class RegistryAvroDecoder:
         reader_schema: Schema = READER_SCHEMA,
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        outage_memory_s: float = 1.0,
     ) -> None:
         self._client = client
+        self._outage_memory_s = outage_memory_s
+        self._unavailable: dict[int, tuple[float, str]] = {}
+        """Schema id -> (until when, why): the registry failed to answer for it just now."""
         self._reader_schema = parse_schema(reader_schema)
         self._max_payload_bytes = max_payload_bytes
         self._schemas: dict[int, tuple[Schema, Schema | None]] = {}
@@ -154,6 +162,9 @@ class RegistryAvroDecoder:
     def _fetch(self, schema_id: int) -> tuple[Schema, Schema | None]:
         if schema_id in self._incompatible:
             raise DecodeError("incompatible-schema", self._incompatible[schema_id])
+        until, why = self._unavailable.get(schema_id, (0.0, ""))
+        if time.monotonic() < until:
+            raise DecodeError("registry-unavailable", why, retriable=True)
         try:
             registered = self._client.get_schema(schema_id)
         except SchemaRegistryError as error:
@@ -162,18 +173,15 @@ class RegistryAvroDecoder:
                     "unknown-schema-id",
                     f"schema id {schema_id} is not in the registry: {_detail(error)}",
                 ) from error
-            raise DecodeError(
-                "registry-unavailable",
-                f"registry failed to return schema id {schema_id}: {_detail(error)}",
-                retriable=True,
-            ) from error
+            self._unavailable_now(
+                schema_id, f"registry failed to return schema id {schema_id}: {_detail(error)}"
+            )
         except Exception as error:
             # httpx transport errors (refused, timeout, DNS), OAuth token failures and the like.
-            raise DecodeError(
-                "registry-unavailable",
-                f"registry unreachable for schema id {schema_id}: {_detail(error)}",
-                retriable=True,
-            ) from error
+            self._unavailable_now(
+                schema_id, f"registry unreachable for schema id {schema_id}: {_detail(error)}"
+            )
+        self._unavailable.pop(schema_id, None)
         try:
             if registered.schema_type not in (None, "AVRO"):
                 raise ValueError(f"it is a {registered.schema_type} schema, not Avro")
@@ -189,6 +197,10 @@ class RegistryAvroDecoder:
         schemas = (writer_schema, _resolve_to(writer_schema, self._reader_schema))
         self._schemas[schema_id] = schemas
         return schemas
+
+    def _unavailable_now(self, schema_id: int, why: str) -> NoReturn:
+        self._unavailable[schema_id] = (time.monotonic() + self._outage_memory_s, why)
+        raise DecodeError("registry-unavailable", why, retriable=True)
 
 
 class SchemalessAvroDecoder:

@@ -15,6 +15,8 @@ import pytest
 from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
 
 from consumer import decode as decode_module
+from consumer.app import registry_client
+from consumer.config import Settings
 from consumer.decode import (
     DecodeError,
     Decoder,
@@ -218,13 +220,30 @@ def test_registry_outage_is_retriable_and_not_cached(
     real_get_schema = registry.get_schema
     outage = MagicMock(side_effect=ConnectionError("refused"))
     monkeypatch.setattr(registry, "get_schema", outage)
-    decoder = RegistryAvroDecoder(registry)
+    decoder = RegistryAvroDecoder(registry, outage_memory_s=0)
     message = wire(schema_id, avro_body(RECORD))
     with pytest.raises(DecodeError) as caught:
         decoder.decode(message)
     assert (caught.value.reason, caught.value.retriable) == ("registry-unavailable", True)
     monkeypatch.setattr(registry, "get_schema", real_get_schema)
     assert decoder.decode(message) == RECORD
+
+
+def test_a_registry_outage_is_remembered_briefly_so_a_batch_asks_once(
+    registry: SchemaRegistryClient, schema_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outage = MagicMock(side_effect=ConnectionError("refused"))
+    monkeypatch.setattr(registry, "get_schema", outage)
+    decoder = RegistryAvroDecoder(registry, outage_memory_s=60)
+    message = wire(schema_id, avro_body(RECORD))
+    reasons = []
+    for _ in range(5):
+        with pytest.raises(DecodeError) as caught:
+            decoder.decode(message)
+        error = caught.value
+        reasons.append((error.reason, error.retriable, "refused" in str(error)))
+    assert reasons == [("registry-unavailable", True, True)] * 5
+    assert outage.call_count == 1
 
 
 @pytest.fixture
@@ -277,6 +296,7 @@ class _FixedAnswer(BaseHTTPRequestHandler):
     server: "_RegistryStub"
 
     def do_GET(self) -> None:
+        self.server.asked += 1
         status, error_code = self.server.answer
         body = json.dumps({"error_code": error_code, "message": "stub answer"}).encode()
         self.send_response(status)
@@ -291,6 +311,7 @@ class _FixedAnswer(BaseHTTPRequestHandler):
 
 class _RegistryStub(ThreadingHTTPServer):
     answer: tuple[int, int]
+    asked = 0
 
 
 @pytest.fixture(scope="module")
@@ -324,6 +345,22 @@ def test_registry_http_errors_map_to_reasons(
         RegistryAvroDecoder(client).decode(wire(1, avro_body(RECORD)))
     assert (caught.value.reason, caught.value.retriable) == (reason, retriable)
     assert str(answer[0]) in str(caught.value)
+
+
+def test_the_detectors_registry_client_asks_once_and_leaves_retrying_to_the_service(
+    registry_stub: _RegistryStub,
+) -> None:
+    registry_stub.answer = (503, 50301)
+    host, port = registry_stub.server_address[:2]
+    settings = Settings.model_validate(
+        {"input_topics": ["in"], "input_format": "avro-registry",
+         "schema_registry_url": f"http://{host!s}:{port}"}
+    )
+    asked_before = registry_stub.asked
+    with pytest.raises(DecodeError) as caught:
+        RegistryAvroDecoder(registry_client(settings)).decode(wire(1, avro_body(RECORD)))
+    assert caught.value.retriable
+    assert registry_stub.asked - asked_before == 1
 
 
 @pytest.mark.parametrize(
