@@ -129,8 +129,8 @@ class Settings(BaseSettings):
         "still checked). false decodes everything, so every corrupt body reaches the DLQ.",
     )
     batch_size: PositiveInt = Field(1000, description="Messages per consume call.")
-    transaction_max_messages: PositiveInt = 10_000
-    transaction_max_ms: PositiveInt = 100
+    transaction_max_messages: PositiveInt = 250_000
+    transaction_max_ms: PositiveInt = 250
     start_from: str = Field(
         "lookback",
         description="Where a partition with no committed offset starts: earliest, latest, "
