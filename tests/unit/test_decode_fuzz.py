@@ -225,29 +225,18 @@ def batches(payloads: st.SearchStrategy[bytes]) -> st.SearchStrategy[list[bytes 
 
 
 @BATCH_SETTINGS
-@given(batch=batches(mutated(SCHEMALESS_SEEDS) | st.sampled_from(SCHEMALESS_SEEDS)))
-def test_a_schemaless_batch_is_vouched_for_only_when_every_message_is_well_framed(
-    batch: list[bytes | None],
-) -> None:
-    assert_vouched_batches_pass_one_by_one(SchemalessAvroDecoder(), batch)
-
-
-@BATCH_SETTINGS
 @given(data=st.data())
-def test_a_registry_batch_is_vouched_for_only_when_every_message_is_well_framed(
-    registry_decoder: tuple[RegistryAvroDecoder, list[bytes]], data: st.DataObject
+@pytest.mark.parametrize("wire", ["schemaless", "registry", "json"])
+def test_a_batch_is_vouched_for_only_when_every_message_is_well_framed(
+    registry_decoder: tuple[RegistryAvroDecoder, list[bytes]], wire: str, data: st.DataObject
 ) -> None:
-    decoder, seeds = registry_decoder
+    decoder, seeds = {
+        "schemaless": (SchemalessAvroDecoder(), SCHEMALESS_SEEDS),
+        "registry": registry_decoder,
+        "json": (JsonDecoder(), JSON_SEEDS),
+    }[wire]
     batch = data.draw(batches(mutated(seeds) | st.sampled_from(seeds)))
     assert_vouched_batches_pass_one_by_one(decoder, batch)
-
-
-@BATCH_SETTINGS
-@given(batch=batches(mutated(JSON_SEEDS) | st.sampled_from(JSON_SEEDS)))
-def test_a_json_batch_is_vouched_for_only_when_every_message_is_well_framed(
-    batch: list[bytes | None],
-) -> None:
-    assert_vouched_batches_pass_one_by_one(JsonDecoder(), batch)
 
 
 def test_batches_of_intact_messages_are_vouched_for_so_the_properties_are_not_vacuous(
