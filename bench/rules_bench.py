@@ -179,6 +179,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         return run
 
+    def screen_alone(messages: list[bytes], text_format: bool) -> Callable[[], int]:
+        """The whole-batch form the service uses, on consume()-sized batches."""
+        screen = prefilter.batch_screen(text_format)
+        assert screen is not None
+        batches = [messages[start : start + 1000] for start in range(0, len(messages), 1000)]
+
+        def run() -> int:
+            kept = 0
+            for batch in batches:
+                kept += len(screen.candidates(batch, list(map(len, batch))))
+            return kept
+
+        return run
+
     def decode_alone() -> None:
         for payload in payloads:
             decode(payload)
@@ -193,12 +207,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         return alerts
 
     assert pipeline(True) == pipeline(False), "the prefilter dropped an alert"
+    for messages, text_format in ((payloads, False), (texts, True)):
+        kept = [m for m in messages if prefilter.may_match(m, text_format)]
+        screened = screen_alone(messages, text_format)()
+        assert screened >= len(kept), "the batch screen dropped a message the prefilter kept"
     measure = {
         "seed rule `matches` (decoded record)": matches_all([seed]),
         "hardened rule `matches` (decoded record)": matches_all([hardened]),
         "both rules `matches`": matches_all(both),
         "prefilter alone, Avro bytes": prefilter_alone(payloads, text_format=False),
         "prefilter alone, JSON text": prefilter_alone(texts, text_format=True),
+        "batch screen, Avro bytes (1,000 per batch)": screen_alone(payloads, text_format=False),
+        "batch screen, JSON text (1,000 per batch)": screen_alone(texts, text_format=True),
         "Avro decode alone (fastavro)": decode_alone,
         "decode + both rules, no prefilter": lambda: pipeline(False),
         "prefilter + decode + both rules": lambda: pipeline(True),
