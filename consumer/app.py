@@ -25,7 +25,7 @@ from consumer.detector import Detector
 from consumer.http import serve
 from consumer.metrics import Metrics
 from consumer.rules.loader import LoadedRule, load_rules
-from consumer.service import Health, Service, install_signal_handlers
+from consumer.service import RETRY_LATER_BACKOFF_S, Health, Service, install_signal_handlers
 from consumer.sink import FatalSinkError
 
 log = logging.getLogger("consumer")
@@ -61,7 +61,10 @@ def registry_client(settings: Settings) -> SchemaRegistryClient:
 
 def make_decoder(settings: Settings) -> Decoder:
     if settings.input_format == "avro-registry":
-        return RegistryAvroDecoder(registry_client(settings))
+        # Asking before the partitions it paused are read again would only block the loop.
+        return RegistryAvroDecoder(
+            registry_client(settings), outage_memory_s=RETRY_LATER_BACKOFF_S
+        )
     if settings.input_format == "avro":
         if settings.writer_schema is None:
             return SchemalessAvroDecoder()
