@@ -27,6 +27,7 @@ from tests.support.kafka import (
     produce,
     produce_raw,
     read_all,
+    wait_all_committed,
     wait_until,
 )
 
@@ -127,6 +128,46 @@ def test_kill_minus_nine_ten_times_loses_and_duplicates_no_alert(
 
     assert kills == 10
     assert_exactly_once(alert_event_ids(alerts), matches)
+
+
+def test_at_least_once_killed_four_times_loses_no_alert_and_repeats_one_only_under_its_own_id(
+    broker: Broker, topics: Topics, run_dir: Path, detectors: list[DetectorProcess]
+) -> None:
+    events, matches = mixed_workload(20_000, every=250)
+    group = f"g-{uuid.uuid4().hex}"
+    env = {
+        "DETECTOR_DELIVERY": "at-least-once",
+        "DETECTOR_STATIC_MEMBERSHIP": "true",
+        "DETECTOR_TRANSACTION_MAX_MESSAGES": "200",
+        "DETECTOR_BATCH_SIZE": "100",
+        # Alerts wait in the producer's queue: a commit that did not flush them first would
+        # lose them to a kill.
+        "DETECTOR_KAFKA_PRODUCER": json.dumps({"linger.ms": "500"}),
+    }
+    feeder = threading.Thread(
+        target=produce, args=(broker.bootstrap_servers, topics.input, events), daemon=True
+    )
+    feeder.start()
+    rng = random.Random(20261130)
+    for _ in range(4):
+        detector = new_detector(broker, topics, run_dir, detectors, group=group, extra_env=env)
+        detector.start().wait_ready()
+        threading.Event().wait(rng.uniform(0.2, 1.5))
+        detector.kill()
+    feeder.join(120)
+    new_detector(broker, topics, run_dir, detectors, group=group, extra_env=env).start()
+    # Offsets are committed only after the batch's alerts were acknowledged: once the group
+    # has committed the end, every alert is in the topic.
+    wait_all_committed(broker.bootstrap_servers, group, topics.input, 3, timeout=180)
+
+    alerts = read_all(broker.bootstrap_servers, topics.alerts, wanted=len(matches), timeout=60)
+
+    event_ids = alert_event_ids(alerts)
+    assert sorted(set(event_ids)) == sorted(matches)
+    alert_uuids: dict[str, set[str]] = defaultdict(set)
+    for message, event_id in zip(alerts, event_ids, strict=True):
+        alert_uuids[event_id].add(json.loads(message.value() or b"")["kibana"]["alert"]["uuid"])
+    assert [event_id for event_id, uuids in alert_uuids.items() if len(uuids) != 1] == []
 
 
 def poison_messages(prefilter: bool) -> list[tuple[bytes | None, bytes | None]]:
