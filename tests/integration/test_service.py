@@ -97,36 +97,46 @@ def test_ten_thousand_mixed_events_give_exactly_the_known_alerts_in_key_order(
     }
 
 
-def test_kill_minus_nine_ten_times_loses_and_duplicates_no_alert(
-    broker: Broker, topics: Topics, run_dir: Path, detectors: list[DetectorProcess]
-) -> None:
-    events, matches = mixed_workload(30_000, every=300)
-    group = f"g-{uuid.uuid4().hex}"
+CRASH_ENV = {
     # Static membership: a restarted member takes its partitions back without waiting for the
     # dead one's session to time out; its transactional.id fences the dead producer.
-    env = {
-        "DETECTOR_STATIC_MEMBERSHIP": "true",
-        "DETECTOR_TRANSACTION_MAX_MESSAGES": "200",
-        "DETECTOR_BATCH_SIZE": "100",
-    }
+    "DETECTOR_STATIC_MEMBERSHIP": "true",
+    "DETECTOR_TRANSACTION_MAX_MESSAGES": "200",
+    "DETECTOR_BATCH_SIZE": "100",
+}
+
+
+def run_with_kills(
+    broker: Broker, topics: Topics, run_dir: Path, detectors: list[DetectorProcess],
+    events: list[dict[str, object]], *, kills: int, env: dict[str, str], seed: int,
+) -> str:
+    """Feed `events` while a detector is started and killed with SIGKILL `kills` times, at
+    random moments of its run; then start one that is left to finish. Returns the group."""
+    group = f"g-{uuid.uuid4().hex}"
     feeder = threading.Thread(
         target=produce, args=(broker.bootstrap_servers, topics.input, events), daemon=True
     )
     feeder.start()
-    rng = random.Random(20261129)
-    kills = 0
-    for _ in range(10):
+    rng = random.Random(seed)
+    for _ in range(kills):
         detector = new_detector(broker, topics, run_dir, detectors, group=group, extra_env=env)
         detector.start().wait_ready()
         threading.Event().wait(rng.uniform(0.05, 1.5))
         detector.kill()
-        kills += 1
     feeder.join(120)
     new_detector(broker, topics, run_dir, detectors, group=group, extra_env=env).start()
+    return group
+
+
+def test_kill_minus_nine_ten_times_loses_and_duplicates_no_alert(
+    broker: Broker, topics: Topics, run_dir: Path, detectors: list[DetectorProcess]
+) -> None:
+    events, matches = mixed_workload(30_000, every=300)
+    run_with_kills(broker, topics, run_dir, detectors, events, kills=10, env=CRASH_ENV,
+                   seed=20261129)
 
     alerts = read_all(broker.bootstrap_servers, topics.alerts, wanted=len(matches), timeout=180)
 
-    assert kills == 10
     assert_exactly_once(alert_event_ids(alerts), matches)
 
 
@@ -134,28 +144,15 @@ def test_at_least_once_killed_four_times_loses_no_alert_and_repeats_one_only_und
     broker: Broker, topics: Topics, run_dir: Path, detectors: list[DetectorProcess]
 ) -> None:
     events, matches = mixed_workload(20_000, every=250)
-    group = f"g-{uuid.uuid4().hex}"
     env = {
+        **CRASH_ENV,
         "DETECTOR_DELIVERY": "at-least-once",
-        "DETECTOR_STATIC_MEMBERSHIP": "true",
-        "DETECTOR_TRANSACTION_MAX_MESSAGES": "200",
-        "DETECTOR_BATCH_SIZE": "100",
         # Alerts wait in the producer's queue: a commit that did not flush them first would
         # lose them to a kill.
         "DETECTOR_KAFKA_PRODUCER": json.dumps({"linger.ms": "500"}),
     }
-    feeder = threading.Thread(
-        target=produce, args=(broker.bootstrap_servers, topics.input, events), daemon=True
-    )
-    feeder.start()
-    rng = random.Random(20261130)
-    for _ in range(4):
-        detector = new_detector(broker, topics, run_dir, detectors, group=group, extra_env=env)
-        detector.start().wait_ready()
-        threading.Event().wait(rng.uniform(0.2, 1.5))
-        detector.kill()
-    feeder.join(120)
-    new_detector(broker, topics, run_dir, detectors, group=group, extra_env=env).start()
+    group = run_with_kills(broker, topics, run_dir, detectors, events, kills=4, env=env,
+                           seed=20261130)
     # Offsets are committed only after the batch's alerts were acknowledged: once the group
     # has committed the end, every alert is in the topic.
     wait_all_committed(broker.bootstrap_servers, group, topics.input, 3, timeout=180)
