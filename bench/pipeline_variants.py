@@ -35,7 +35,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from fastavro import schemaless_reader
 from pipeline_workload import BENCH_RULE_ID, SEED_RULE_ID
 
-from consumer.alert import build_alert, encode_json
+from consumer.alert import alert_for, encode_json
 from consumer.normalize import normalize
 from consumer.record import READER_SCHEMA, avro_to_json
 from consumer.rules import LoadedRule, load_rules
@@ -180,12 +180,8 @@ def naive(
         assert isinstance(record, dict)
         normalize(record)
         if rule.query.matches(record):
-            alert = build_alert(
-                rule=rule.definition.rule,
-                ruleset=rule.source,
-                record=record,
-                fields_read=rule.query.fields_read,
-                detected_at=datetime.now(UTC),
+            alert = alert_for(
+                rule, record, detected_at=datetime.now(UTC),
                 original=json.dumps(avro_to_json(record), separators=(",", ":")),
             )
             producer.produce(alerts_topic, encode_json(alert), alert.key, headers=alert.headers)

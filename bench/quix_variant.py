@@ -28,7 +28,7 @@ from quixstreams.models.serializers import (  # type: ignore[import-not-found]
 )
 from quixstreams.models.serializers.avro import AvroDeserializer  # type: ignore[import-not-found]
 
-from consumer.alert import Alert, build_alert, encode_json
+from consumer.alert import Alert, alert_for, encode_json
 from consumer.record import SCHEMA_TEXT, avro_to_json
 
 CONFLUENT_HEADER_BYTES = 5
@@ -92,12 +92,8 @@ def main() -> None:
         return rule.query.matches(record)
 
     def to_alert(record: dict[str, Any]) -> Alert:
-        return build_alert(
-            rule=rule.definition.rule,
-            ruleset=rule.source,
-            record=record,
-            fields_read=rule.query.fields_read,
-            detected_at=datetime.now(UTC),
+        return alert_for(
+            rule, record, detected_at=datetime.now(UTC),
             original=json.dumps(avro_to_json(record), separators=(",", ":")),
         )
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from consumer.event import CloudTrailRecord, EcsValue
 from consumer.normalize import normalize
+from consumer.rules.loader import LoadedRule
 from consumer.rules.model import RuleDefinition
 
 ALERT_NAMESPACE = uuid.UUID("8f9a4c52-3c1e-4d4b-9a55-2f0f3e6c9b11")
@@ -196,6 +197,20 @@ def build_alert(
         key=f"{account}/{subject}".encode("utf-8", "backslashreplace"),
         headers=[("rule.id", rule.rule_id.encode()), ("rule.severity", rule.severity.encode())],
         document=nest({k: v for k, v in flat.items() if v is not None}),
+    )
+
+
+def alert_for(
+    rule: LoadedRule, record: CloudTrailRecord, *, detected_at: datetime, original: str | None
+) -> Alert:
+    """The alert for a match of a loaded rule: it carries every field the query read or KEEPs."""
+    return build_alert(
+        rule=rule.definition.rule,
+        ruleset=rule.source,
+        record=record,
+        fields_read=rule.query.fields_read + rule.query.keep_fields,
+        detected_at=detected_at,
+        original=original,
     )
 
 

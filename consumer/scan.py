@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from consumer.alert import build_alert, encode_json
+from consumer.alert import alert_for, encode_json
 from consumer.files import expand, read_records
 from consumer.record import NotCloudTrailError, json_to_avro
 from consumer.rules.loader import LoadedRule
@@ -57,12 +57,8 @@ def scan(
             for rule in enabled:
                 if rule.query.matches(record):
                     original = json.dumps(item.record, separators=(",", ":"))
-                    alert = build_alert(
-                        rule=rule.definition.rule,
-                        ruleset=rule.source,
-                        record=record,
-                        fields_read=rule.query.fields_read + rule.query.keep_fields,
-                        detected_at=datetime.now(UTC),
+                    alert = alert_for(
+                        rule, record, detected_at=datetime.now(UTC),
                         original=original if include_event_original else None,
                     )
                     output.write(encode_json(alert).decode() + "\n")

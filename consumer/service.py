@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter as PrometheusCounter
 
-from consumer.alert import Alert, Headers, build_alert, build_throttle_summary, encode_json
+from consumer.alert import Alert, Headers, alert_for, build_throttle_summary, encode_json
 from consumer.config import Settings
 from consumer.decode import DecodeError
 from consumer.detector import Detector, RuleEvaluationError
@@ -349,14 +349,7 @@ class Service:
             original = self._original_json(record, payload)
 
         def build(original: str | None) -> Alert:
-            return build_alert(
-                rule=rule.definition.rule,
-                ruleset=rule.source,
-                record=record,
-                fields_read=rule.query.fields_read + rule.query.keep_fields,
-                detected_at=now,
-                original=original,
-            )
+            return alert_for(rule, record, detected_at=now, original=original)
 
         alert = build(original)
         # A record near Kafka's message size limit is too large to carry twice: once more in
