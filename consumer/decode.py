@@ -396,18 +396,17 @@ def _starts_with_string(writer_schema: Schema) -> bool:
 def _check_leading_string(data: bytes, offset: int) -> None:
     """The body of a record whose first field is a plain string (eventVersion in ours) starts
     with that string's length: one byte, even (zigzag for positive), fitting in the payload."""
-    if offset < len(data):
-        first = data[offset]
-        if first < 0x80 and not first & 1 and 0 < first >> 1 < len(data) - offset:
-            return
-    raise DecodeError(
-        "avro-corrupt", "the Avro body does not start with the writer schema's first string field"
-    )
+    if len(data) <= offset or not _leading_strings_fit((data,), (len(data),), offset):
+        raise DecodeError(
+            "avro-corrupt",
+            "the Avro body does not start with the writer schema's first string field",
+        )
 
 
 def _leading_strings_fit(payloads: Sequence[bytes], sizes: Sequence[int], offset: int) -> bool:
-    """`_check_leading_string` for a batch: the distinct first bytes are few (eventVersion has
-    a handful of values), and the longest of their strings must fit in the shortest payload."""
+    """The leading-string test of payloads at least `offset` + 1 bytes long, for a batch at once:
+    the distinct first bytes are few (eventVersion has a handful of values), and the longest of
+    their strings must fit in the shortest payload."""
     firsts = set(map(itemgetter(offset), payloads))
     return all(first < 0x80 and not first & 1 and first for first in firsts) and (
         max(firsts, default=0) >> 1 < min(sizes, default=0) - offset
