@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 from pipeline_workload import SEED_RULE_ID, Mix, bench_rule_query, load_sources, write_bench_rules
 from prometheus_client import CollectorRegistry
 
@@ -37,6 +37,8 @@ BATCH = 1000
 
 class CountingSink:
     """Takes alerts and offsets and keeps nothing but counts."""
+
+    fatal_error: KafkaError | None = None
 
     def __init__(self) -> None:
         self.produced = 0

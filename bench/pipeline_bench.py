@@ -67,6 +67,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from pipeline_workload import (
+    REPO,
     SEED_RULE_ID,
     Mix,
     SourceRecords,
@@ -76,12 +77,11 @@ from pipeline_workload import (
 )
 
 from consumer.record import SCHEMA_TEXT
+from scripts.kafka_local import KAFKA_VERSION, LocalKafka
+from tests.support.kafka import alert_event_ids, read_all
 
-REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
-sys.path.insert(0, str(REPO))
-from scripts.kafka_local import KAFKA_VERSION, LocalKafka  # noqa: E402
 
 DEFAULT_QUIX_PYTHON = (
     Path.home() / ".cache" / "cloudtrail-detector" / "quix-venv" / "bin" / "python"
@@ -202,36 +202,6 @@ class CommitWatcher:
 
     def close(self) -> None:
         self._consumer.close()
-
-
-def read_alert_ids(bootstrap: str, topic: str, wanted: int, timeout: float = 60) -> list[str]:
-    """event.id of every committed alert: waits for `wanted`, then drains a quiet second more."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": "false",
-        }
-    )
-    consumer.subscribe([topic])
-    ids: list[str] = []
-    deadline = time.monotonic() + timeout
-    quiet_since = None
-    try:
-        while time.monotonic() < deadline:
-            batch = [m for m in consumer.consume(1000, 0.2) if m.error() is None]
-            ids += [json.loads(m.value() or b"{}")["event"]["id"] for m in batch]
-            if batch:
-                quiet_since = None
-            elif len(ids) >= wanted:
-                quiet_since = quiet_since or time.monotonic()
-                if time.monotonic() - quiet_since >= 1.0:
-                    break
-    finally:
-        consumer.close()
-    return ids
 
 
 @contextlib.contextmanager
@@ -475,7 +445,7 @@ def measure(
         stop(process)
         watcher.close()
     if alerts_topic is not None:
-        ids = read_alert_ids(bootstrap, alerts_topic, len(expected))
+        ids = alert_event_ids(read_all(bootstrap, alerts_topic, wanted=len(expected)))
         result.alerts = len(ids)
         if len(ids) != len(expected) or set(ids) != expected:
             result.problem = (
@@ -1016,7 +986,7 @@ def run_variants(
                       log_dir=work, deadline_s=deadline_s)
         row.round = round_index
         if row.seconds:
-            print(f"    {row.events / row.seconds:,.0f} events/s, {row.cpu_s:.1f} CPU s, "
+            print(f"    {row.rate:,.0f} events/s, {row.cpu_s:.1f} CPU s, "
                   f"{row.peak_rss_mb:.0f} MB, alerts {row.alerts}", file=sys.stderr)
         rows.append(row)
     return rows

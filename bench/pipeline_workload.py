@@ -14,6 +14,7 @@ import io
 import json
 import random
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,12 @@ from consumer.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
 from consumer.rules import CompiledQuery, load_rules
 from consumer.rules.loader import BUILTIN_PREFIX
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+REPO = Path(__file__).resolve().parents[1]
+# The benchmarks share the tests' record builders and readers, and the local broker script.
+sys.path.insert(0, str(REPO))
+from tests.support.events import ACCOUNTS, event  # noqa: E402
+
+DATASETS = REPO.parent / "shared" / "datasets"
 SEED_RULE_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
 SEED_RULE_FILE = "aws_iam_user_created_access_keys_for_another_user.toml"
 BENCH_RULE_ID = "b3f0c1de-0b5e-4c1f-9a55-5e11c0ffee01"
@@ -103,53 +109,25 @@ def _to_avro(records: Iterator[Any]) -> list[CloudTrailRecord]:
     return converted
 
 
-def _generated_record(index: int, *, event_name: str = "GetObject",
-                      event_source: str = "s3.amazonaws.com", caller: str = "alice",
-                      target: str | None = None, error_code: str | None = None) -> dict[str, Any]:
-    """A CloudTrail record in the shape tests/support/events.py writes."""
-    account = ("111122223333", "444455556666", "777788889999")[index % 3]
-    record: dict[str, Any] = {
-        "eventVersion": "1.09",
-        "userIdentity": {
-            "type": "IAMUser",
-            "principalId": f"AIDA{uuid.uuid5(uuid.NAMESPACE_DNS, caller).hex[:16].upper()}",
-            "arn": f"arn:aws:iam::{account}:user/{caller}",
-            "accountId": account,
-            "accessKeyId": "AKIAIOSFODNN7EXAMPLE",
-            "userName": caller,
-        },
-        "eventTime": "2026-11-29T10:00:00Z",
-        "eventSource": event_source,
-        "eventName": event_name,
-        "awsRegion": "us-east-1",
-        "sourceIPAddress": "198.51.100.7",
-        "userAgent": "aws-cli/2.15.0 Python/3.11.6",
-        "requestParameters": {"userName": target} if target else
-        {"bucketName": "logs", "key": f"k{index}"},
-        "responseElements": None,
-        "requestID": str(uuid.uuid5(uuid.NAMESPACE_URL, str(index))),
-        "eventID": str(uuid.uuid5(uuid.NAMESPACE_OID, str(index))),
-        "readOnly": event_name.startswith(("Get", "List", "Describe")),
-        "eventType": "AwsApiCall",
-        "managementEvent": True,
-        "recipientAccountId": account,
-        "eventCategory": "Management",
-    }
-    if error_code is not None:
-        record["errorCode"] = error_code
-        record["errorMessage"] = "User is not authorized to perform this action"
-    return record
+def _generated_record(index: int, **fields: Any) -> dict[str, Any]:
+    """An everyday call built the way the tests build theirs, by `index`: ids and account."""
+    fields.setdefault("request_parameters", {"bucketName": "logs", "key": f"k{index}"})
+    return event(event_id=str(uuid.uuid5(uuid.NAMESPACE_OID, str(index))),
+                 account=ACCOUNTS[index % len(ACCOUNTS)], **fields)
 
 
 def _near_misses() -> list[dict[str, Any]]:
     """CreateAccessKey calls the seed rule must not flag, plus cross-user ones it must."""
     create = {"event_name": "CreateAccessKey", "event_source": "iam.amazonaws.com"}
     return [
-        _generated_record(1, caller="bob", target="bob", **create),
+        _generated_record(1, caller="bob", request_parameters={"userName": "bob"}, **create),
         _generated_record(2, caller="carol", **create),
-        _generated_record(3, caller="eve", target="carol", error_code="AccessDenied", **create),
-        _generated_record(4, caller="mallory", target="target-4", **create),
-        _generated_record(5, caller="mallory", target="target-5", **create),
+        _generated_record(3, caller="eve", request_parameters={"userName": "carol"},
+                          error_code="AccessDenied", **create),
+        _generated_record(4, caller="mallory", request_parameters={"userName": "target-4"},
+                          **create),
+        _generated_record(5, caller="mallory", request_parameters={"userName": "target-5"},
+                          **create),
     ]
 
 
