@@ -6,7 +6,7 @@ RuleLoadError; for each enabled rule, `rule.query.matches(record)` is the verdic
 `CombinedPrefilter.for_queries(...)` skips raw messages no enabled rule can match.
 """
 
-from consumer.rules.esql import CompiledQuery, EsqlError, compile_query
+from consumer.rules.esql import CompiledQuery, EsqlError, UnsupportedEsqlError, compile_query
 from consumer.rules.loader import (
     LoadedRule,
     RuleLoadError,
@@ -25,6 +25,7 @@ __all__ = [
     "Prefilter",
     "RuleLoadError",
     "RuleSummary",
+    "UnsupportedEsqlError",
     "compile_query",
     "list_rules",
     "load_rules",

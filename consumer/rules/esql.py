@@ -54,6 +54,11 @@ class EsqlError(ValueError):
         self.column = column
 
 
+class UnsupportedEsqlError(EsqlError):
+    """Valid ES|QL that this engine cannot run yet: a rule using it is skipped with this reason,
+    where a query that is simply wrong stops start-up."""
+
+
 # --- syntax tree ---------------------------------------------------------------------------
 
 
@@ -202,6 +207,9 @@ class _Source:
     def error(self, message: str, pos: int) -> EsqlError:
         return EsqlError(message, *_position(self.text, pos))
 
+    def unsupported(self, message: str, pos: int) -> UnsupportedEsqlError:
+        return UnsupportedEsqlError(message, *_position(self.text, pos))
+
     def unescape(self, raw: str, pos: int) -> str:
         out: list[str] = []
         index = 1
@@ -286,7 +294,7 @@ class _Source:
                 continue
             if not expect_item:
                 if raw.upper() == "METADATA":
-                    raise self.error("FROM ... METADATA is not supported", piece.start())
+                    raise self.unsupported("FROM ... METADATA is not supported", piece.start())
                 raise self.error(f"expected ',' before {raw!r}", piece.start())
             items.append((raw, piece.start()))
             expect_item = False
@@ -1017,7 +1025,9 @@ def compile_query(query: str, fields: Mapping[str, EcsField] = ECS_FIELDS) -> Co
         elif name == "KEEP":
             keep = _keep_fields(source, body, end, fields)
         elif name in _ESQL_COMMANDS:
-            raise source.error(f"unsupported command {name}; only {_SUPPORTED} are supported", pos)
+            raise source.unsupported(
+                f"unsupported command {name}; only {_SUPPORTED} are supported", pos
+            )
         else:
             raise source.error(f"unknown command {name}; only {_SUPPORTED} are supported", pos)
     if not conditions:
