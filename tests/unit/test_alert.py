@@ -315,7 +315,11 @@ def test_encoded_alert_is_ascii_json_that_round_trips_any_user_name(
 
 
 @settings(max_examples=60, deadline=None)
-@given(name=st.text(alphabet=st.characters(codec=None, exclude_categories=()), min_size=1))
+@given(
+    name=st.text(alphabet=st.characters(codec=None, exclude_categories=()), min_size=1).filter(
+        lambda name: name not in ("-", "none")  # Elastic's pipeline drops these as empty
+    )
+)
 def test_encoded_alert_round_trips_arbitrary_code_points(name: str) -> None:
     seed = next(rule for rule in load_rules() if rule.rule_id == SEED_ID)
     record = create_access_key(event_id="e-1", caller="alice", target=name, account=ACCOUNT)
