@@ -689,27 +689,278 @@ class _NeedsBacktracking(Exception):  # noqa: N818 - internal control flow, not 
     pass
 
 
-def _to_re2(node: _Node) -> str:
+def _intersects(a: Ranges, b: Ranges) -> bool:
+    i = j = 0
+    while i < len(a) and j < len(b):
+        if a[i][1] < b[j][0]:
+            i += 1
+        elif b[j][1] < a[i][0]:
+            j += 1
+        else:
+            return True
+    return False
+
+
+def _subset(a: Ranges, b: Ranges) -> bool:
+    return not _intersects(a, _complement(b))
+
+
+def _first(node: _Node) -> tuple[Ranges, bool]:
+    """The characters a match of node can start with, and whether it can match empty."""
+    k = node.kind
+    if k == "set":
+        return node.ranges, False
+    if k in ("look", "anchor"):
+        return (), True
+    if k == "seq":
+        acc: list[tuple[int, int]] = []
+        for item in node.items:
+            chars, nullable = _first(item)
+            acc.extend(chars)
+            if not nullable:
+                return _normalize(acc), False
+        return _normalize(acc), True
+    if k == "alt":
+        parts = [_first(n) for n in node.items]
+        return _normalize(r for c, _ in parts for r in c), any(n for _, n in parts)
+    chars, nullable = _first(node.items[0])
+    return chars, nullable or (k == "rep" and node.lo == 0)
+
+
+def _last(node: _Node) -> tuple[Ranges, bool]:
+    """The characters a match of node can end with, and whether it can match empty."""
+    if node.kind == "seq":
+        acc: list[tuple[int, int]] = []
+        for item in reversed(node.items):
+            chars, nullable = _last(item)
+            acc.extend(chars)
+            if not nullable:
+                return _normalize(acc), False
+        return _normalize(acc), True
+    if node.kind == "alt":
+        parts = [_last(n) for n in node.items]
+        return _normalize(r for c, _ in parts for r in c), any(n for _, n in parts)
+    if node.kind in ("rep", "group", "atomic"):
+        chars, nullable = _last(node.items[0])
+        return chars, nullable or (node.kind == "rep" and node.lo == 0)
+    return _first(node)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """What can sit next to a position: these characters, or the edge of the text."""
+
+    chars: Ranges
+    edge: bool
+
+    def plus(self, chars: Ranges) -> _Ctx:
+        return _Ctx(_normalize([*self.chars, *chars]), self.edge)
+
+
+_ANY: Final = ((0, MAX_CODE_POINT),)
+
+
+@dataclass
+class _Plan:
+    """How each zero-width or atomic node is written in RE2, decided from its context."""
+
+    replace: dict[int, str] = field(default_factory=dict)
+    prefix: str = ""
+    suffix: str = ""
+
+
+def _ll1(node: _Node, follow: Ranges) -> bool:
+    """Every choice inside node is decided by the next character: then an atomic group over
+    node can only ever keep the one match a backtracking engine would try first."""
+    k = node.kind
+    if k == "seq":
+        for i, item in enumerate(node.items):
+            rest, nullable = _first(_Node("seq", node.items[i + 1 :]))
+            if not _ll1(item, _normalize([*rest, *(follow if nullable else ())])):
+                return False
+        return True
+    if k == "alt":
+        firsts = [_first(n) for n in node.items]
+        for i, (a, a_null) in enumerate(firsts):
+            for b, b_null in firsts[i + 1 :]:
+                if _intersects(a, b) or (a_null and b_null):
+                    return False
+            if a_null and any(_intersects(c, follow) for c, _ in firsts):
+                return False
+        return all(_ll1(n, follow) for n in node.items)
+    if k == "rep":
+        body_first, body_null = _first(node.items[0])
+        if body_null:
+            return False
+        repeats = node.hi is None or node.hi > 1
+        if (node.hi is None or node.lo < node.hi) and _intersects(body_first, follow):
+            return False
+        inner_follow = _normalize([*follow, *(body_first if repeats else ())])
+        return _ll1(node.items[0], inner_follow)
+    if k in ("group", "atomic"):
+        return _ll1(node.items[0], follow)
+    return True
+
+
+def _plan(node: _Node, before: _Ctx, after: _Ctx, *, lead: bool, trail: bool, plan: _Plan) -> None:
+    """Decide every lookaround, word boundary and atomic group from the characters that can
+    precede and follow it; leave undecidable ones out of the plan (RE2 then cannot run it)."""
+    k = node.kind
+    if k == "seq":
+        items = node.items
+        for i, item in enumerate(items):
+            prev_chars, prev_null = _last(_Node("seq", items[:i]))
+            next_chars, next_null = _first(_Node("seq", items[i + 1 :]))
+            b = before.plus(prev_chars) if prev_null else _Ctx(prev_chars, False)
+            a = after.plus(next_chars) if next_null else _Ctx(next_chars, False)
+            last = i == len(items) - 1
+            _plan(item, b, a, lead=lead and i == 0, trail=trail and last, plan=plan)
+    elif k == "alt":
+        for item in node.items:
+            _plan(item, before, after, lead=False, trail=False, plan=plan)
+    elif k == "rep":
+        body = node.items[0]
+        repeats = node.hi is None or node.hi > 1
+        b = before.plus(_last(body)[0]) if repeats else before
+        a = after.plus(_first(body)[0]) if repeats else after
+        _plan(body, b, a, lead=False, trail=False, plan=plan)
+    elif k == "group":
+        _plan(node.items[0], before, after, lead=lead, trail=trail, plan=plan)
+    elif k == "atomic":
+        body = node.items[0]
+        _plan(body, before, after, lead=lead, trail=trail, plan=plan)
+        greedy_only = _ll1(body, ()) and not _intersects(after.chars, _chars(body))
+        if trail or _choiceless(body) or greedy_only:
+            plan.replace[id(node)] = ""
+    elif k == "look":
+        _plan_look(node, before, after, lead=lead, trail=trail, plan=plan)
+    elif k == "anchor" and node.text in ("\\b", "\\B"):
+        _plan_boundary(node, before, after, lead=lead, trail=trail, plan=plan)
+
+
+def _decide_one(
+    node: _Node,
+    ranges: Ranges,
+    *,
+    ahead: bool,
+    negative: bool,
+    ctx: _Ctx,
+    at_edge: bool,
+    plan: _Plan,
+) -> None:
+    """A one-character lookaround: constant when the context decides it, else an extra
+    character consumed outside the captures when it sits at the pattern's edge."""
+    never = _re2_class(())
+    if not _intersects(ctx.chars, ranges):
+        plan.replace[id(node)] = "" if negative else never
+    elif not ctx.edge and _subset(ctx.chars, ranges):
+        plan.replace[id(node)] = never if negative else ""
+    elif at_edge and not (plan.suffix if ahead else plan.prefix):
+        edge = "\\z" if ahead else "\\A"
+        other = _re2_class(_complement(ranges))
+        consume = f"(?:{edge}|{other})" if negative else _re2_class(ranges)
+        if ahead:
+            plan.suffix = consume
+        else:
+            plan.prefix = consume
+        plan.replace[id(node)] = ""
+
+
+def _choiceless(node: _Node) -> bool:
+    """At most one way to match at any position: no alternation, no variable repetition."""
+    if node.kind == "alt":
+        return False
+    if node.kind == "rep" and node.lo != node.hi:
+        return False
+    return all(_choiceless(n) for n in node.items)
+
+
+def _plan_look(
+    node: _Node, before: _Ctx, after: _Ctx, *, lead: bool, trail: bool, plan: _Plan
+) -> None:
+    body = node.items[0]
+    while body.kind == "group" and not body.gid:
+        body = body.items[0]
+    if body.kind == "set":
+        ctx, at_edge = (after, trail) if node.ahead else (before, lead)
+        _decide_one(
+            node,
+            body.ranges,
+            ahead=node.ahead,
+            negative=node.negative,
+            ctx=ctx,
+            at_edge=at_edge,
+            plan=plan,
+        )
+    elif (
+        node.ahead
+        and body.kind == "seq"
+        and all(n.kind == "set" for n in body.items)
+        and not _intersects(after.chars, body.items[0].ranges)
+    ):
+        plan.replace[id(node)] = "" if node.negative else _re2_class(())
+
+
+def _plan_boundary(
+    node: _Node, before: _Ctx, after: _Ctx, *, lead: bool, trail: bool, plan: _Plan
+) -> None:
+    word = _unicode_class("w")
+
+    def side(ctx: _Ctx) -> bool | None:
+        if not _intersects(ctx.chars, word):
+            return False
+        if not ctx.edge and _subset(ctx.chars, word):
+            return True
+        return None
+
+    prev, nxt = side(before), side(after)
+    wants_change = node.text == "\\b"
+    if prev is not None and nxt is not None:
+        plan.replace[id(node)] = "" if (prev != nxt) == wants_change else _re2_class(())
+    elif prev is not None:
+        # the next character must be a word character exactly when the previous is not
+        next_word = (not prev) == wants_change
+        _decide_one(
+            node, word, ahead=True, negative=not next_word, ctx=after, at_edge=trail, plan=plan
+        )
+    elif nxt is not None:
+        prev_word = (not nxt) == wants_change
+        _decide_one(
+            node, word, ahead=False, negative=not prev_word, ctx=before, at_edge=lead, plan=plan
+        )
+
+
+def _to_re2(node: _Node, plan: _Plan) -> str:
     """RE2 syntax for an Oniguruma AST; raises _NeedsBacktracking where RE2 has no equivalent."""
     k = node.kind
+    if id(node) in plan.replace:
+        if k == "atomic":
+            return f"(?:{_to_re2(node.items[0], plan)})"
+        return plan.replace[id(node)]
     if k == "set":
         return _re2_class(node.ranges)
     if k == "seq":
-        return "".join(_to_re2(n) for n in node.items)
+        return "".join(_to_re2(n, plan) for n in node.items)
     if k == "alt":
-        return "(?:" + "|".join(_to_re2(n) for n in node.items) + ")"
+        return "(?:" + "|".join(_to_re2(n, plan) for n in node.items) + ")"
     if k == "rep":
         if max(node.lo, node.hi or 0) > _RE2_REPEAT_LIMIT:
             raise _NeedsBacktracking
         hi = "" if node.hi is None else str(node.hi)
         lazy = "" if node.greedy else "?"
-        return f"(?:{_to_re2(node.items[0])}){{{node.lo},{hi}}}{lazy}"
+        return f"(?:{_to_re2(node.items[0], plan)}){{{node.lo},{hi}}}{lazy}"
     if k == "group":
-        inner = _to_re2(node.items[0])
+        inner = _to_re2(node.items[0], plan)
         return f"(?P<{node.gid}>{inner})" if node.gid else f"(?:{inner})"
     if k == "anchor" and node.text in _RE2_ANCHORS:
         return _RE2_ANCHORS[node.text]
     raise _NeedsBacktracking
+
+
+def _re2_source(tree: _Node) -> str:
+    plan = _Plan()
+    _plan(tree, _Ctx(_ANY, True), _Ctx(_ANY, True), lead=True, trail=True, plan=plan)
+    return plan.prefix + "(?:" + _to_re2(tree, plan) + ")" + plan.suffix
 
 
 _RE2_ANCHORS: Final = {"^": "(?m:^)", "$": "(?m:$)", "\\A": "\\A", "\\z": "\\z"}
@@ -919,6 +1170,10 @@ def _expand_grok(pattern: str, library: dict[str, str]) -> str:
 
 def compile_grok(pattern: str) -> Grok:
     """Compile an ES|QL GROK pattern (ECS v1 pattern library, unanchored first match)."""
+    return _compile_grok(pattern, allow_re2=True)
+
+
+def _compile_grok(pattern: str, *, allow_re2: bool) -> Grok:
     expanded = _expand_grok(pattern, ECS_V1)
     parser = _OnigParser(expanded, pattern)
     tree = parser.parse()
@@ -936,11 +1191,12 @@ def compile_grok(pattern: str) -> Grok:
             )
         groups.append((gid, column, kind))
     columns = tuple(sorted(types.items()))
-    try:
-        regex = _compile_re2(_to_re2(tree), pattern, "GROK")
-        return Grok(pattern, columns, "re2", _safe(regex.search), tuple(groups))
-    except (_NeedsBacktracking, UnsupportedPatternError):
-        pass
+    if allow_re2:
+        try:
+            regex = _compile_re2(_re2_source(tree), pattern, "GROK")
+            return Grok(pattern, columns, "re2", _safe(regex.search), tuple(groups))
+        except (_NeedsBacktracking, UnsupportedPatternError):
+            pass
     if _nested_repetition(tree):
         raise UnsupportedPatternError(
             f"GROK pattern [{pattern}] needs a backtracking engine (lookaround, atomic group or "
