@@ -29,6 +29,7 @@ for any field read from a CloudTrail document and only differs for longer comput
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 import sys
@@ -120,7 +121,8 @@ def _unicode_class(name: str) -> Ranges:
         return _normalize((p, p) for p in points)
     wanted = ("L", "M", "N", "Pc") if name == "w" else ("Nd",)
     spans: list[tuple[int, int]] = []
-    for cp in range(MAX_CODE_POINT + 1):
+    # planes 4 to 13 hold no assigned characters and 15 and 16 only private use ones
+    for cp in itertools.chain(range(0x40000), range(0xE0000, 0xE1000)):
         cat = unicodedata.category(chr(cp))
         if cat.startswith(wanted):
             if spans and spans[-1][1] == cp - 1:
@@ -1055,7 +1057,7 @@ def _nested_repetition(node: _Node, depth: int = 0) -> bool:
 # GROK
 
 _GROK_REF: Final = re.compile(
-    r"%\{(?P<name>(?P<pattern>[A-z0-9]+)(?::(?P<subname>[A-Za-z0-9@\[\]_:.-]+))?)"
+    r"%\{(?P<name>(?P<pattern>[A-z0-9]+)(?::(?P<subname>[\w@\[\]:.-]+))?)"
     r"(?:=(?P<definition>[^{}]+))?\}"
 )
 _GROK_TYPES: Final[dict[str, str]] = {
@@ -1119,7 +1121,7 @@ class Grok:
     def __call__(self, text: str) -> dict[str, Any] | None:
         """The captured columns of the first match, or None when nothing matches (ES|QL then
         sets every column null). A name captured more than once gives a list (multi-value)."""
-        if self.engine == "re" and len(text) > BACKTRACKING_INPUT_LIMIT:
+        if self.engine == "re" and _java_length(text) > BACKTRACKING_INPUT_LIMIT:
             return None
         found = self._search(text)
         if found is None:
@@ -1135,6 +1137,13 @@ class Grok:
         for column, got in values.items():
             out[column] = got[0] if len(got) == 1 else got
         return out
+
+
+def _java_length(text: str) -> int:
+    """Length in UTF-16 code units, the unit of Elasticsearch's ignore_above."""
+    if len(text) > BACKTRACKING_INPUT_LIMIT or text.isascii():
+        return len(text)
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
 
 
 def _expand_grok(pattern: str, library: dict[str, str]) -> str:

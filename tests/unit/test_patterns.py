@@ -475,7 +475,69 @@ def test_grok_patterns_with_lookarounds_translate_to_re2(pattern: str) -> None:
 
 
 @pytest.mark.parametrize("pattern", _RE2_GROK_PATTERNS)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(text=st.text(alphabet="ab1209.+-: xé_\nT", max_size=24))
 def test_grok_re2_translation_agrees_with_the_backtracking_engine(pattern: str, text: str) -> None:
     assert compile_grok(pattern)(text) == _compile_grok(pattern, allow_re2=False)(text)
+
+
+# ----------------------------------------------------------------------------------- edge cases
+
+
+def test_rlike_characters_special_elsewhere_are_literal_in_lucene() -> None:
+    assert rlike("(?:a)")("?:a") is True
+    assert rlike("*a")("*a") is True
+    assert rlike("{x")("{x") is True
+
+
+def test_grok_word_uses_unicode_word_characters_like_joni() -> None:
+    assert compile_grok("%{WORD:w}")("Zürich city") == {"w": "Zürich"}
+
+
+def test_grok_dot_stops_at_newline_and_anchors_are_per_line() -> None:
+    assert compile_grok("(?<a>.+)")("ab\ncd") == {"a": "ab"}
+    assert compile_grok("^%{WORD:a}$")("x y\nfoo") == {"a": "foo"}
+
+
+def test_grok_without_semantic_captures_nothing() -> None:
+    grok = compile_grok("%{WORD} %{WORD:last}")
+    assert grok.columns == (("last", "keyword"),)
+    assert grok("Georgi Facello") == {"last": "Facello"}
+
+
+def test_grok_number_too_large_for_its_type_is_null() -> None:
+    assert compile_grok("%{NUMBER:n:int}")("99999999999") == {"n": None}
+    assert compile_grok("%{NUMBER:n:long}")("99999999999") == {"n": 99999999999}
+
+
+def test_grok_multivalue_keeps_only_the_values_that_took_part() -> None:
+    grok = compile_grok("%{WORD:a}?\\s*%{WORD:b}?\\s*%{WORD:c}?")
+    assert grok("Senior Python Developer") == {"a": "Senior", "b": "Python", "c": "Developer"}
+
+
+def test_dissect_adjacent_keys_read_the_second_as_a_delimiter_as_elastic_does() -> None:
+    # Elastic's key/delimiter split needs at least one character between keys, so the text
+    # "%{b}" becomes the delimiter of key a.
+    dissect = compile_dissect("%{a}%{b}")
+    assert dissect.columns == (("a", "keyword"),)
+    assert dissect("x%{b}") == {"a": "x"}
+
+
+def test_dissect_trailing_delimiter_must_be_found() -> None:
+    dissect = compile_dissect("%{a}.")
+    assert dissect("x.") == {"a": "x"}
+    assert dissect("x") is None
+
+
+def test_dissect_leading_delimiter_needs_more_text_after_it() -> None:
+    dissect = compile_dissect("foo %{a}")
+    assert dissect("foo ") is None
+    assert dissect("foo bar") == {"a": "bar"}
+
+
+def test_dissect_non_ascii_delimiters_and_values() -> None:
+    assert compile_dissect("%{a} ü %{b}")("x ü ÿ") == {"a": "x", "b": "ÿ"}
+
+
+def test_dissect_right_padding_on_the_last_key() -> None:
+    assert compile_dissect("%{a} %{b->}")("x y") == {"a": "x", "b": "y"}
