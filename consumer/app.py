@@ -24,6 +24,7 @@ from consumer.decode import Decoder, JsonDecoder, RegistryAvroDecoder, Schemales
 from consumer.detector import Detector
 from consumer.http import serve
 from consumer.metrics import Metrics
+from consumer.rules.exceptions import ExceptionWatcher
 from consumer.rules.loader import LoadedRule, load_rules
 from consumer.service import RETRY_LATER_BACKOFF_S, Health, Service, install_signal_handlers
 from consumer.sink import FatalSinkError
@@ -107,9 +108,15 @@ def run_worker(settings: Settings, worker: int) -> int:
         }
     )
     health = Health()
-    detector = Detector(make_decoder(settings), rules, use_prefilter=settings.prefilter)
+    exceptions = ExceptionWatcher(settings.exceptions_dir, enabled, settings.exceptions_reload_s)
+    metrics.exception_items.set(exceptions.current.item_count)
+    detector = Detector(
+        make_decoder(settings), rules, use_prefilter=settings.prefilter,
+        exceptions=exceptions.current,
+    )
     service = Service(
-        settings, detector, metrics, health, worker=worker, encode_alert=alert_encoder(settings)
+        settings, detector, metrics, health, worker=worker, encode_alert=alert_encoder(settings),
+        exceptions=exceptions,
     )
     install_signal_handlers(service)
     port = settings.metrics_port + worker if settings.metrics_port else 0

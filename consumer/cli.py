@@ -1,4 +1,4 @@
-"""The `cloudtrail-detector` command: run, scan, replay and rules.
+"""The `cloudtrail-detector` command: run, scan, replay, rules and exceptions.
 
 Exit codes: 0 success; 1 a runtime failure (a fatal Kafka error, or alerts found by
 `scan --fail-on-alert`); 2 bad usage, configuration or rule files; 3 shutdown exceeded its
@@ -8,6 +8,7 @@ deadline; 130 a second SIGTERM/SIGINT.
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import signal
 import sys
@@ -21,8 +22,16 @@ from consumer import __version__
 from consumer.app import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, load_enabled_rules, registry_client
 from consumer.app import run as run_service
 from consumer.config import ConfigError, Settings, load_settings
+from consumer.detector import Verdict
+from consumer.files import FileRecord
 from consumer.replay import ReplayOptions, avro_encoder, json_encoder, registry_encoder, replay
-from consumer.rules.loader import RuleLoadError, list_rules, validate_paths
+from consumer.rules.exceptions import (
+    ExceptionLoadError,
+    ExceptionSet,
+    load_exceptions,
+    rule_links,
+)
+from consumer.rules.loader import LoadedRule, RuleLoadError, list_rules, validate_paths
 from consumer.scan import scan
 
 _RUN_OPTIONS = {
@@ -38,6 +47,7 @@ _RUN_OPTIONS = {
     "delivery": "exactly-once or at-least-once",
     "start_from": "earliest, latest, lookback, now-<duration> or an ISO time",
     "rules_dir": "directory of extra rule files",
+    "exceptions_dir": "directory of exception lists and value lists",
     "metrics_host": "bind address of the HTTP endpoint",
     "metrics_port": "port of the HTTP endpoint",
     "workers": "member processes of the group on this machine",
@@ -86,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan_cmd.add_argument("--output", type=Path, help="JSON Lines file (default stdout)")
     scan_cmd.add_argument("--rules-dir", type=Path)
     scan_cmd.add_argument("--enable-rule", dest="enable_rules", action="append", default=[])
+    scan_cmd.add_argument("--exceptions-dir", type=Path,
+                          help="exception lists and value lists to apply, as `run` would")
     scan_cmd.add_argument("--no-event-original", action="store_true")
     scan_cmd.add_argument("--fail-on-alert", action="store_true",
                           help="exit 1 when any alert was written")
@@ -106,23 +118,58 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--rules-dir", type=Path)
     validate = rule_commands.add_parser("validate", help="check rule files")
     validate.add_argument("paths", nargs="+", type=Path)
+    exceptions = commands.add_parser("exceptions", help="check exception lists on events")
+    exception_commands = exceptions.add_subparsers(dest="exceptions_command", required=True)
+    test = exception_commands.add_parser(
+        "test", help="show which exception item removes which rule match, event by event"
+    )
+    test.add_argument("paths", nargs="+", type=Path, help="CloudTrail files, as `scan` reads")
+    test.add_argument("--exceptions-dir", type=Path, required=True)
+    test.add_argument("--rules-dir", type=Path)
+    test.add_argument("--enable-rule", dest="enable_rules", action="append", default=[])
     return parser
 
 
-def _scan(args: argparse.Namespace) -> int:
+def _scan_rules(args: argparse.Namespace) -> tuple[list[LoadedRule], ExceptionSet]:
     missing = [str(path) for path in args.paths if not path.exists()]
     if missing:
         raise ConfigError(f"no such file or directory: {', '.join(missing)}")
     settings = load_settings(None, rules_dir=args.rules_dir, enable_rules=args.enable_rules,
                              input_format="json")
     rules = load_enabled_rules(settings)
+    links = rule_links(rule for rule in rules if rule.enabled)
+    return rules, load_exceptions(args.exceptions_dir, links)
+
+
+def _exceptions(args: argparse.Namespace) -> int:
+    rules, exceptions = _scan_rules(args)
+
+    def explain(item: FileRecord, verdict: Verdict) -> None:
+        event_id = verdict.record.get("eventID")
+        for rule in verdict.matched:
+            print(f"alert     {item.origin}  {event_id}  {rule.name}")
+        for rule, excepted in verdict.excepted:
+            print(f"excluded  {item.origin}  {event_id}  {rule.name}  by {excepted.name!r} "
+                  f"[{excepted.list_id}/{excepted.item_id}] ({excepted.source})")
+
+    counts = scan(args.paths, rules, io.StringIO(), progress=None, exceptions=exceptions,
+                  on_verdict=explain)
+    print(f"{counts.records} records, {counts.alerts} alerts, {counts.excepted} matches "
+          f"removed by {exceptions.item_count} exception items", file=sys.stderr)
+    return EXIT_OK
+
+
+def _scan(args: argparse.Namespace) -> int:
+    rules, exceptions = _scan_rules(args)
     output = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
     try:
-        counts = scan(args.paths, rules, output, include_event_original=not args.no_event_original)
+        counts = scan(args.paths, rules, output, include_event_original=not args.no_event_original,
+                      exceptions=exceptions)
     finally:
         if args.output:
             output.close()
-    print(f"{counts.records} records, {counts.alerts} alerts, {counts.rejected} skipped",
+    removed = f", {counts.excepted} removed by exceptions" if exceptions.item_count else ""
+    print(f"{counts.records} records, {counts.alerts} alerts, {counts.rejected} skipped{removed}",
           file=sys.stderr)
     return EXIT_FATAL if args.fail_on_alert and counts.alerts else EXIT_OK
 
@@ -180,7 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _scan(args)
         if args.command == "replay":
             return _replay(args)
+        if args.command == "exceptions":
+            return _exceptions(args)
         return _rules(args)
-    except (ConfigError, RuleLoadError) as error:
+    except (ConfigError, RuleLoadError, ExceptionLoadError) as error:
         print(f"cloudtrail-detector: configuration error:\n{error}", file=sys.stderr)
         return EXIT_CONFIG

@@ -137,6 +137,14 @@ class Settings(BaseSettings):
         "lookback (the longest rule lookback, now-6m for the seed rule), now-<duration> or a time.",
     )
     rules_dir: Path | None = None
+    exceptions_dir: Path | None = Field(
+        None,
+        description="Elastic exception lists (*.toml) and value lists (other files, known by "
+        "file name); reloaded when they change or on SIGHUP.",
+    )
+    exceptions_reload_s: PositiveFloat = Field(
+        5.0, description="How often the exceptions directory is checked for changes."
+    )
     enable_rules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     disable_rules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     metrics_host: str = Field("0.0.0.0", description="Bind address of /metrics, /healthz, /readyz.")

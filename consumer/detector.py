@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import cast
 
 from consumer.decode import Decoder
 from consumer.event import CloudTrailRecord
+from consumer.rules.exceptions import NO_EXCEPTIONS, CompiledItem, ExceptionSet
 from consumer.rules.loader import LoadedRule
 from consumer.rules.prefilter import CombinedPrefilter
 
@@ -28,10 +30,12 @@ class RuleEvaluationError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A decoded record and the enabled rules that matched it (often none)."""
+    """A decoded record, the enabled rules that matched it (often none), and the matches an
+    exception item removed."""
 
     record: CloudTrailRecord
     matched: tuple[LoadedRule, ...]
+    excepted: tuple[tuple[LoadedRule, CompiledItem], ...] = ()
 
 
 SKIPPED = None
@@ -39,9 +43,18 @@ SKIPPED = None
 
 
 class Detector:
-    def __init__(self, decoder: Decoder, rules: Sequence[LoadedRule], use_prefilter: bool = True):
+    def __init__(
+        self,
+        decoder: Decoder,
+        rules: Sequence[LoadedRule],
+        use_prefilter: bool = True,
+        exceptions: ExceptionSet = NO_EXCEPTIONS,
+    ):
         self.decoder = decoder
         self.rules = tuple(rule for rule in rules if rule.enabled)
+        self.exceptions = exceptions
+        """Replaced whole between batches when the exception files change; exceptions only
+        remove matches, so the prefilter stays sound whatever they say."""
         prefilter = CombinedPrefilter.for_queries(rule.query for rule in self.rules)
         self._may_match = prefilter.checker(decoder.text_format) if use_prefilter else None
         self._batch_screen = prefilter.batch_screen(decoder.text_format) if use_prefilter else None
@@ -71,7 +84,10 @@ class Detector:
         ):
             self.decoder.check_framing(payload)
             return SKIPPED
-        record = self.decoder.decode(payload)
+        return self.judge(self.decoder.decode(payload))
+
+    def judge(self, record: CloudTrailRecord) -> Verdict:
+        """The verdict on a decoded record; raises RuleEvaluationError when a rule fails."""
         matched = []
         for rule in self.rules:
             try:
@@ -79,5 +95,21 @@ class Detector:
                     matched.append(rule)
             except Exception as error:  # one bad rule must not stop the stream
                 raise RuleEvaluationError(rule, error) from error
-        return Verdict(record, tuple(matched))
+        if not matched or not self.exceptions.by_rule:
+            return Verdict(record, tuple(matched))
+        return self._apply_exceptions(record, matched)
+
+    def _apply_exceptions(self, record: CloudTrailRecord, matched: list[LoadedRule]) -> Verdict:
+        """Elastic's `query AND NOT (item1 OR item2 ...)`, with expiry by the wall clock as
+        Kibana drops expired items when a rule runs."""
+        now = datetime.now(UTC)
+        kept: list[LoadedRule] = []
+        excepted: list[tuple[LoadedRule, CompiledItem]] = []
+        for rule in matched:
+            item = self.exceptions.excluding(rule.rule_id, record, now)
+            if item is None:
+                kept.append(rule)
+            else:
+                excepted.append((rule, item))
+        return Verdict(record, tuple(kept), tuple(excepted))
 

@@ -74,6 +74,20 @@ class Metrics:
             "Matches above a rule's max_signals per interval, reported in a summary alert.",
             ["rule_id"], registry=registry,
         )
+        self.exception_removals = Counter(
+            name("exception_removals"),
+            "Matches an exception item removed, by rule, exception list and item id.",
+            ["rule_id", "list_id", "item_id"], registry=registry,
+        )
+        self.exception_reloads = Counter(
+            name("exception_reloads"),
+            "Reloads of the exception files, by outcome (applied, or failed: the previous set "
+            "stays).", ["outcome"], registry=registry,
+        )
+        self.exception_items = Gauge(
+            name("exception_items"), "Exception items attached to the enabled rules.",
+            registry=registry,
+        )
         self.processing_latency = Histogram(
             name("processing_latency_seconds"),
             "Time from consuming a message to producing its alert.",

@@ -32,6 +32,7 @@ from consumer.decode import DecodeError
 from consumer.detector import Detector, RuleEvaluationError
 from consumer.metrics import Metrics
 from consumer.record import avro_to_json
+from consumer.rules.exceptions import ExceptionLoadError, ExceptionWatcher
 from consumer.rules.loader import LoadedRule
 from consumer.sink import AtLeastOnceSink, FatalSinkError, Sink, TransactionalSink
 from consumer.source import Source
@@ -97,9 +98,11 @@ class Service:
         *,
         worker: int = 0,
         encode_alert: Callable[[Alert], bytes] = encode_json,
+        exceptions: ExceptionWatcher | None = None,
     ) -> None:
         self.settings = settings
         self.detector = detector
+        self.exceptions = exceptions
         self.metrics = metrics
         self.health = health
         self.worker = worker
@@ -207,6 +210,8 @@ class Service:
         self._resume_due_partitions()
         batch_size = self.settings.batch_size
         # With a batch open, an empty input means commit now, not wait for more.
+        if not self._batch_messages:
+            self._reload_exceptions()
         messages = self.source.consume(batch_size, 0 if self._batch_messages else 0.1)
         consumed_at = time.monotonic()
         if messages:
@@ -228,6 +233,29 @@ class Service:
             or (time.monotonic() - self._batch_started) * 1000 >= self.settings.transaction_max_ms
         ):
             self._commit()
+
+    def _reload_exceptions(self) -> None:
+        """Swap in changed exception files between batches, so that each batch, and a replay of
+        it, is judged by one set; the log names the offsets from which the new set applies."""
+        if self.exceptions is None:
+            return
+        try:
+            loaded = self.exceptions.poll()
+        except ExceptionLoadError as invalid:
+            self.metrics.exception_reloads.labels("failed").inc()
+            log.error("exception files not reloaded, the previous set stays:\n%s", invalid)
+            return
+        if loaded is None:
+            return
+        self.detector.exceptions = loaded
+        self.metrics.exception_reloads.labels("applied").inc()
+        self.metrics.exception_items.set(loaded.item_count)
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        log.info("exceptions %s (%d items) apply from the next batch; committed offsets: %s",
+                 loaded.digest, loaded.item_count,
+                 ", ".join(f"{t}[{p}]={o}" for (t, p), o in sorted(self._next_offsets.items()))
+                 or "none yet")
 
     def _handle(self, messages: list[Message], consumed_at: float) -> None:
         """Judge a batch. Nearly every message is ruled out on its bytes, so the batch is
@@ -273,6 +301,10 @@ class Service:
                     decoded += 1
                     for rule in verdict.matched:
                         self._alert(rule, verdict.record, message, consumed_at)
+                    for rule, item in verdict.excepted:
+                        self.metrics.exception_removals.labels(
+                            rule.rule_id, item.list_id, item.item_id
+                        ).inc()
         self._tally_partitions(messages, sizes, blocked)
         self.metrics.prefilter_skipped.inc(skipped + len(messages) - len(looked_at))
         self.metrics.events_decoded.inc(decoded)
@@ -543,3 +575,6 @@ def install_signal_handlers(service: Service) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if service.exceptions is not None:
+        watcher = service.exceptions
+        signal.signal(signal.SIGHUP, lambda signum, frame: watcher.request_reload())

@@ -9,7 +9,7 @@ our own `[detector]` table. `[detector]` holds what Elastic's format has no plac
 import re
 import uuid
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -92,6 +92,15 @@ class Threat(_Strict):
     technique: list[Technique] = []
 
 
+class ExceptionListReference(_Strict):
+    """One `[[rule.exceptions_list]]` entry: the rule uses the exception list `list_id`."""
+
+    id: str
+    list_id: Text
+    type: str = "detection"
+    namespace_type: Literal["single", "agnostic"] = "single"
+
+
 class RuleDefinition(_Strict):
     """The `[rule]` table. Only ES|QL rules exist here, so `type` and `language` are fixed.
 
@@ -119,12 +128,15 @@ class RuleDefinition(_Strict):
     false_positives: list[Text] = []
     timestamp_override: str | None = None
     threat: list[Threat] = []
+    exceptions_list: list[ExceptionListReference] = []
 
 
 class DetectorSettings(_Strict):
-    """Our own table: `enabled = false` ships a rule without running it."""
+    """Our own table: `enabled = false` ships a rule without running it; `[[detector.exceptions]]`
+    items (Elastic's exception item shape) allow a quick tuning without an exception list file."""
 
     enabled: bool = True
+    exceptions: list[dict[str, Any]] = []
 
 
 class RuleFile(_Strict):
