@@ -543,12 +543,21 @@ class Parser:
 
     def in_items(self) -> tuple[Expr, ...]:
         self.expect("op", "(")
-        items = [self.additive()]
+        items = [self.value_expression()]
         while self.at("op", ","):
             self.advance()
-            items.append(self.additive())
+            items.append(self.value_expression())
         self.expect("op", ")")
         return tuple(items)
+
+    def value_expression(self) -> Expr:
+        """An arithmetic expression or one comparison of two (ES|QL's valueExpression)."""
+        left = self.additive()
+        token = self.current
+        if token.kind == "op" and token.text in COMPARISONS:
+            self.advance()
+            return Compare(token.text, left, self.additive(), token.pos)
+        return left
 
     def additive(self) -> Expr:
         left = self.multiplicative()
