@@ -1,0 +1,1110 @@
+"""ES|QL's pattern matchers, LIKE, RLIKE, GROK and DISSECT, with bounded cost on hostile values.
+
+These run on values an attacker controls (request parameters, user agents, user names). Every
+regular expression runs on Google's RE2 (``google-re2``), whose matching time is linear in the
+value's length, whenever the pattern's semantics can be written in RE2 exactly:
+
+- LIKE compiles to RE2 (or to plain string tests for the common shapes).
+- RLIKE is Lucene's RegExp syntax as ES|QL parses it (``RegExp.ALL`` syntax flags on Lucene 10:
+  ``#`` empty language, ``@`` any string, ``<n-m>`` numeric interval, ``&`` intersection,
+  ``"..."`` quoted strings, ``\\d \\s \\w`` and their negations; ``~`` is a plain character since
+  Lucene 10 dropped complement from ``ALL``). It is parsed here the way Lucene parses it and
+  written out in RE2 syntax; intersection, which RE2 cannot express, is refused.
+- GROK patterns expand Elastic's ``%{SYNTAX:SEMANTIC:type}`` references (ECS v1 pattern names,
+  as ES|QL's GROK uses ``GrokBuiltinPatterns.get(true)``) into an Oniguruma regex, which is
+  translated to RE2. Oniguruma features RE2 lacks (lookaround, atomic groups, ``\\b`` with
+  Unicode word characters) fall back to Python ``re``, but only for patterns without nested
+  repetition and only on values up to :data:`BACKTRACKING_INPUT_LIMIT` characters.
+- DISSECT is Elastic's left-to-right delimiter scan: linear, no regex at all.
+
+Why :data:`BACKTRACKING_INPUT_LIMIT` is 8191: in Elastic's AWS CloudTrail integration the
+longest keyword fields, ``aws.cloudtrail.request_parameters`` and ``response_elements``, are
+mapped with ``ignore_above: 8191`` (packages/aws/data_stream/cloudtrail/fields/fields.yml of
+elastic/integrations); every other keyword field gets Fleet's default ``ignore_above: 1024``.
+A keyword value longer than its ``ignore_above`` is not indexed and ES|QL reads it as null
+(elastic/elasticsearch#124678, still open), so GROK over such a field yields null columns, the
+same as a value that does not match. Returning "no match" above the limit is therefore exact
+for any field read from a CloudTrail document and only differs for longer computed values.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import sys
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Final, Literal
+
+import re2
+
+from consumer.rules.grok_library import ECS_V1
+
+BACKTRACKING_INPUT_LIMIT: Final = 8191
+MAX_CODE_POINT: Final = sys.maxunicode
+
+
+class PatternError(ValueError):
+    """A pattern that is invalid, or valid but impossible to run exactly in bounded time."""
+
+
+class UnsupportedPatternError(PatternError):
+    """A valid pattern using a construct we refuse rather than approximate."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Character sets: sorted, disjoint, inclusive code point ranges.
+
+Ranges = tuple[tuple[int, int], ...]
+
+
+def _normalize(ranges: Iterable[tuple[int, int]]) -> Ranges:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return tuple(out)
+
+
+def _complement(ranges: Ranges) -> Ranges:
+    out: list[tuple[int, int]] = []
+    nxt = 0
+    for lo, hi in ranges:
+        if lo > nxt:
+            out.append((nxt, lo - 1))
+        nxt = hi + 1
+    if nxt <= MAX_CODE_POINT:
+        out.append((nxt, MAX_CODE_POINT))
+    return tuple(out)
+
+
+def _re2_char(cp: int) -> str:
+    if cp < 128 and (chr(cp).isalnum() or chr(cp) == "_"):
+        return chr(cp)
+    return f"\\x{{{cp:x}}}"
+
+
+def _re2_class(ranges: Ranges) -> str:
+    """RE2 syntax for a set of code points; an empty set never matches."""
+    if not ranges:
+        return "[^\\x00-\\x{10ffff}]"
+    if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
+        return _re2_char(ranges[0][0])
+    parts = []
+    for lo, hi in ranges:
+        parts.append(_re2_char(lo) if lo == hi else f"{_re2_char(lo)}-{_re2_char(hi)}")
+    return "[" + "".join(parts) + "]"
+
+
+def _ascii_fold(ranges: Ranges) -> Ranges:
+    """Add the other ASCII case of every single letter (Lucene folds chars, not ranges)."""
+    extra = []
+    for lo, hi in ranges:
+        if lo == hi and lo < 128 and chr(lo).isalpha():
+            other = ord(chr(lo).swapcase())
+            extra.append((other, other))
+    return _normalize([*ranges, *extra])
+
+
+@cache
+def _unicode_class(name: str) -> Ranges:
+    """Oniguruma's Unicode \\w, \\d and \\s (UTF-8 encoding, no ASCII_RANGE option)."""
+    if name == "s":
+        points = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, 0x2028, 0x2029]
+        points += [0x202F, 0x205F, 0x3000, *range(0x2000, 0x200B)]
+        return _normalize((p, p) for p in points)
+    wanted = ("L", "M", "N", "Pc") if name == "w" else ("Nd",)
+    spans: list[tuple[int, int]] = []
+    for cp in range(MAX_CODE_POINT + 1):
+        cat = unicodedata.category(chr(cp))
+        if cat.startswith(wanted):
+            if spans and spans[-1][1] == cp - 1:
+                spans[-1] = (spans[-1][0], cp)
+            else:
+                spans.append((cp, cp))
+    return tuple(spans)
+
+
+def _clean(text: str) -> str:
+    """Lone surrogates become U+FFFD, as Lucene's UTF-16 to UTF-8 conversion does."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _safe(call: Callable[[str], Any]) -> Callable[[str], Any]:
+    def run(text: str) -> Any:
+        try:
+            return call(text)
+        except UnicodeEncodeError:
+            return call(_clean(text))
+
+    return run
+
+
+def _compile_re2(source: str, pattern: str, what: str) -> Any:
+    try:
+        return re2.compile(source)
+    except re2.error as exc:
+        raise UnsupportedPatternError(
+            f"{what} pattern [{pattern}] is too large for RE2: {exc}"
+        ) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# LIKE
+
+
+def like(pattern: str, *, case_insensitive: bool = False) -> Callable[[str], bool]:
+    """ES|QL LIKE: ``*`` any run of characters, ``?`` one character, ``\\`` escapes ``*``,
+    ``?`` or itself; the whole value must match. Any other escape, or a trailing ``\\``, is
+    refused as ES|QL does ("Invalid sequence - escape character is not followed by special
+    wildcard char"). Case-insensitive matching folds ASCII letters only, like Lucene's
+    ``ASCII_CASE_INSENSITIVE``."""
+    tokens: list[str | None] = []  # None = '*', '' = '?', else a literal character
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            if i + 1 == len(pattern) or pattern[i + 1] not in "*?\\":
+                raise PatternError(
+                    f"LIKE pattern [{pattern}]: invalid sequence at position {i} - escape "
+                    "character is not followed by special wildcard char"
+                )
+            tokens.append(pattern[i + 1])
+            i += 2
+            continue
+        tokens.append(None if ch == "*" else "" if ch == "?" else ch)
+        i += 1
+    fold = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+    norm: Callable[[str], str] = (lambda s: s.translate(fold)) if case_insensitive else str
+    if "" not in tokens:
+        literal = [t for t in tokens if t is not None]
+        stars = [k for k, t in enumerate(tokens) if t is None]
+        body = norm("".join(literal))
+        if not stars:
+            return lambda text: norm(text) == body
+        if stars == [len(tokens) - 1]:
+            return lambda text: norm(text).startswith(body)
+        if stars == [0]:
+            return lambda text: norm(text).endswith(body)
+        if stars == [0, len(tokens) - 1] and len(tokens) > 1:
+            return lambda text: body in norm(text)
+    parts = []
+    for t in tokens:
+        if t is None:
+            parts.append("(?s:.*)")
+        elif t == "":
+            parts.append("(?s:.)")
+        else:
+            ranges: Ranges = ((ord(t), ord(t)),)
+            parts.append(_re2_class(_ascii_fold(ranges) if case_insensitive else ranges))
+    regex = _compile_re2("".join(parts), pattern, "LIKE")
+    return _safe(lambda text: regex.fullmatch(text) is not None)
+
+
+# ---------------------------------------------------------------------------------------------
+# RLIKE: a port of Lucene's RegExp parser (Lucene 10, syntax flags ALL) emitting RE2.
+
+_PREDEFINED: Final[dict[str, Ranges]] = {
+    "d": ((0x30, 0x39),),
+    "s": _normalize([(0x20, 0x20), (0x09, 0x0A), (0x0D, 0x0D)]),
+    "w": _normalize([(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]),
+}
+_BAD_ESCAPES: Final = frozenset("abcefghijklmnopqrtuvxyzABCEFGHIJKLMNOPQRTUVXYZ")
+_RE2_REPEAT_LIMIT: Final = 1000
+
+
+class _LuceneRegex:
+    """Recursive-descent parser mirroring org.apache.lucene.util.automaton.RegExp."""
+
+    def __init__(self, pattern: str, case_insensitive: bool) -> None:
+        self.s = pattern
+        self.pos = 0
+        self.ci = case_insensitive
+
+    def fail(self, message: str) -> PatternError:
+        return PatternError(f"RLIKE pattern [{self.s}]: {message}")
+
+    def more(self) -> bool:
+        return self.pos < len(self.s)
+
+    def peek(self, chars: str) -> bool:
+        return self.more() and self.s[self.pos] in chars
+
+    def match(self, ch: str) -> bool:
+        if self.more() and self.s[self.pos] == ch:
+            self.pos += 1
+            return True
+        return False
+
+    def next(self) -> str:
+        if not self.more():
+            raise self.fail("unexpected end-of-string")
+        ch = self.s[self.pos]
+        self.pos += 1
+        return ch
+
+    def parse(self) -> str:
+        if not self.s:
+            return ""
+        out = self.union()
+        if self.more():
+            raise self.fail(f"end-of-string expected at position {self.pos}")
+        return out
+
+    def union(self) -> str:
+        parts = [self.inter()]
+        while self.match("|"):
+            parts.append(self.inter())
+        return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
+
+    def inter(self) -> str:
+        first = self.concat()
+        if self.match("&"):
+            raise UnsupportedPatternError(
+                f"RLIKE pattern [{self.s}]: intersection '&' at position {self.pos - 1} has no "
+                "exact RE2 equivalent; escape it as \\& to match a literal '&'"
+            )
+        return first
+
+    def concat(self) -> str:
+        parts = [self.repeat()]
+        while self.more() and not self.peek(")|&"):
+            parts.append(self.repeat())
+        return "".join(parts)
+
+    def repeat(self) -> str:
+        e = self.charclass_exp()
+        while self.peek("?*+{"):
+            if self.match("?"):
+                e = f"(?:{e})?"
+            elif self.match("*"):
+                e = f"(?:{e})*"
+            elif self.match("+"):
+                e = f"(?:{e})+"
+            elif self.match("{"):
+                start = self.pos
+                while self.peek("0123456789"):
+                    self.pos += 1
+                if start == self.pos:
+                    raise self.fail(f"integer expected at position {self.pos}")
+                n = int(self.s[start : self.pos])
+                m: int | None = n
+                if self.match(","):
+                    start = self.pos
+                    while self.peek("0123456789"):
+                        self.pos += 1
+                    m = int(self.s[start : self.pos]) if start != self.pos else None
+                if not self.match("}"):
+                    raise self.fail(f"expected '}}' at position {self.pos}")
+                if m is not None and n > m:
+                    raise self.fail(f"invalid repetition range(out of order): {n}..{m}")
+                if max(n, m or 0) > _RE2_REPEAT_LIMIT:
+                    raise UnsupportedPatternError(
+                        f"RLIKE pattern [{self.s}]: repetition count above {_RE2_REPEAT_LIMIT}"
+                    )
+                e = f"(?:{e}){{{n},{'' if m is None else m}}}"
+        return e
+
+    def charclass_exp(self) -> str:
+        if self.match("["):
+            negate = self.match("^")
+            ranges = self.charclasses()
+            if not self.match("]"):
+                raise self.fail(f"expected ']' at position {self.pos}")
+            return _re2_class(_complement(ranges) if negate else ranges)
+        return self.simple()
+
+    def charclasses(self) -> Ranges:
+        ranges = list(self.charclass())
+        while self.more() and not self.peek("]"):
+            ranges.extend(self.charclass())
+        return _normalize(ranges)
+
+    def charclass(self) -> Ranges:
+        predefined = self.predefined()
+        if predefined is not None:
+            return predefined
+        c = self.charexp()
+        if self.match("-"):
+            hi = self.charexp()
+            if ord(c) > ord(hi):
+                raise self.fail(f"invalid range: from ({ord(c)}) cannot be > to ({ord(hi)})")
+            return ((ord(c), ord(hi)),)
+        return self.char_ranges(c)
+
+    def char_ranges(self, c: str) -> Ranges:
+        ranges: Ranges = ((ord(c), ord(c)),)
+        return _ascii_fold(ranges) if self.ci and ord(c) <= 128 else ranges
+
+    def predefined(self) -> Ranges | None:
+        if not self.match("\\"):
+            return None
+        if self.peek("dDwWsS"):
+            letter = self.next()
+            base = _PREDEFINED[letter.lower()]
+            return _complement(base) if letter.isupper() else base
+        if self.peek("\\"):
+            return self.char_ranges(self.next())
+        if self.more() and self.s[self.pos] in _BAD_ESCAPES:
+            raise self.fail(f"invalid character class \\{self.next()}")
+        self.pos -= 1
+        return None
+
+    def simple(self) -> str:
+        if self.match("."):
+            return "(?s:.)"
+        if self.match("#"):
+            return _re2_class(())
+        if self.match("@"):
+            return "(?s:.*)"
+        if self.match('"'):
+            start = self.pos
+            while self.more() and not self.peek('"'):
+                self.pos += 1
+            if not self.match('"'):
+                raise self.fail(f"expected '\"' at position {self.pos}")
+            return "".join(_re2_class(self.char_ranges(c)) for c in self.s[start : self.pos - 1])
+        if self.match("("):
+            if self.match(")"):
+                return ""
+            inner = self.union()
+            if not self.match(")"):
+                raise self.fail(f"expected ')' at position {self.pos}")
+            return f"(?:{inner})"
+        if self.match("<"):
+            return self.interval()
+        predefined = self.predefined()
+        if predefined is not None:
+            return _re2_class(predefined)
+        return _re2_class(self.char_ranges(self.charexp()))
+
+    def charexp(self) -> str:
+        if self.match("\\"):
+            return self.next()
+        return self.next()
+
+    def interval(self) -> str:
+        start = self.pos
+        while self.more() and not self.peek(">"):
+            self.pos += 1
+        if not self.match(">"):
+            raise self.fail(f"expected '>' at position {self.pos}")
+        body = self.s[start : self.pos - 1]
+        if "-" not in body:
+            raise self.fail(f"named automaton <{body}> is not available")
+        lo_text, _, hi_text = body.partition("-")
+        if not (
+            lo_text.isdigit() and hi_text.isdigit() and lo_text.isascii() and hi_text.isascii()
+        ):
+            raise self.fail(f"interval syntax error at position {self.pos - 1}")
+        lo, hi = sorted((int(lo_text), int(hi_text)))
+        if hi > 2**31 - 1:
+            raise self.fail(f"interval syntax error at position {self.pos - 1}")
+        digits = len(lo_text) if len(lo_text) == len(hi_text) else 0
+        return _decimal_interval(lo, hi, digits)
+
+
+def _digit_range(lo: str, hi: str) -> str:
+    """RE2 for the decimal strings of equal length between lo and hi inclusive."""
+    if not lo:
+        return ""
+    if lo == hi:
+        return lo
+    if lo[0] == hi[0]:
+        return lo[0] + "(?:" + _digit_range(lo[1:], hi[1:]) + ")"
+    rest = len(lo) - 1
+    parts = [lo[0] + "(?:" + _digit_range(lo[1:], "9" * rest) + ")" if rest else lo[0]]
+    if int(hi[0]) - int(lo[0]) > 1:
+        parts.append(f"[{int(lo[0]) + 1}-{int(hi[0]) - 1}]" + "[0-9]" * rest)
+    parts.append(hi[0] + "(?:" + _digit_range("0" * rest, hi[1:]) + ")" if rest else hi[0])
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _decimal_interval(lo: int, hi: int, digits: int) -> str:
+    """Lucene's Automata.makeDecimalInterval: fixed width with leading zeros when the two
+    bounds were written with the same number of digits, else any number of leading zeros."""
+    if digits:
+        width = max(digits, len(str(hi)))
+        return "(?:" + _digit_range(str(lo).zfill(width), str(hi).zfill(width)) + ")"
+    alternatives = []
+    for width in range(len(str(lo)), len(str(hi)) + 1):
+        low = max(lo, 10 ** (width - 1) if width > 1 else 0)
+        high = min(hi, 10**width - 1)
+        alternatives.append(_digit_range(str(low), str(high)))
+    return "(?:0*(?:" + "|".join(alternatives) + "))"
+
+
+def rlike(pattern: str, *, case_insensitive: bool = False) -> Callable[[str], bool]:
+    """ES|QL RLIKE: Lucene RegExp syntax, the whole value must match."""
+    source = _LuceneRegex(pattern, case_insensitive).parse()
+    regex = _compile_re2(source, pattern, "RLIKE")
+    return _safe(lambda text: regex.fullmatch(text) is not None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Oniguruma regex (as grok expands it) to an AST, then to RE2 or, failing that, Python re.
+
+
+@dataclass
+class _Node:
+    kind: Literal["set", "seq", "alt", "rep", "group", "look", "atomic", "anchor", "backref"]
+    items: list[_Node] = field(default_factory=list)
+    ranges: Ranges = ()
+    text: str = ""  # set: Python re spelling; anchor: which; group: capture name
+    lo: int = 0
+    hi: int | None = None
+    greedy: bool = True
+    ahead: bool = True
+    negative: bool = False
+    gid: str = ""  # group: the RE2/Python group id standing for the Oniguruma name
+
+
+class _OnigParser:
+    """The subset of Oniguruma (Ruby syntax) that grok patterns use."""
+
+    def __init__(self, source: str, grok: str) -> None:
+        self.s = source
+        self.pos = 0
+        self.grok = grok
+        self.names: list[tuple[str, str]] = []  # (group id, Oniguruma name), opening order
+
+    def fail(self, message: str) -> PatternError:
+        return PatternError(f"GROK pattern [{self.grok}]: {message} at position {self.pos}")
+
+    def parse(self) -> _Node:
+        node = self.alt()
+        if self.pos < len(self.s):
+            raise self.fail("unmatched ')'")
+        return node
+
+    def alt(self) -> _Node:
+        branches = [self.seq()]
+        while self.pos < len(self.s) and self.s[self.pos] == "|":
+            self.pos += 1
+            branches.append(self.seq())
+        return branches[0] if len(branches) == 1 else _Node("alt", branches)
+
+    def seq(self) -> _Node:
+        items: list[_Node] = []
+        while self.pos < len(self.s) and self.s[self.pos] not in "|)":
+            atom = self.atom()
+            items.append(self.quantified(atom))
+        return items[0] if len(items) == 1 else _Node("seq", items)
+
+    def quantified(self, atom: _Node) -> _Node:
+        while self.pos < len(self.s) and self.s[self.pos] in "*+?{":
+            ch = self.s[self.pos]
+            lo, hi = {"*": (0, None), "+": (1, None), "?": (0, 1)}.get(ch, (-1, None))
+            if ch == "{":
+                found = re.match(r"\{(\d*)(,?)(\d*)\}", self.s[self.pos :])
+                if found is None or not (found.group(1) or found.group(3)):
+                    break
+                lo = int(found.group(1) or 0)
+                hi = int(found.group(3)) if found.group(3) else (None if found.group(2) else lo)
+                self.pos += found.end()
+            else:
+                self.pos += 1
+            if atom.kind in ("anchor", "look"):
+                raise self.fail("a quantifier after an anchor or lookaround")
+            node = _Node("rep", [atom], lo=lo, hi=hi)
+            if self.pos < len(self.s) and self.s[self.pos] == "?":
+                node.greedy = False
+                self.pos += 1
+            elif self.pos < len(self.s) and self.s[self.pos] == "+" and ch != "{":
+                self.pos += 1
+                node = _Node("atomic", [node])
+            atom = node
+        return atom
+
+    def atom(self) -> _Node:
+        ch = self.s[self.pos]
+        if ch == "(":
+            return self.group()
+        if ch == "[":
+            return self.charclass()
+        if ch == ".":
+            self.pos += 1
+            return _Node("set", ranges=_complement(((10, 10),)))
+        if ch in "^$":
+            self.pos += 1
+            return _Node("anchor", text=ch)
+        if ch == "\\":
+            return self.escape(in_class=False)
+        if ch in "*+?":
+            raise self.fail(f"target of repeat operator '{ch}' is not specified")
+        self.pos += 1
+        return _Node("set", ranges=((ord(ch), ord(ch)),))
+
+    def group(self) -> _Node:
+        self.pos += 1
+        rest = self.s[self.pos :]
+        kind: str
+        name = ""
+        if rest.startswith("?:"):
+            kind, self.pos = "group", self.pos + 2
+        elif rest.startswith("?>"):
+            kind, self.pos = "atomic", self.pos + 2
+        elif rest.startswith(("?=", "?!", "?<=", "?<!")):
+            kind = "look"
+        elif rest.startswith(("?<", "?'")):
+            close = ">" if rest[1] == "<" else "'"
+            end = rest.find(close, 2)
+            if end < 0:
+                raise self.fail("unterminated group name")
+            name = rest[2:end]
+            if not name:
+                raise self.fail("empty group name")
+            kind, self.pos = "capture", self.pos + end + 1
+        elif rest.startswith("?"):
+            raise UnsupportedPatternError(
+                f"GROK pattern [{self.grok}]: group syntax '({rest[:3]}' at position "
+                f"{self.pos - 1} is not supported"
+            )
+        else:
+            kind = "group"
+        if kind == "look":
+            behind = rest.startswith("?<")
+            negative = rest[1 + behind] == "!"
+            self.pos += 3 if behind else 2
+            inner = self.alt()
+            node = _Node("look", [inner], ahead=not behind, negative=negative)
+        else:
+            gid = ""
+            if kind == "capture":
+                gid = f"g{len(self.names)}"
+                self.names.append((gid, name))
+            inner = self.alt()
+            node = _Node("atomic" if kind == "atomic" else "group", [inner], text=name, gid=gid)
+        if self.pos >= len(self.s) or self.s[self.pos] != ")":
+            raise self.fail("end pattern with unmatched parenthesis")
+        self.pos += 1
+        return node
+
+    def escape(self, *, in_class: bool) -> _Node:
+        self.pos += 1
+        if self.pos >= len(self.s):
+            raise self.fail("end pattern at escape")
+        ch = self.s[self.pos]
+        self.pos += 1
+        classes = {"w": "w", "d": "d", "s": "s"}
+        if ch.lower() in classes:
+            base = _unicode_class(classes[ch.lower()])
+            ranges = _complement(base) if ch.isupper() else base
+            return _Node("set", ranges=ranges)
+        if ch in "hH":
+            base = _normalize([(0x30, 0x39), (0x41, 0x46), (0x61, 0x66)])
+            ranges = _complement(base) if ch == "H" else base
+            return _Node("set", ranges=ranges)
+        simple = {"t": 9, "n": 10, "r": 13, "f": 12, "v": 11, "a": 7, "e": 27}
+        if ch in simple:
+            cp = simple[ch]
+            return _Node("set", ranges=((cp, cp),))
+        if ch == "x":
+            found = re.match(r"\{([0-9A-Fa-f]{1,8})\}|([0-9A-Fa-f]{1,2})", self.s[self.pos :])
+            if found is None:
+                raise self.fail("invalid \\x escape")
+            self.pos += found.end()
+            cp = int(found.group(1) or found.group(2), 16)
+            return _Node("set", ranges=((cp, cp),))
+        if not in_class and ch in "AzZbBG":
+            return _Node("anchor", text="\\" + ch)
+        if not in_class and ((ch.isdigit() and ch != "0") or ch == "k"):
+            raise UnsupportedPatternError(
+                f"GROK pattern [{self.grok}]: backreference at position {self.pos - 2} needs "
+                "a backtracking engine; not supported"
+            )
+        if ch.isalnum():
+            raise UnsupportedPatternError(
+                f"GROK pattern [{self.grok}]: escape \\{ch} at position {self.pos - 2} is not "
+                "supported"
+            )
+        return _Node("set", ranges=((ord(ch), ord(ch)),))
+
+    def charclass(self) -> _Node:
+        self.pos += 1
+        negate = False
+        if self.pos < len(self.s) and self.s[self.pos] == "^":
+            negate = True
+            self.pos += 1
+        ranges: list[tuple[int, int]] = []
+        first = True
+        while True:
+            if self.pos >= len(self.s):
+                raise self.fail("premature end of char-class")
+            ch = self.s[self.pos]
+            if ch == "]" and not first:
+                self.pos += 1
+                break
+            first = False
+            if ch == "[":
+                if self.s.startswith("[:", self.pos):
+                    raise UnsupportedPatternError(
+                        f"GROK pattern [{self.grok}]: POSIX bracket at position {self.pos} is "
+                        "not supported"
+                    )
+                raise UnsupportedPatternError(
+                    f"GROK pattern [{self.grok}]: nested character class at position "
+                    f"{self.pos} is not supported"
+                )
+            if ch == "&" and self.s.startswith("&&", self.pos):
+                raise UnsupportedPatternError(
+                    f"GROK pattern [{self.grok}]: class intersection '&&' at position "
+                    f"{self.pos} is not supported"
+                )
+            lo_node = self.class_atom()
+            if (
+                len(lo_node.ranges) == 1
+                and lo_node.ranges[0][0] == lo_node.ranges[0][1]
+                and self.s.startswith("-", self.pos)
+                and self.pos + 1 < len(self.s)
+                and self.s[self.pos + 1] != "]"
+            ):
+                self.pos += 1
+                hi_node = self.class_atom()
+                if len(hi_node.ranges) != 1 or hi_node.ranges[0][0] != hi_node.ranges[0][1]:
+                    raise self.fail("invalid range in character class")
+                lo, hi = lo_node.ranges[0][0], hi_node.ranges[0][0]
+                if lo > hi:
+                    raise self.fail("empty range in char class")
+                ranges.append((lo, hi))
+            else:
+                ranges.extend(lo_node.ranges)
+        norm = _normalize(ranges)
+        return _Node("set", ranges=_complement(norm) if negate else norm)
+
+    def class_atom(self) -> _Node:
+        if self.s[self.pos] == "\\":
+            return self.escape(in_class=True)
+        ch = self.s[self.pos]
+        self.pos += 1
+        return _Node("set", ranges=((ord(ch), ord(ch)),))
+
+
+class _NeedsBacktracking(Exception):  # noqa: N818 - internal control flow, not an error
+    pass
+
+
+def _to_re2(node: _Node) -> str:
+    """RE2 syntax for an Oniguruma AST; raises _NeedsBacktracking where RE2 has no equivalent."""
+    k = node.kind
+    if k == "set":
+        return _re2_class(node.ranges)
+    if k == "seq":
+        return "".join(_to_re2(n) for n in node.items)
+    if k == "alt":
+        return "(?:" + "|".join(_to_re2(n) for n in node.items) + ")"
+    if k == "rep":
+        if max(node.lo, node.hi or 0) > _RE2_REPEAT_LIMIT:
+            raise _NeedsBacktracking
+        hi = "" if node.hi is None else str(node.hi)
+        lazy = "" if node.greedy else "?"
+        return f"(?:{_to_re2(node.items[0])}){{{node.lo},{hi}}}{lazy}"
+    if k == "group":
+        inner = _to_re2(node.items[0])
+        return f"(?P<{node.gid}>{inner})" if node.gid else f"(?:{inner})"
+    if k == "anchor" and node.text in _RE2_ANCHORS:
+        return _RE2_ANCHORS[node.text]
+    raise _NeedsBacktracking
+
+
+_RE2_ANCHORS: Final = {"^": "(?m:^)", "$": "(?m:$)", "\\A": "\\A", "\\z": "\\z"}
+
+
+def _py_char(cp: int) -> str:
+    if cp < 128 and (chr(cp).isalnum() or chr(cp) == "_"):
+        return chr(cp)
+    return f"\\U{cp:08x}"
+
+
+def _py_class(ranges: Ranges) -> str:
+    if not ranges:
+        return "(?!)"
+    parts = [_py_char(lo) if lo == hi else f"{_py_char(lo)}-{_py_char(hi)}" for lo, hi in ranges]
+    return "[" + "".join(parts) + "]"
+
+
+def _py_anchor(text: str) -> str:
+    word = _py_class(_unicode_class("w"))
+    boundary = f"(?:(?<={word})(?!{word})|(?<!{word})(?={word}))"
+    mapping = {
+        "^": "^",
+        "$": "$",
+        "\\A": "\\A",
+        "\\z": "\\Z",
+        "\\Z": "(?=\\n?\\Z)",
+        "\\b": boundary,
+        "\\B": f"(?!{boundary})",
+    }
+    if text not in mapping:
+        raise UnsupportedPatternError(f"anchor {text} is not supported")
+    return mapping[text]
+
+
+def _to_python(node: _Node) -> str:
+    k = node.kind
+    if k == "set":
+        return _py_class(node.ranges)
+    if k == "seq":
+        return "".join(_to_python(n) for n in node.items)
+    if k == "alt":
+        return "(?:" + "|".join(_to_python(n) for n in node.items) + ")"
+    if k == "rep":
+        hi = "" if node.hi is None else str(node.hi)
+        lazy = "" if node.greedy else "?"
+        return f"(?:{_to_python(node.items[0])}){{{node.lo},{hi}}}{lazy}"
+    if k == "group":
+        inner = _to_python(node.items[0])
+        return f"(?P<{node.gid}>{inner})" if node.gid else f"(?:{inner})"
+    if k == "atomic":
+        return f"(?>{_to_python(node.items[0])})"
+    if k == "look":
+        op = "?" + ("" if node.ahead else "<") + ("!" if node.negative else "=")
+        return f"({op}{_to_python(node.items[0])})"
+    return _py_anchor(node.text)
+
+
+def _chars(node: _Node) -> Ranges:
+    return _normalize([*node.ranges, *(r for n in node.items for r in _chars(n))])
+
+
+def _disjoint(a: Ranges, b: Ranges) -> bool:
+    return all(hi < lo2 or hi2 < lo for lo, hi in a for lo2, hi2 in b)
+
+
+def _separator_led(node: _Node) -> bool:
+    """A repetition whose every iteration starts (or ends) with a character the rest of the
+    iteration cannot contain, like ``(?:\\.label)*``: its iterations split only one way."""
+    body = node.items[0]
+    while body.kind == "group" and body.items:
+        body = body.items[0]
+    if body.kind != "seq":
+        return False
+    first, last = body.items[0], body.items[-1]
+    if first.kind == "set" and _disjoint(first.ranges, _chars(_Node("seq", body.items[1:]))):
+        return True
+    return last.kind == "set" and _disjoint(last.ranges, _chars(_Node("seq", body.items[:-1])))
+
+
+def _nested_repetition(node: _Node, depth: int = 0) -> bool:
+    """True when a repetition of more than one item sits inside another (other than one split
+    by a separator): the shape that makes a backtracking engine's cost blow up."""
+    if node.kind == "rep" and (node.hi is None or node.hi > 1) and not _separator_led(node):
+        depth += 1
+        if depth > 1:
+            return True
+    return any(_nested_repetition(n, depth) for n in node.items)
+
+
+# ---------------------------------------------------------------------------------------------
+# GROK
+
+_GROK_REF: Final = re.compile(
+    r"%\{(?P<name>(?P<pattern>[A-z0-9]+)(?::(?P<subname>[A-Za-z0-9@\[\]_:.-]+))?)"
+    r"(?:=(?P<definition>[^{}]+))?\}"
+)
+_GROK_TYPES: Final[dict[str, str]] = {
+    "int": "integer",
+    "long": "long",
+    "float": "double",
+    "double": "double",
+    "boolean": "boolean",
+}
+
+
+def _java_int(text: str, bits: int) -> int | None:
+    if not re.fullmatch(r"[+-]?\d+", text):
+        return None
+    value = int(text)
+    return value if -(2 ** (bits - 1)) <= value < 2 ** (bits - 1) else None
+
+
+_JAVA_FLOAT: Final = re.compile(
+    r"\s*[+-]?(?:NaN|Infinity|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)[fFdD]?\s*"
+)
+
+
+def _java_double(text: str, single: bool) -> float | None:
+    if not _JAVA_FLOAT.fullmatch(text):
+        return None
+    body = text.strip().rstrip("fFdD")
+    value = float(body.replace("Infinity", "inf"))
+    if single:
+        try:
+            value = struct.unpack("f", struct.pack("f", value))[0]
+        except OverflowError:
+            value = float("inf") if value > 0 else float("-inf")
+    return value
+
+
+def _convert(kind: str, text: str) -> Any:
+    """GrokCaptureType's parsing: Integer/Long/Float/Double.parseX, Boolean.parseBoolean;
+    a value that does not parse gives null."""
+    if kind == "int":
+        return _java_int(text, 32)
+    if kind == "long":
+        return _java_int(text, 64)
+    if kind in ("float", "double"):
+        return _java_double(text, kind == "float")
+    if kind == "boolean":
+        return text.lower() == "true"
+    return text
+
+
+@dataclass(frozen=True)
+class Grok:
+    """A compiled ES|QL GROK pattern: columns sorted by name, as ES|QL adds them."""
+
+    pattern: str
+    columns: tuple[tuple[str, str], ...]
+    engine: Literal["re2", "re"]
+    _search: Callable[[str], Any] = field(repr=False)
+    _groups: tuple[tuple[str, str, str], ...] = field(repr=False)  # (group id, column, type)
+
+    def __call__(self, text: str) -> dict[str, Any] | None:
+        """The captured columns of the first match, or None when nothing matches (ES|QL then
+        sets every column null). A name captured more than once gives a list (multi-value)."""
+        if self.engine == "re" and len(text) > BACKTRACKING_INPUT_LIMIT:
+            return None
+        found = self._search(text)
+        if found is None:
+            return None
+        values: dict[str, list[Any]] = {}
+        for gid, column, kind in self._groups:
+            raw = found.group(gid)
+            if raw is not None:
+                value = _convert(kind, raw)
+                if value is not None:
+                    values.setdefault(column, []).append(value)
+        out: dict[str, Any] = {name: None for name, _ in self.columns}
+        for column, got in values.items():
+            out[column] = got[0] if len(got) == 1 else got
+        return out
+
+
+def _expand_grok(pattern: str, library: dict[str, str]) -> str:
+    """Elastic's Grok.toRegex: replace each %{NAME[:SUB[:type]]} left to right, re-scanning the
+    inserted definition; a reference with a sub-name becomes a named group."""
+    done: list[str] = []
+    rest = pattern
+    for _ in range(100_000):
+        found = _GROK_REF.search(rest)
+        if found is None:
+            return "".join(done) + rest
+        name = found.group("pattern")
+        body = library.get(name)
+        if body is None:
+            raise PatternError(
+                f"GROK pattern [{pattern}]: Unable to find pattern [{name}] in Grok's pattern "
+                "dictionary"
+            )
+        if f"%{{{name}}}" in body or f"%{{{name}:" in body:
+            raise PatternError(
+                f"GROK pattern [{pattern}]: circular reference in pattern back [{name}]"
+            )
+        if found.group("subname") is not None:
+            part = f"(?<{found.group('name')}>{body})"
+        else:
+            part = f"(?:{body})"
+        done.append(rest[: found.start()])
+        rest = part + rest[found.end() :]
+    raise PatternError(
+        f"GROK pattern [{pattern}]: Can not convert grok patterns to regular expression"
+    )
+
+
+def compile_grok(pattern: str) -> Grok:
+    """Compile an ES|QL GROK pattern (ECS v1 pattern library, unanchored first match)."""
+    expanded = _expand_grok(pattern, ECS_V1)
+    parser = _OnigParser(expanded, pattern)
+    tree = parser.parse()
+    groups: list[tuple[str, str, str]] = []
+    types: dict[str, str] = {}
+    for gid, full in parser.names:
+        parts = full.split(":")
+        column = parts[1] if len(parts) >= 2 else parts[0]
+        kind = parts[2] if len(parts) == 3 and parts[2] in _GROK_TYPES else "string"
+        esql_type = _GROK_TYPES.get(kind, "keyword")
+        if types.setdefault(column, esql_type) != esql_type:
+            raise PatternError(
+                f"GROK pattern [{pattern}]: column [{column}] is captured with two types "
+                f"({types[column]} and {esql_type})"
+            )
+        groups.append((gid, column, kind))
+    columns = tuple(sorted(types.items()))
+    try:
+        regex = _compile_re2(_to_re2(tree), pattern, "GROK")
+        return Grok(pattern, columns, "re2", _safe(regex.search), tuple(groups))
+    except (_NeedsBacktracking, UnsupportedPatternError):
+        pass
+    if _nested_repetition(tree):
+        raise UnsupportedPatternError(
+            f"GROK pattern [{pattern}] needs a backtracking engine (lookaround, atomic group or "
+            "Unicode word boundary) and nests repetitions, so its cost on a hostile value is "
+            "unbounded; not supported"
+        )
+    try:
+        compiled = re.compile(_to_python(tree), re.MULTILINE)
+    except re.error as exc:
+        raise PatternError(f"GROK pattern [{pattern}]: {exc}") from exc
+    return Grok(pattern, columns, "re", compiled.search, tuple(groups))
+
+
+# ---------------------------------------------------------------------------------------------
+# DISSECT
+
+
+@dataclass(frozen=True)
+class _DissectKey:
+    name: str
+    modifier: str  # "", "+", "/" (append with order), "*", "&" or "?"
+    skip: bool
+    right_padding: bool
+    order: int
+
+
+_MODIFIERS: Final = re.compile(r"[/+*&?]")
+
+
+def _dissect_key(key: str, pattern: str) -> _DissectKey:
+    modifier = ""
+    found = _MODIFIERS.findall(key)
+    for k, mod in enumerate(found):
+        if k > 0 and not (modifier == "+" and mod == "/"):
+            raise PatternError(
+                f"DISSECT pattern [{pattern}]: key [{key}]: multiple modifiers are not allowed."
+            )
+        modifier = mod
+    padding = key.endswith("->")
+    order = 0
+    if modifier == "":
+        name = key[:-2] if padding else key
+        skip = name == ""
+    elif modifier == "/":
+        parsed = re.search(r"[+](.*?)(/)([0-9]+)(->)?$", key, re.DOTALL)
+        if parsed is None:
+            raise PatternError(
+                f"DISSECT pattern [{pattern}]: key [{key}]: The key name could not be determined"
+            )
+        name, order = parsed.group(1), int(parsed.group(3))
+        if order > 32767:
+            raise PatternError(
+                f"DISSECT pattern [{pattern}]: key [{key}]: append order out of range"
+            )
+        skip = False
+    else:
+        parsed = re.search(r"([+*&?])(.*?)(->)?$", key, re.DOTALL)
+        assert parsed is not None
+        name = parsed.group(2)
+        skip = modifier == "?"
+    if not name and not skip:
+        raise PatternError(
+            f"DISSECT pattern [{pattern}]: key [{key}]: The key name could not be determined"
+        )
+    return _DissectKey(name, modifier, skip, padding, order)
+
+
+@dataclass(frozen=True)
+class Dissect:
+    """A compiled ES|QL DISSECT pattern; every column is a keyword."""
+
+    pattern: str
+    append_separator: str
+    columns: tuple[tuple[str, str], ...]
+    _leading: str = field(repr=False)
+    _pairs: tuple[tuple[_DissectKey, str], ...] = field(repr=False)
+    _max_results: int = field(repr=False)
+
+    def __call__(self, text: str) -> dict[str, str] | None:
+        """The dissected keys, or None when the text does not fit the pattern."""
+        matched: list[tuple[_DissectKey, str]] = []
+        pairs = self._pairs
+        if len(text) > len(self._leading) and text.startswith(self._leading):
+            idx = 0
+            key, delim = pairs[0]
+            i = value_start = len(self._leading)
+            n = len(text)
+            while i < n:
+                hit = text.find(delim, i) if delim else -1
+                if hit < 0:
+                    break
+                matched.append((key, text[value_start:hit]))
+                i = hit + len(delim)
+                while delim and text.startswith(delim, i):
+                    i += len(delim)
+                    if not key.right_padding:
+                        if idx + 1 >= len(pairs):
+                            break
+                        idx += 1
+                        key = pairs[idx][0]
+                        matched.append((key, ""))
+                if idx + 1 >= len(pairs):
+                    break
+                idx += 1
+                key, delim = pairs[idx]
+                value_start = i
+            if len(matched) != len(pairs) and not delim:
+                matched.append((key, text[value_start:]))
+        if len(matched) != len(pairs):
+            return None
+        simple: dict[str, str] = {}
+        appends: dict[str, list[tuple[int, int, str]]] = {}
+        implicit = -1000
+        for seq, (key, value) in enumerate(matched):
+            if key.skip:
+                continue
+            if key.modifier == "":
+                simple[key.name] = value
+                continue
+            order = key.order
+            if key.modifier == "+":
+                order, implicit = implicit, implicit + 1
+            appends.setdefault(key.name, []).append((order, seq, value))
+        result = dict(simple)
+        for name, parts in appends.items():
+            result[name] = self.append_separator.join(v for _, _, v in sorted(parts))
+        if len(result) != self._max_results:
+            return None
+        return {name: result[name] for name, _ in self.columns}
+
+
+_KEY_AND_DELIMITER: Final = re.compile(r"%\{([^}]*?)}(.+?(?=%\{)|.*$)", re.DOTALL)
+
+
+def compile_dissect(pattern: str, append_separator: str = "") -> Dissect:
+    """Compile an ES|QL DISSECT pattern the way Elastic's DissectParser reads it."""
+    lead = re.match("([^\n\r\u0085\u2028\u2029]*?)%\\{", pattern)
+    leading = lead.group(1) if lead else ""
+    pairs = [
+        (_dissect_key(m.group(1), pattern), m.group(2))
+        for m in _KEY_AND_DELIMITER.finditer(pattern[len(leading) :])
+    ]
+    names = list(dict.fromkeys(k.name for k, _ in pairs if not k.skip))
+    if not pairs or not names:
+        raise PatternError(
+            f"Invalid pattern for dissect: [{pattern}]: Unable to find any keys or delimiters."
+        )
+    refs = [k.name for k, _ in pairs if k.modifier in "*&" and k.modifier]
+    if refs:
+        raise UnsupportedPatternError(
+            f"Reference keys not supported in dissect patterns: [%{{*{refs[0]}}}]"
+        )
+    appended = {k.name for k, _ in pairs if k.modifier in ("+", "/")}
+    pairs = [
+        (_DissectKey(k.name, "+", k.skip, k.right_padding, k.order), d)
+        if k.modifier == "" and k.name in appended
+        else (k, d)
+        for k, d in pairs
+    ]
+    return Dissect(
+        pattern,
+        append_separator,
+        tuple((name, "keyword") for name in names),
+        leading,
+        tuple(pairs),
+        len(names),
+    )
