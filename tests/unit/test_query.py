@@ -36,7 +36,7 @@ def trail(tmp_path: Path) -> Path:
 QUERY = (
     "FROM logs-aws.cloudtrail-* METADATA _id"
     ' | WHERE event.action LIKE "Create*"'
-    " | EVAL hour = DATE_TRUNC(1 hour, @timestamp), who = CONCAT(user.name, \"@\", cloud.region)"
+    ' | EVAL hour = DATE_TRUNC(1 hour, @timestamp), who = CONCAT(user.name, "@", cloud.region)'
     " | KEEP _id, event.action, who, hour | SORT event.action DESC"
 )
 

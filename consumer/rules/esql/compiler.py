@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from consumer.rules import patterns
 from consumer.rules.esql.syntax import (
     Arith,
     Call,
@@ -143,26 +144,6 @@ def three_valued(is_true: Predicate, is_false: Predicate) -> ValueFn:
     return value
 
 
-def like_regex(pattern: str) -> str:
-    parts: list[str] = []
-    escaped = False
-    for char in pattern:
-        if escaped:
-            parts.append(re.escape(char))
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == "*":
-            parts.append(".*")
-        elif char == "?":
-            parts.append(".")
-        else:
-            parts.append(re.escape(char))
-    if escaped:
-        raise ValueError("the pattern ends with a lone escape '\\'")
-    return "".join(parts)
-
-
 def like_literal_chunks(pattern: str) -> list[str]:
     """The literal runs of a LIKE pattern: any matching value contains each of them."""
     chunks: list[str] = [""]
@@ -181,13 +162,9 @@ def like_literal_chunks(pattern: str) -> list[str]:
 
 
 def string_matcher(pattern: str, regex: bool) -> Callable[[str], bool]:
-    """LIKE/RLIKE as a whole-value test; raises ValueError for an invalid pattern."""
-    try:
-        expression = pattern if regex else like_regex(pattern)
-        fullmatch = re.compile(expression, re.DOTALL).fullmatch
-    except re.error as problem:
-        raise ValueError(str(problem)) from None
-    return lambda text: fullmatch(text) is not None
+    """LIKE/RLIKE as a whole-value test (Lucene syntax, bounded cost); raises ValueError
+    (PatternError) for an invalid pattern."""
+    return patterns.rlike(pattern) if regex else patterns.like(pattern)
 
 
 _MIRRORED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
@@ -462,6 +439,8 @@ class ExprCompiler:
             return (lambda ctx: fetch(ctx) is not None), (lambda ctx: fetch(ctx) is None)
         try:
             matcher = string_matcher(node.pattern, node.regex)
+        except patterns.UnsupportedPatternError as problem:
+            raise self.unsupported(f"{verb} pattern: {problem}", node) from None
         except ValueError as problem:
             raise self.error(f"invalid {verb} pattern: {problem}", node) from None
 

@@ -17,7 +17,6 @@ rule); later commands work on a frame that caches each field read and holds comp
 from __future__ import annotations
 
 import difflib
-import importlib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from operator import itemgetter
 from typing import Any, Protocol
 
 from consumer.normalize import ECS_FIELDS
+from consumer.rules import patterns
 from consumer.rules.esql.compiler import (
     Column,
     ExprCompiler,
@@ -568,12 +568,6 @@ def _assign(key: str, fetch: ValueFn) -> _RowStage:
 def _extract_step(
     pipeline: _Pipeline, compiler: ExprCompiler, command: Grok | Dissect
 ) -> _RowStage:
-    try:
-        patterns = importlib.import_module("consumer.rules.patterns")
-    except ModuleNotFoundError:
-        raise pipeline.source.unsupported(
-            "GROK and DISSECT need consumer.rules.patterns", command.pos
-        ) from None
     verb = "GROK" if isinstance(command, Grok) else "DISSECT"
     kind, fetch = compiler.value(command.operand)
     if kind not in STRING_TYPES and kind != "null":
@@ -583,16 +577,18 @@ def _extract_step(
         )
     try:
         if isinstance(command, Grok):
-            extractor: Callable[[str], dict[str, Any] | None] = patterns.compile_grok(
-                command.pattern
-            )
+            extractor: patterns.Grok | patterns.Dissect = patterns.compile_grok(command.pattern)
         else:
             extractor = patterns.compile_dissect(command.pattern, command.append_separator)
+    except patterns.UnsupportedPatternError as problem:
+        raise pipeline.source.unsupported(
+            f"{verb} pattern: {problem}", command.pattern_pos
+        ) from None
     except patterns.PatternError as problem:
         raise pipeline.source.error(
             f"invalid {verb} pattern: {problem}", command.pattern_pos
         ) from None
-    columns = tuple(extractor.columns)  # type: ignore[attr-defined]
+    columns = extractor.columns
     keys = [(name, pipeline.define(name, field_type(column_type))) for name, column_type in columns]
 
     def step(frame: _Frame) -> bool:
