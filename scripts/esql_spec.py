@@ -105,6 +105,8 @@ def parse_spec(path: Path) -> list[Case]:
             stripped = text.strip()
             if not query and (re.match(r"^[a-z_]+:", stripped) or stripped.startswith(("//", "#"))):
                 continue
+            if stripped.startswith("#"):  # the spec reader drops these doc-tag lines
+                continue
             ends = stripped.endswith(";") and not stripped.endswith("\\;")
             query.append(text.rstrip()[:-1] if ends else text)
             if ends:

@@ -42,6 +42,7 @@ from consumer.rules.esql.syntax import (
     IsNull,
     Logical,
     Match,
+    MvConst,
     Neg,
     Not,
     Source,
@@ -250,6 +251,17 @@ class ExprCompiler:
         if isinstance(node, Interval):
             span = span_of(node)
             return span.kind, constant(span)
+        if isinstance(node, MvConst):
+            kinds = {self.const_type(Const(value, node.pos)) for value in node.values}
+            low, high = INT_RANGE["long"]
+            if any(isinstance(v, int) and not low <= v <= high for v in node.values):
+                raise self.unsupported("unsigned_long values are not supported", node)
+            kind = kinds.pop() if len(kinds) == 1 else "double" if "double" in kinds else "long"
+            values = [
+                float(v) if kind == "double" and isinstance(v, int | float) else v
+                for v in node.values
+            ]
+            return kind, constant(single(values))
         if isinstance(node, Star):
             raise self.error("'*' is only an argument of COUNT", node)
         is_true, is_false = self.truth(node)
@@ -629,11 +641,21 @@ def _numeric(left: ValueFn, right: ValueFn, op: Callable[[Any, Any], Any], kind:
     return evaluate
 
 
-def _shift(millis: int, span: Span, backwards: bool) -> int:
+_DATE_RANGE = (-62_135_596_800_000, 253_402_300_799_999)
+"""Years 1 to 9999: what we can print; a date outside is null, as an overflow is in ES|QL."""
+
+
+def _shift(millis: int, span: Span, backwards: bool) -> int | None:
     sign = -1 if backwards else 1
-    if span.months:
-        millis = add_months(millis, sign * span.months)
-    return millis + sign * span.millis
+    if not _DATE_RANGE[0] <= millis <= _DATE_RANGE[1]:
+        return None
+    try:
+        if span.months:
+            millis = add_months(millis, sign * span.months)
+    except (OverflowError, ValueError):
+        return None
+    millis += sign * span.millis
+    return millis if _DATE_RANGE[0] <= millis <= _DATE_RANGE[1] else None
 
 
 def _date_shift(date: ValueFn, span_fetch: ValueFn, backwards: bool) -> ValueFn:
@@ -942,7 +964,7 @@ def _date_diff(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
         raise compiler.unsupported("DATE_DIFF takes its unit as a string literal", node)
     unit = _DIFF_UNITS.get(unit_arg.value.lower())
     if unit is None:
-        if unit_arg.value.lower() in ("microsecond", "microseconds", "mcs", "nanosecond", "ns"):
+        if unit_arg.value.lower().rstrip("s") in ("microsecond", "mc", "nanosecond", "n"):
             raise compiler.unsupported(f"DATE_DIFF in {unit_arg.value}", node)
         raise compiler.error(f"unknown DATE_DIFF unit {unit_arg.value!r}", unit_arg)
     dates = []
@@ -970,7 +992,149 @@ def _date_diff(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
     return "integer", evaluate
 
 
+def _java_round(value: float) -> int:
+    """Java's Math.round: halves go up."""
+    return math.floor(value + 0.5)
+
+
+def _integral(kind: str) -> Callable[[str, Any], int | None]:
+    check = _checked(kind)
+    low, high = INT_RANGE[kind]
+
+    def from_double(number: float | None) -> int | None:
+        """In range before rounding, as Elasticsearch's safe conversions check."""
+        if number is None or not low <= number <= high:
+            return None
+        return check(_java_round(number))
+
+    def convert(source: str, value: Any) -> int | None:
+        if source in STRING_TYPES:
+            text = value.strip()
+            try:
+                return check(int(text))
+            except ValueError:
+                return from_double(_parse_double(text))
+        if source == "double":
+            return from_double(value)
+        if source == "boolean":
+            return 1 if value else 0
+        return check(value)
+
+    return convert
+
+
+_DATETIME_RE = re.compile(
+    r"[+-]?\d{4,}-\d{2}-\d{2}(?:T\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?)?)?"
+    r"(?:Z|[+-]\d{2}(?::?\d{2})?)?"
+)
+
+
+def _to_datetime_value(source: str, value: Any) -> int | None:
+    if source in STRING_TYPES:
+        text = value.strip()
+        if not _DATETIME_RE.fullmatch(text):
+            return None
+        return date_key(re.sub(r"([.,]\d{6})\d+", r"\1", text).replace(",", "."))
+    if source == "double":
+        return _java_round(value) if math.isfinite(value) else None
+    return _checked("long")(value)
+
+
+def _to_boolean_value(source: str, value: Any) -> bool:
+    if source in STRING_TYPES:
+        return bool(value.lower() == "true")
+    return bool(value != 0)
+
+
+def _to_ip_value(source: str, value: Any) -> int | None:
+    return ip_key(value) if source in STRING_TYPES else value
+
+
+def _converter(result: str, accepts: frozenset[str], convert: Callable[[str, Any], Any]) -> Handler:
+    """A TO_xxx function: each value converted, those that do not convert dropped (null)."""
+
+    def handler(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+        compiler.arity(node, 1)
+        kind, fetch = compiler.value(node.args[0])
+        if kind == "null":
+            return result, fetch
+        if kind == result:
+            return result, fetch
+        if kind not in accepts:
+            found = compiler.describe(node.args[0], kind)
+            raise compiler.error(f"{node.name} does not apply to {found}", node)
+        return result, _each_value(fetch, lambda value: convert(kind, value))
+
+    return handler
+
+
+_NUMERIC_SOURCES = STRING_TYPES | NUMERIC_TYPES | {"boolean", "date"}
+_TO_LONG = _converter("long", _NUMERIC_SOURCES, _integral("long"))
+_TO_INTEGER = _converter("integer", _NUMERIC_SOURCES, _integral("integer"))
+_TO_DATETIME = _converter("date", STRING_TYPES | NUMERIC_TYPES, _to_datetime_value)
+_TO_BOOLEAN = _converter("boolean", STRING_TYPES | NUMERIC_TYPES, _to_boolean_value)
+_TO_IP = _converter("ip", STRING_TYPES, _to_ip_value)
+
+
+def _mv_reduce(name: str) -> Handler:
+    def handler(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+        compiler.arity(node, 1)
+        kind, fetch = compiler.value(node.args[0])
+        if name == "MV_SUM":
+            if kind not in NUMERIC_TYPES and kind != "null":
+                raise compiler.error(f"MV_SUM needs numbers, found {kind}", node)
+            check = _checked(kind) if kind in INTEGRAL_TYPES else _finite
+            reduce: Callable[[list[Any]], Any] = lambda values: check(sum(values))  # noqa: E731
+        elif kind not in ORDERABLE_TYPES | {"boolean", "null"}:
+            raise compiler.error(f"{name} does not apply to {kind}", node)
+        else:
+            reduce = min if name == "MV_MIN" else max
+
+        def evaluate(ctx: Any) -> Any:
+            value = fetch(ctx)
+            return reduce(value) if value.__class__ is list else value
+
+        return kind, evaluate
+
+    return handler
+
+
+def _mv_concat(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+    compiler.arity(node, 2)
+    values = compiler.string_argument(node.name, node.args[0])
+    delimiter = compiler.string_argument(node.name, node.args[1])
+
+    def evaluate(ctx: Any) -> str | None:
+        value = values(ctx)
+        separator = delimiter(ctx)
+        if value is None or separator.__class__ is not str:
+            return None
+        return separator.join(value) if value.__class__ is list else value
+
+    return "keyword", evaluate
+
+
 _FUNCTIONS: Mapping[str, Handler] = {
+    "TO_LONG": _TO_LONG,
+    "::long": _TO_LONG,
+    "TO_INTEGER": _TO_INTEGER,
+    "TO_INT": _TO_INTEGER,
+    "::integer": _TO_INTEGER,
+    "::int": _TO_INTEGER,
+    "TO_DATETIME": _TO_DATETIME,
+    "TO_DT": _TO_DATETIME,
+    "::datetime": _TO_DATETIME,
+    "::date": _TO_DATETIME,
+    "TO_BOOLEAN": _TO_BOOLEAN,
+    "TO_BOOL": _TO_BOOLEAN,
+    "::boolean": _TO_BOOLEAN,
+    "::bool": _TO_BOOLEAN,
+    "TO_IP": _TO_IP,
+    "::ip": _TO_IP,
+    "MV_MIN": _mv_reduce("MV_MIN"),
+    "MV_MAX": _mv_reduce("MV_MAX"),
+    "MV_SUM": _mv_reduce("MV_SUM"),
+    "MV_CONCAT": _mv_concat,
     "TO_LOWER": _case_change(str.lower),
     "TO_UPPER": _case_change(str.upper),
     "LENGTH": _length,

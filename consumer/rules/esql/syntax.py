@@ -122,6 +122,14 @@ class Interval:
 
 
 @dataclass(frozen=True, slots=True)
+class MvConst:
+    """A multi-valued literal such as `[1, 2, 3]`: its values in the order written."""
+
+    values: tuple[Scalar, ...]
+    pos: int
+
+
+@dataclass(frozen=True, slots=True)
 class Star:
     """`*` as a function argument, as in COUNT(*)."""
 
@@ -141,6 +149,7 @@ Expr = (
     | Arith
     | Neg
     | Interval
+    | MvConst
     | Star
 )
 
@@ -623,13 +632,30 @@ class Parser:
             self.advance()
             return Const({"TRUE": True, "FALSE": False, "NULL": None}[token.text], token.pos)
         if token.kind == "op" and token.text == "[":
-            raise self.source.unsupported("multi-valued literals are not supported", token.pos)
+            return self.mv_literal()
         if token.kind == "name":
             self.advance()
             if self.at("op", "("):
                 return self.call(token)
             return FieldRef(str(token.value), token.pos)
         raise self.unexpected("a field, literal, function or '('")
+
+    def mv_literal(self) -> MvConst:
+        start = self.advance().pos
+        values: list[Scalar] = []
+        while True:
+            item = self.unary()
+            if not isinstance(item, Const) or item.value is None:
+                raise self.source.error("a multi-valued literal holds constants", item.pos)
+            values.append(item.value)
+            if not self.at("op", ","):
+                break
+            self.advance()
+        self.expect("op", "]")
+        kinds = {type(value) for value in values}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            raise self.source.error("the values of a multi-valued literal share one type", start)
+        return MvConst(tuple(values), start)
 
     def call(self, name: Token) -> Call:
         self.advance()
