@@ -477,3 +477,11 @@ def test_grok_and_dissect_add_columns_null_when_no_match() -> None:
 def test_metadata_fields_come_from_the_record() -> None:
     compiled = compile_query("from logs-* metadata _id, _version | keep _id, _version")
     assert compiled.evaluate({"eventID": "e-1"}) == {"_id": "e-1", "_version": 1}
+
+
+def test_comments_inside_a_keep_list_and_backquoted_eval_names() -> None:
+    compiled = compile_query(
+        "from x // a comment\n| eval `a.b` = kw /* why */\n| keep\n    kw, // the key\n    `a.b`",
+        FIELDS,
+    )
+    assert compiled.evaluate({"kw": "v"}) == {"kw": "v", "a.b": "v"}
