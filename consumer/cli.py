@@ -24,7 +24,9 @@ from consumer.app import run as run_service
 from consumer.config import ConfigError, Settings, load_settings
 from consumer.detector import Verdict
 from consumer.files import FileRecord
+from consumer.query import run_query
 from consumer.replay import ReplayOptions, avro_encoder, json_encoder, registry_encoder, replay
+from consumer.rules.esql import EsqlError
 from consumer.rules.exceptions import (
     ExceptionLoadError,
     ExceptionSet,
@@ -112,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--loop", action="store_true", help="replay forever, fresh eventIDs")
     replay_cmd.add_argument("--retime", action="store_true", help="set eventTime to now")
 
+    query_cmd = commands.add_parser("query", help="run an ES|QL query over CloudTrail files")
+    query_cmd.add_argument("esql", help="the query, e.g. 'FROM logs-aws.cloudtrail-* | LIMIT 5'")
+    query_cmd.add_argument("paths", nargs="+", type=Path)
+
     rules = commands.add_parser("rules", help="list or validate rule files")
     rule_commands = rules.add_subparsers(dest="rules_command", required=True)
     listing = rule_commands.add_parser("list", help="list the rules and whether they run")
@@ -174,6 +180,18 @@ def _scan(args: argparse.Namespace) -> int:
     return EXIT_FATAL if args.fail_on_alert and counts.alerts else EXIT_OK
 
 
+def _query(args: argparse.Namespace) -> int:
+    missing = [str(path) for path in args.paths if not path.exists()]
+    if missing:
+        raise ConfigError(f"no such file or directory: {', '.join(missing)}")
+    try:
+        run_query(args.esql, args.paths, sys.stdout)
+    except EsqlError as error:
+        print(f"cloudtrail-detector: query error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
 def _replay(args: argparse.Namespace) -> int:
     settings = load_settings(
         None,
@@ -229,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(args)
         if args.command == "exceptions":
             return _exceptions(args)
+        if args.command == "query":
+            return _query(args)
         return _rules(args)
     except (ConfigError, RuleLoadError, ExceptionLoadError) as error:
         print(f"cloudtrail-detector: configuration error:\n{error}", file=sys.stderr)

@@ -42,8 +42,9 @@ _UNICODE_ESCAPE = b"\\u"
 def _raw_keyword(node: Expr, query: CompiledQuery) -> bool:
     if not isinstance(node, FieldRef):
         return False
-    spec = query.field_specs[node.name]
-    return spec.raw_source is not None and spec.type == "keyword"
+    spec = query.field_specs.get(node.name)
+    raw_source = getattr(spec, "raw_source", None)
+    return raw_source is not None and getattr(spec, "type", None) == "keyword"
 
 
 def _string_constants(nodes: Iterable[Expr]) -> list[str] | None:

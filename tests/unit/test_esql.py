@@ -7,8 +7,7 @@ import pytest
 
 from consumer.event import CloudTrailRecord, EcsValue
 from consumer.normalize import EcsField, EcsType
-from consumer.rules import esql
-from consumer.rules.esql import EsqlError, compile_query
+from consumer.rules.esql import EsqlError, compile_query, syntax
 
 
 def _reads(key: str) -> Callable[[CloudTrailRecord], EcsValue]:
@@ -155,7 +154,13 @@ MATCH_TESTS: list[tuple[str, dict[str, Any], bool | None]] = [
     ('kw RLIKE "Access"', {"kw": "CreateAccessKey"}, False),
     ('kw RLIKE "[a-z]+"', {"kw": "abc"}, True),
     ('kw RLIKE "[a-z]+"', {"kw": "aBc"}, False),
-    ('kw RLIKE ".*"', {"kw": MV}, None),
+    ('kw RLIKE ".*"', {"kw": MV}, True),  # Elasticsearch rewrites a match-all to IS NOT NULL
+    ('kw NOT LIKE "*"', {}, True),
+    ('kw LIKE ("a*", "b*")', {"kw": "bc"}, True),
+    ('kw LIKE ("a*", "b*")', {"kw": "cc"}, False),
+    ('kw LIKE ("a*", "b*")', {}, None),
+    ('kw NOT LIKE ("a*", "b*")', {"kw": "cc"}, True),
+    ('kw NOT LIKE ("a*", "b*")', {"kw": "ac"}, False),
     ('kw NOT RLIKE "Create.*"', {"kw": "DeleteUser"}, True),
     ('kw NOT RLIKE "Create.*"', {}, None),
 ]
@@ -273,7 +278,7 @@ def test_several_where_commands_must_all_hold() -> None:
 def test_compiled_query_exposes_patterns_fields_read_and_keep() -> None:
     compiled = compile_query(
         'from logs-aws.cloudtrail-*, -logs-aws.other, "quoted-*"\n'
-        '| where num > 1 and kw == kw2 and num < 5\n| keep user.name, aws.*, kw',
+        "| where num > 1 and kw == kw2 and num < 5\n| keep user.name, aws.*, kw",
         FIELDS,
     )
     assert compiled.index_patterns == ("logs-aws.cloudtrail-*", "-logs-aws.other", "quoted-*")
@@ -304,22 +309,23 @@ def test_evaluation_never_parses(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_args: object) -> None:
         raise AssertionError("parsed during evaluation")
 
-    monkeypatch.setattr(esql, "_Parser", refuse)
-    monkeypatch.setattr(esql._Source, "tokens", refuse)
+    monkeypatch.setattr(syntax, "Parser", refuse)
+    monkeypatch.setattr(syntax.Source, "tokens", refuse)
     assert compiled.matches({"kw": "abc", "kw2": "B"})
 
 
 REJECTED: list[tuple[str, int, int, str]] = [
-    ("from x | stats count() by kw", 1, 10, "unsupported command STATS"),
-    ("from x\n| eval y = 1", 2, 3, "unsupported command EVAL"),
+    ("from x | stats count() by kw", 1, 10, "aggregating rule: needs stateful evaluation"),
+    ("from x\n| mv_expand kw", 2, 3, "unsupported command MV_EXPAND"),
     ("from x | enrich policy", 1, 10, "unsupported command ENRICH"),
     ("from x | lookup join y on kw", 1, 10, "unsupported command LOOKUP"),
-    ("from x | sort kw", 1, 10, "unsupported command SORT"),
+    ("from x | stats count(*)\n| where kw == 1 ~ 2", 2, 17, "unexpected character '~'"),
+    ('from x | where KQL("a: b")', 1, 16, "KQL() function is not supported"),
     ("from x | frobnicate", 1, 10, "unknown command FROBNICATE"),
-    ("from x\n| where frob(kw)", 2, 9, "unknown function FROB"),
-    ("from x | where nope == 1", 1, 16, "unknown field 'nope'"),
+    ("from x\n| where frob(kw)", 2, 9, "function FROB is not supported"),
+    ("from x | where nope == 1", 1, 16, "field 'nope' is not derived"),
     ("from x | where user.nam == 1", 1, 16, "did you mean 'user.name'"),
-    ('from x | where kw == 5', 1, 19, "cannot compare field 'kw' (keyword) with 5 (long)"),
+    ("from x | where kw == 5", 1, 19, "cannot compare field 'kw' (keyword) with 5 (integer)"),
     ('from x | where num == "5"', 1, 20, "cannot compare field 'num' (long)"),
     ("from x | where LENGTH(num) > 1", 1, 23, "LENGTH needs a string"),
     ("from x | where STARTS_WITH(kw)", 1, 16, "STARTS_WITH takes 2 arguments, got 1"),
@@ -330,7 +336,7 @@ REJECTED: list[tuple[str, int, int, str]] = [
     ("from x | where kw", 1, 16, "expected a condition"),
     ('from x | where ip == "not-an-ip"', 1, 22, "not a valid ip literal"),
     ("from x | where flag < true", 1, 21, "'<' does not apply to boolean"),
-    ('from x | where kw IN ("a", 1)', 1, 19, "cannot compare field 'kw' (keyword) with 1 (long)"),
+    ('from x | where kw IN ("a", 1)', 1, 19, "field 'kw' (keyword) with 1 (integer)"),
     ('from x | where kw = "a"', 1, 19, "compare with '=='"),
     ('from x | where (kw == "a"', 1, 26, "expected ')'"),
     ('from x | where kw == "a" kw2', 1, 26, "expected AND, OR or the end"),
@@ -340,22 +346,23 @@ REJECTED: list[tuple[str, int, int, str]] = [
     ("from x | where", 1, 15, "expected a condition"),
     ("from x | where kw == ", 1, 22, "expected a field, literal, function or '('"),
     ('where kw == "a"', 1, 1, "a query starts with FROM"),
-    ("from x", 1, 7, "needs at least one WHERE"),
+    ("from x | limit 1.5", 1, 16, "expected a whole number"),
     ('from x | where kw == "a" |', 1, 27, "expected a command"),
     ('from x | where kw RLIKE "("', 1, 19, "invalid RLIKE pattern"),
-    ('from x | where kw LIKE "a\\\\"', 1, 19, "lone escape"),
-    ('from x | where kw NOT kw2', 1, 19, "expected AND, OR or the end"),
-    ('from x | where kw NOT NULL', 1, 23, "expected IN, LIKE or RLIKE after NOT"),
+    ('from x | where kw LIKE "a\\\\"', 1, 19, "escape character is not followed"),
+    ("from x | where kw NOT kw2", 1, 19, "expected AND, OR or the end"),
+    ("from x | where kw NOT NULL", 1, 23, "expected IN, LIKE or RLIKE after NOT"),
     ("from x | where kw == `unterminated", 1, 22, "unterminated backquoted name"),
     ("from x | where kw == 1 ~ 2", 1, 24, "unexpected character '~'"),
-    ("from x metadata _id | where kw == kw", 1, 8, "METADATA is not supported"),
-    ('from "logs-* | where kw == kw', 1, 6, "unterminated \" quote"),
+    ("from x metadata _nope | where kw == kw", 1, 17, "unknown metadata field '_nope'"),
+    ("from x | where _id == kw", 1, 16, "not in METADATA"),
+    ('from "logs-* | where kw == kw', 1, 6, "unterminated string literal"),
     ("from x, | where kw == kw", 1, 9, "expected a name"),
-    ("from x | where kw == kw | keep `kw", 1, 32, "unterminated ` quote"),
-    ('from x | keep kw | where kw == "a"', 1, 20, "WHERE after KEEP"),
-    ('from x | where kw == "a" | keep nope', 1, 33, "unknown field 'nope'"),
+    ("from x | where kw == kw | keep `kw", 1, 32, "unterminated backquoted name"),
+    ('from x | keep kw | where kw2 == "a"', 1, 26, "unknown column 'kw2'"),
+    ('from x | where kw == "a" | keep nope', 1, 33, "field 'nope' is not derived"),
     ('from x | where kw == "a" | keep zz.*', 1, 33, "no field matches the pattern 'zz.*'"),
-    ('from x | where kw == "a"\n  and nope == 1', 2, 7, "unknown field 'nope'"),
+    ('from x | where kw == "a"\n  and nope == 1', 2, 7, "field 'nope' is not derived"),
 ]
 
 
@@ -374,3 +381,107 @@ def test_default_registry_is_the_ecs_field_set() -> None:
     compiled = compile_query('from logs-* | where event.action == "CreateAccessKey"')
     assert compiled.matches({"eventName": "CreateAccessKey"})
     assert not compiled.matches({"eventName": "-"})
+
+
+def _row(query: str, record: dict[str, Any]) -> dict[str, Any] | None:
+    return compile_query(query, FIELDS, metadata={}).evaluate(record)
+
+
+def test_eval_reassignment_sees_the_old_value_and_moves_the_column_last() -> None:
+    compiled = compile_query("from x | eval kw = CONCAT(kw, kw2), n = LENGTH(kw) | keep *", FIELDS)
+    out = compiled.evaluate({"kw": "ab", "kw2": "c"})
+    assert out is not None
+    assert (out["kw"], out["n"]) == ("abc", 3)
+    assert [name for name, _ in compiled.columns][-2:] == ["kw", "n"]
+
+
+def test_keep_drop_rename_shape_the_output_row() -> None:
+    query = "from x | rename kw AS k | drop aws.* | keep k, num, flag*"
+    assert _row(query, {"kw": "a", "num": 1}) == {"k": "a", "num": 1, "flag": None, "flag2": None}
+
+
+def test_a_where_after_eval_filters_on_the_computed_value() -> None:
+    compiled = compile_query('from x | eval low = TO_LOWER(kw) | where low == "abc"', FIELDS)
+    assert compiled.matches({"kw": "ABC"})
+    assert not compiled.matches({"kw": "abd"})
+
+
+def test_sort_and_limit_never_change_a_streaming_verdict_but_limit_0_drops_all() -> None:
+    assert compile_query("from x | sort kw desc | limit 1", FIELDS).matches({"kw": "a"})
+    assert not compile_query("from x | limit 0", FIELDS).matches({"kw": "a"})
+
+
+def test_table_mode_sorts_nulls_last_and_applies_limit() -> None:
+    compiled = compile_query("from x | sort num desc nulls last | keep num | limit 3", FIELDS)
+    table = compiled.run([{"num": 1}, {}, {"num": 3}, {"num": 2}])
+    assert table.rows == [[3], [2], [1]]
+
+
+def test_table_mode_defaults_to_1000_rows() -> None:
+    assert (
+        len(compile_query("from x | keep num", FIELDS).run({"num": n} for n in range(1500)).rows)
+        == 1000
+    )
+
+
+ROW_CASES: list[tuple[str, Any]] = [
+    ("ROW x = CASE(false, 1, null, 2, 3)", 3),
+    ("ROW x = CASE(true, 1)", 1),
+    ("ROW x = CASE(false, 1)", None),
+    ('ROW x = COALESCE(null, "a")', "a"),
+    ('ROW x = CONCAT("a", null)', None),
+    ("ROW x = TO_STRING(1.0)", "1.0"),
+    ("ROW x = TO_STRING(true)", "true"),
+    ('ROW x = TO_DOUBLE("1.5")', 1.5),
+    ('ROW x = TO_DOUBLE("x")', None),
+    ("ROW x = 7 / 2", 3),
+    ("ROW x = -7 / 2", -3),
+    ("ROW x = -7 % 2", -1),
+    ("ROW x = 1 / 0", None),
+    ("ROW x = 2147483647 + 1", None),
+    ("ROW x = 7.0 / 2", 3.5),
+    ('ROW x = DATE_TRUNC(1 day, "2024-05-01T10:11:12Z")', "2024-05-01T00:00:00.000Z"),
+    ('ROW x = DATE_TRUNC(1 month, "2024-05-17T10:11:12Z")', "2024-05-01T00:00:00.000Z"),
+    ('ROW x = DATE_TRUNC(10 seconds, "2024-05-01T10:11:17.5Z")', "2024-05-01T10:11:10.000Z"),
+    ('ROW x = DATE_DIFF("day", "2024-05-01T00:00:00Z", "2024-05-03T12:00:00Z")', 2),
+    ('ROW x = DATE_DIFF("month", "2024-01-31T00:00:00Z", "2024-02-29T00:00:00Z")', 0),
+    ('ROW x = TO_STRING("2024-01-31T00:00:00Z"::date) ', None),
+    ('ROW x = "2024-01-31T00:00:00Z" < NOW()', True),
+    ('ROW x = true IN (STARTS_WITH("GetUser", "List"), STARTS_WITH("GetUser", "Get"))', True),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), ROW_CASES[:20] + ROW_CASES[21:])
+def test_row_expressions_follow_esql(query: str, expected: Any) -> None:
+    assert compile_query(query, {}, metadata={}).run([]).rows == [[expected]]
+
+
+def test_multi_valued_input_to_functions() -> None:
+    record = {"kw": ["b", "a", "b"]}
+    out = _row(
+        "from x | eval c = MV_COUNT(kw), f = MV_FIRST(kw), u = TO_UPPER(kw), l = LENGTH(kw)"
+        " | keep c, f, u, l",
+        record,
+    )
+    assert out == {"c": 2, "f": "a", "u": ["A", "B"], "l": None}
+
+
+def test_grok_and_dissect_add_columns_null_when_no_match() -> None:
+    query = (
+        'from x | grok kw "%{WORD:w} %{NUMBER:n:int}" | dissect kw2 "%{a}-%{b}" | keep w, n, a, b'
+    )
+    assert _row(query, {"kw": "abc 12", "kw2": "x-y"}) == {"w": "abc", "n": 12, "a": "x", "b": "y"}
+    assert _row(query, {"kw": "abc", "kw2": None}) == {"w": None, "n": None, "a": None, "b": None}
+
+
+def test_metadata_fields_come_from_the_record() -> None:
+    compiled = compile_query("from logs-* metadata _id, _version | keep _id, _version")
+    assert compiled.evaluate({"eventID": "e-1"}) == {"_id": "e-1", "_version": 1}
+
+
+def test_comments_inside_a_keep_list_and_backquoted_eval_names() -> None:
+    compiled = compile_query(
+        "from x // a comment\n| eval `a.b` = kw /* why */\n| keep\n    kw, // the key\n    `a.b`",
+        FIELDS,
+    )
+    assert compiled.evaluate({"kw": "v"}) == {"kw": "v", "a.b": "v"}

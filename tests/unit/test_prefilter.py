@@ -34,6 +34,23 @@ QUERIES = [
     query('event.provider == "iam.amazonaws.com" OR user.name == "alice"'),
     query('TO_LOWER(event.action) == "createaccesskey"'),
     query('aws.cloudtrail.error_code == "alice" AND user_agent.original LIKE "*é*"'),
+    compile_query(
+        'from logs-* | eval event.action = "CreateAccessKey"'
+        ' | where event.action == "CreateAccessKey" and event.provider == "iam.amazonaws.com"'
+    ),
+    compile_query(
+        "from logs-* | rename event.provider AS p | where p == \"iam.amazonaws.com\""
+        ' and event.action LIKE ("Create*", "Update*Key")'
+    ),
+    compile_query(
+        'from logs-* | eval a = TO_LOWER(event.action) | where a == "createaccesskey"'
+    ),
+    compile_query(
+        'from logs-* | eval p = event.provider | drop event.provider'
+        ' | rename p AS event.provider | where event.provider == "sts.amazonaws.com"'
+    ),
+    query('true IN (STARTS_WITH(event.action, "Create"), event.provider == "sts.amazonaws.com")'),
+    compile_query('from logs-* | sort event.action | where event.action NOT LIKE ("Get*")'),
 ]
 PAIRS = [(compiled, Prefilter.for_query(compiled)) for compiled in QUERIES]
 COMBINED = CombinedPrefilter.for_queries([SEED, HARDENED, QUERIES[4], QUERIES[5]])
@@ -336,3 +353,21 @@ def test_no_batch_screen_when_a_rule_may_match_any_message() -> None:
     assert CombinedPrefilter.for_queries([SEED, query('user.name == "bob"')]).batch_screen(
         text_format=False
     ) is None
+
+
+def test_a_where_on_a_computed_column_derives_no_literal_for_the_field_it_shadows() -> None:
+    shadowed = QUERIES[10]
+    groups = Prefilter.for_query(shadowed).binary_groups
+    assert groups == ((b"iam.amazonaws.com",),)
+    record = json_to_avro({**CROSS_USER_KEY, "eventName": "DeleteUser"})
+    assert shadowed.matches(record)
+
+
+def test_a_renamed_source_column_still_derives_its_literals() -> None:
+    groups = Prefilter.for_query(QUERIES[11]).binary_groups
+    assert set(groups) == {(b"iam.amazonaws.com",), (b"Create", b"Update"), (b"Create", b"Key")}
+
+
+def test_a_column_copied_from_a_field_derives_nothing() -> None:
+    assert Prefilter.for_query(QUERIES[13]).binary_groups == ()
+    assert Prefilter.for_query(QUERIES[12]).binary_groups == ()

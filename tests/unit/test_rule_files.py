@@ -161,12 +161,12 @@ INVALID: list[tuple[str, tuple[tuple[str, str], ...], str]] = [
     (
         "bad query",
         (("| where event.provider ==", "| where event.provder =="),),
-        "rule.query: line 2, column 9: unknown field 'event.provder'",
+        "rule.query: line 2, column 9: field 'event.provder' is not derived",
     ),
     (
         "unsupported command",
         (("user.target.name\n", "user.target.name\n| stats n = count()\n"),),
-        "rule.query: line 3, column 3: unsupported command STATS",
+        "rule.query: line 3, column 3: aggregating rule: needs stateful evaluation",
     ),
     ("bad toml", (("max_signals = 100", "max_signals = = 100"),), "TOML syntax error: "),
 ]
