@@ -842,3 +842,13 @@ def test_docs_list_every_field_as_the_registry_has_it() -> None:
     doc = Path(__file__).resolve().parents[2] / "docs" / "ecs-fields.md"
 
     assert doc.read_text(encoding="utf-8") == fields_table()
+
+
+def test_the_user_agent_parser_sees_only_the_first_1024_characters() -> None:
+    padded = make_record(userAgent="aws-cli/2.18.17 " + "x" * 2_000_000)
+    late = make_record(userAgent="x" * 1024 + " aws-cli/2.18.17")
+
+    assert normalize(padded, ["user_agent.name", "user_agent.original"]) == {
+        "user_agent.name": "aws-cli"
+    }
+    assert normalize(late, ["user_agent.name"]) == {"user_agent.name": "Other"}
