@@ -24,6 +24,7 @@ from consumer.decode import Decoder, JsonDecoder, RegistryAvroDecoder, Schemales
 from consumer.detector import Detector
 from consumer.http import serve
 from consumer.metrics import Metrics
+from consumer.normalize import configure_enrichment
 from consumer.rules.exceptions import ExceptionWatcher
 from consumer.rules.loader import LoadedRule, load_rules
 from consumer.service import RETRY_LATER_BACKOFF_S, Health, Service, install_signal_handlers
@@ -96,6 +97,9 @@ def configure_logging(level: str) -> None:
 def run_worker(settings: Settings, worker: int) -> int:
     """One group member with its own metrics endpoint on metrics_port + worker."""
     configure_logging(settings.log_level)
+    configure_enrichment(
+        settings.data_stream_namespace, settings.geoip_city_database, settings.geoip_asn_database
+    )
     rules = load_enabled_rules(settings)
     registry = CollectorRegistry(auto_describe=True)
     metrics = Metrics(registry)
