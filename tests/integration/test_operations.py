@@ -1,0 +1,118 @@
+"""What an operator reads off a running detector, checked against the broker: lag and committed
+offsets in both delivery modes, /readyz's reason, and settings the broker refuses, which must
+stop start-up with exit 2 (the supervisor too) instead of a crash loop."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from consumer.replay import avro_encoder
+from tests.conftest import Broker, TopicFactory
+from tests.support.events import event
+from tests.support.kafka import (
+    DetectorProcess,
+    Topics,
+    committed_offsets,
+    wait_all_committed,
+    wait_until,
+)
+from tests.support.metrics import scrape
+
+PARTITIONS = 2
+EXIT_CONFIG = 2
+
+
+@pytest.fixture
+def topics(new_topic: TopicFactory) -> Topics:
+    return Topics(input=new_topic("in", partitions=PARTITIONS), alerts=new_topic("alerts"),
+                  dlq=new_topic("dlq"))
+
+
+def produce_to_each_partition(bootstrap: str, topic: str, count: int, tag: str) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "5"})
+    encode = avro_encoder()
+    for index in range(count):
+        producer.produce(topic, value=encode(event(event_id=f"{tag}-{index}")),
+                         partition=index % PARTITIONS)
+    assert producer.flush(30) == 0
+
+
+@pytest.mark.parametrize("delivery", ["exactly-once", "at-least-once"])
+def test_lag_and_committed_offset_follow_the_groups_real_commits(
+    broker: Broker, topics: Topics, run_dir: Path, detectors: list[DetectorProcess],
+    delivery: str,
+) -> None:
+    bootstrap = broker.bootstrap_servers
+    group = f"g-{uuid.uuid4().hex}"
+    detector = DetectorProcess(
+        bootstrap, topics, run_dir / "detectors", group=group,
+        extra_env={"DETECTOR_DELIVERY": delivery,
+                   "DETECTOR_KAFKA_CONSUMER": '{"statistics.interval.ms": "200"}'},
+    )
+    detectors.append(detector.start())
+    detector.wait_ready()
+
+    for round_number in range(2):  # the second round starts from offsets committed before
+        produce_to_each_partition(bootstrap, topics.input, 300, f"r{round_number}")
+        ends = wait_all_committed(bootstrap, group, topics.input, PARTITIONS)
+
+        def metrics_match_the_broker() -> bool:
+            metrics = scrape(detector.port)
+            committed = [metrics.value("committed_offset", topic=topics.input, partition=str(p))
+                         for p in range(PARTITIONS)]
+            lags = [metrics.matching("consumer_lag_messages", topic=topics.input,
+                                     partition=str(p)) for p in range(PARTITIONS)]
+            return committed == ends and all(len(lag) == 1 and lag[0].value == 0 for lag in lags)
+
+        wait_until(metrics_match_the_broker, 15,
+                   f"committed_offset {ends} and lag 0 on every partition ({delivery})")
+        assert committed_offsets(bootstrap, group, topics.input, PARTITIONS) == ends
+
+
+def readyz_body(port: int) -> tuple[int, str] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+            return int(reply.status), reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError:
+        return None
+
+
+def test_readyz_says_which_topic_is_missing(
+    broker: Broker, run_dir: Path, detectors: list[DetectorProcess], new_topic: TopicFactory
+) -> None:
+    missing = f"missing-{uuid.uuid4().hex[:8]}"
+    topics = Topics(input=missing, alerts=new_topic("alerts"), dlq=new_topic("dlq"))
+    detector = DetectorProcess(broker.bootstrap_servers, topics, run_dir / "detectors",
+                               group=f"g-{uuid.uuid4().hex}")
+    detectors.append(detector.start())
+
+    wait_until(lambda: readyz_body(detector.port) == (
+        503, f"not ready: topic(s) {missing} do not exist\n"), 30, "/readyz naming the topic")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_transaction_timeout_above_the_brokers_maximum_stops_start_up_with_exit_2(
+    broker: Broker, topics: Topics, run_dir: Path, detectors: list[DetectorProcess],
+    workers: str,
+) -> None:
+    detector = DetectorProcess(
+        broker.bootstrap_servers, topics, run_dir / "detectors", group=f"g-{uuid.uuid4().hex}",
+        extra_env={"DETECTOR_KAFKA_PRODUCER": '{"transaction.timeout.ms": "3600000"}',
+                   "DETECTOR_WORKERS": workers},
+    )
+    detectors.append(detector.start())
+    assert detector.process is not None
+
+    assert detector.process.wait(60) == EXIT_CONFIG
+    log = detector.log()
+    assert "transaction.timeout.ms=3600000 is above the broker's transaction.max.timeout.ms" in log
+    assert "DETECTOR_KAFKA_PRODUCER" in log
+    assert "restarting" not in log
