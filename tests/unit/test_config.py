@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -275,3 +276,31 @@ def test_the_cli_refuses_a_bad_option_value_with_exit_2() -> None:
 
     assert result.returncode == EXIT_CONFIG, result.stderr
     assert "--input-format" in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_metrics_port_in_use_stops_start_up_with_exit_2_naming_the_setting(
+    workers: str,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # Nothing listens at the bootstrap address: the port is refused before any connection.
+        result = run_cli({"DETECTOR_INPUT_FORMAT": "json", "DETECTOR_METRICS_HOST": "127.0.0.1",
+                          "DETECTOR_METRICS_PORT": str(port), "DETECTOR_WORKERS": workers,
+                          "DETECTOR_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "metrics_port (--metrics-port, DETECTOR_METRICS_PORT)" in result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "restarting" not in result.stderr
+
+
+def test_an_unknown_librdkafka_property_stops_the_cli_with_exit_2() -> None:
+    result = run_cli({"DETECTOR_INPUT_FORMAT": "json",
+                      "DETECTOR_KAFKA_CONSUMER": '{"fetch.wait.max.mss": "10"}'})
+
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "DETECTOR_KAFKA_CONSUMER" in result.stderr
+    assert "Traceback" not in result.stderr
