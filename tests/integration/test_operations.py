@@ -62,7 +62,7 @@ def test_lag_and_committed_offset_follow_the_groups_real_commits(
         produce_to_each_partition(bootstrap, topics.input, 300, f"r{round_number}")
         ends = wait_all_committed(bootstrap, group, topics.input, PARTITIONS)
 
-        def metrics_match_the_broker() -> bool:
+        def metrics_match_the_broker(ends: list[int] = ends) -> bool:
             metrics = scrape(detector.port)
             committed = [metrics.value("committed_offset", topic=topics.input, partition=str(p))
                          for p in range(PARTITIONS)]

@@ -6,6 +6,7 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from consumer.http import serve
@@ -33,12 +34,10 @@ def test_readyz_answers_503_with_the_reason() -> None:
     server = serve("127.0.0.1", 0, CollectorRegistry(), health.alive, health.unready_reason)
     try:
         url = f"http://127.0.0.1:{server.server_port}/readyz"
-        try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url, timeout=5)
-            raise AssertionError("expected a 503")
-        except urllib.error.HTTPError as error:
-            assert (error.code, error.read()) == (
-                503, b"not ready: topic(s) cloudtrail-events do not exist\n")
+        assert (refused.value.code, refused.value.read()) == (
+            503, b"not ready: topic(s) cloudtrail-events do not exist\n")
         health.ready, health.waiting_for = True, ""
         with urllib.request.urlopen(url, timeout=5) as reply:
             assert (reply.status, reply.read()) == (200, b"ready\n")
