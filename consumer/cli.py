@@ -298,16 +298,20 @@ def _scan(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError(f"no such file or directory: {', '.join(missing)}")
     settings = load_settings(None, rules_dir=args.rules_dir, enable_rules=args.enable_rules,
-                             input_format="json")
+                             disable_rules=args.disable_rules, input_format="json")
     rules = load_enabled_rules(settings)
     output = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+    table = args.output_format == "table" or (
+        args.output_format == "auto" and args.output is None and sys.stdout.isatty()
+    )
+    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        counts = scan(args.paths, rules, output, include_event_original=not args.no_event_original)
+        counts = scan(args.paths, rules, output, sys.stderr if show_progress else None,
+                      include_event_original=not args.no_event_original, table=table)
     finally:
         if args.output:
             output.close()
-    print(f"{counts.records} records, {counts.alerts} alerts, {counts.rejected} skipped",
-          file=sys.stderr)
+    print(counts.summary(), file=sys.stderr)
     return EXIT_FATAL if args.fail_on_alert and counts.alerts else EXIT_OK
 
 

@@ -3,6 +3,7 @@ looks like the other format, and the periodic progress line."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -10,6 +11,7 @@ import pytest
 
 from consumer.progress import Progress, ReasonLog, format_hint
 from consumer.replay import avro_encoder
+from consumer.scan_output import ProgressBar, summary
 from tests.support.events import create_access_key
 
 
@@ -102,3 +104,26 @@ def test_the_progress_line_says_consumed_rate_alerts_dead_letters_and_lag() -> N
     )
     assert not progress.due()
     assert "lag unknown" in progress.line(lag=None, partitions=0)
+
+
+def test_the_scan_progress_bar_shows_bytes_records_and_alerts_at_most_10_times_a_second() -> None:
+    stream = io.StringIO()
+    clock = Clock()
+    bar = ProgressBar(stream, total_bytes=2_000_000, clock=clock, width=lambda: 100)
+    clock.now += 2.0
+
+    bar.update(1_000_000, 5000, 3)
+    bar.update(1_500_000, 6000, 3)  # too soon: not drawn
+
+    drawn = stream.getvalue()
+    assert drawn.startswith("\r[")
+    assert drawn.count("\r") == 1
+    assert "50% 1.0 MB/2.0 MB  5,000 records (2,500/s)  3 alerts" in drawn
+    assert len(drawn) <= 100
+
+
+def test_the_scan_summary_names_files_bytes_records_alerts_rules_and_time() -> None:
+    assert summary(files=3, total_bytes=162_000_000, records=1_234_567, alerts=4, rules=1,
+                   skipped=2, seconds=12.34) == (
+        "scanned 3 file(s), 162.0 MB: 1,234,567 records, 4 alerts from 1 rule(s), 2 skipped, "
+        "in 12.3s")
