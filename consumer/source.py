@@ -195,7 +195,11 @@ class Source:
                 end = partition_stats.get(end_field, -1)
                 if end >= 0:
                     self.ends[key] = end
+                # Before the first message reaches us app_offset is -1: the fetch position
+                # says where reading stands (an empty partition, or one started at its end).
                 position = partition_stats.get("app_offset", -1)
+                if position < 0:
+                    position = partition_stats.get("next_offset", -1)
                 if position >= 0:
                     self._positions[key] = position
                 self._report_lag(key)
