@@ -219,9 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     rules = commands.add_parser("rules", help="list or validate rule files")
     rule_commands = rules.add_subparsers(dest="rules_command", required=True)
     listing = rule_commands.add_parser("list", help="list the rules and whether they run")
-    listing.add_argument("--rules-dir", type=Path)
+    listing.add_argument("--rules-dir", type=Path, metavar="DIR",
+                         help="also list the rule files of this directory (DETECTOR_RULES_DIR)")
     validate = rule_commands.add_parser("validate", help="check rule files")
-    validate.add_argument("paths", nargs="+", type=Path)
+    validate.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                          help="rule files, or directories of them")
     return parser
 
 

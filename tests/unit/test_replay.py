@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import pytest
 from confluent_kafka import KafkaError, Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
     MockSchemaRegistryClient,
 )
@@ -18,6 +19,7 @@ from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
 from consumer.decode import RegistryAvroDecoder, SchemalessAvroDecoder
 from consumer.record import json_to_avro
 from consumer.replay import (
+    ReplayError,
     ReplayOptions,
     account_of,
     avro_encoder,
@@ -25,6 +27,7 @@ from consumer.replay import (
     registry_encoder,
     replay,
 )
+from scripts.kafka_local import free_port
 from tests.support.events import ACCOUNTS, create_access_key, event
 
 
@@ -228,3 +231,12 @@ def test_replay_reports_failed_deliveries_and_is_not_complete(export: Path) -> N
     assert result.summary("input") == (
         "2 of 3 records delivered to input; failed: 1 x Local: Message timed out"
     )
+
+
+def test_an_unreachable_registry_is_a_replay_error_naming_the_subject_not_a_traceback() -> None:
+    client = SchemaRegistryClient(
+        {"url": f"http://127.0.0.1:{free_port()}", "timeout": 5, "max.retries": 0}
+    )
+
+    with pytest.raises(ReplayError, match="cannot register the schema under input-value"):
+        registry_encoder(client, "input-value")
