@@ -19,6 +19,7 @@ from tests.support.kafka import (
     DetectorProcess,
     Topics,
     committed_offsets,
+    read_all,
     wait_all_committed,
     wait_until,
 )
@@ -120,3 +121,26 @@ def test_a_transaction_timeout_above_the_brokers_maximum_stops_start_up_with_exi
     assert "transaction.timeout.ms=3600000 is above the broker's transaction.max.timeout.ms" in log
     assert "DETECTOR_KAFKA_PRODUCER" in log
     assert "restarting" not in log
+
+
+def test_avro_read_as_json_is_dead_lettered_with_a_hint_and_logged_once_per_window(
+    broker: Broker, topics: Topics, run_dir: Path, detectors: list[DetectorProcess]
+) -> None:
+    bootstrap = broker.bootstrap_servers
+    group = f"g-{uuid.uuid4().hex}"
+    detector = DetectorProcess(bootstrap, topics, run_dir / "detectors", group=group,
+                               extra_env={"DETECTOR_INPUT_FORMAT": "json",
+                                          "DETECTOR_PREFILTER": "false"})
+    detectors.append(detector.start())
+    detector.wait_ready()
+
+    produce_to_each_partition(bootstrap, topics.input, 300, "avro")
+    dead = read_all(bootstrap, topics.dlq, wanted=300)
+
+    assert len(dead) == 300
+    errors = {dict(m.headers() or [])["dlq.error"] for m in dead}
+    assert all(b"set DETECTOR_INPUT_FORMAT=avro (--input-format avro)" in e for e in errors)
+    wait_until(lambda: "more dead letter(s) with reason" in detector.log(), 30,
+               "the count of the dead letters not logged one by one")
+    warnings = [line for line in detector.log().splitlines() if "dead letter " in line]
+    assert len(warnings) < 10, warnings
