@@ -250,4 +250,9 @@ class Source:
             self.consumer.seek(tp)
 
     def close(self) -> None:
-        self.consumer.close()
+        """Leave the group. A failure here (a rebalance callback timing out on a broker that is
+        gone) is logged: it must not hide the error that ended the loop."""
+        try:
+            self.consumer.close()
+        except Exception as error:  # KafkaException, or what a rebalance callback raised
+            log.warning("closing the consumer: %s", error)

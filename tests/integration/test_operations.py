@@ -10,9 +10,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
+from prometheus_client import CollectorRegistry
 
+from consumer.metrics import Metrics
 from consumer.replay import avro_encoder
+from consumer.sink import FatalSinkError, TransactionalSink
 from tests.conftest import Broker, TopicFactory
 from tests.support.events import event
 from tests.support.kafka import (
@@ -144,3 +147,31 @@ def test_avro_read_as_json_is_dead_lettered_with_a_hint_and_logged_once_per_wind
                "the count of the dead letters not logged one by one")
     warnings = [line for line in detector.log().splitlines() if "dead letter " in line]
     assert len(warnings) < 10, warnings
+
+
+def test_a_fenced_producer_reported_by_poll_is_a_fatal_sink_error_not_a_crash(
+    broker: Broker, new_topic: TopicFactory
+) -> None:
+    """librdkafka raises the fencing from poll() when a produce request meets the newer epoch:
+    the service must see FatalSinkError (exit 1, "fatal: ..."), not a traceback."""
+    topic = new_topic("fenced")
+    transactional_id = f"t-{uuid.uuid4().hex}"
+    config = {"bootstrap.servers": broker.bootstrap_servers, "transactional.id": transactional_id}
+    sink = TransactionalSink(config, Metrics(CollectorRegistry()))
+    sink.init(deadline=float("inf"))
+    sink.begin()
+    sink.produce(topic, b"k", b"before", [])
+    Producer(config).init_transactions(30)
+    sink.produce(topic, b"k", b"after", [])
+
+    def fenced() -> bool:
+        try:
+            sink.poll()
+        except FatalSinkError:
+            return True
+        return False
+
+    wait_until(fenced, 30, "poll to report the fencing")
+    assert sink.fatal_error is not None
+    assert sink.fatal_error.code() == KafkaError._FENCED
+    del sink  # its producer goes now, not after the session's broker has stopped
