@@ -149,6 +149,14 @@ def test_avro_read_as_json_is_dead_lettered_with_a_hint_and_logged_once_per_wind
     assert len(warnings) < 10, warnings
 
 
+def fenced(sink: TransactionalSink) -> bool:
+    try:
+        sink.poll()
+    except FatalSinkError:
+        return True
+    return False
+
+
 def test_a_fenced_producer_reported_by_poll_is_a_fatal_sink_error_not_a_crash(
     broker: Broker, new_topic: TopicFactory
 ) -> None:
@@ -164,14 +172,7 @@ def test_a_fenced_producer_reported_by_poll_is_a_fatal_sink_error_not_a_crash(
     Producer(config).init_transactions(30)
     sink.produce(topic, b"k", b"after", [])
 
-    def fenced() -> bool:
-        try:
-            sink.poll()
-        except FatalSinkError:
-            return True
-        return False
-
-    wait_until(fenced, 30, "poll to report the fencing")
+    wait_until(lambda: fenced(sink), 30, "poll to report the fencing")
     assert sink.fatal_error is not None
     assert sink.fatal_error.code() == KafkaError._FENCED
     del sink  # its producer goes now, not after the session's broker has stopped
