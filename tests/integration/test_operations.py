@@ -7,6 +7,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -172,7 +173,7 @@ def test_a_fenced_producer_reported_by_poll_is_a_fatal_sink_error_not_a_crash(
     Producer(config).init_transactions(30)
     sink.produce(topic, b"k", b"after", [])
 
-    wait_until(lambda: fenced(sink), 30, "poll to report the fencing")
+    wait_until(partial(fenced, sink), 30, "poll to report the fencing")
     assert sink.fatal_error is not None
     assert sink.fatal_error.code() == KafkaError._FENCED
     del sink  # its producer goes now, not after the session's broker has stopped
