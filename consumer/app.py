@@ -136,6 +136,12 @@ def run_worker(settings: Settings, worker: int) -> int:
     return EXIT_OK
 
 
+def restart_pause(crashes_in_a_row: int, ran_s: float) -> tuple[int, float]:
+    """The crash count after this crash, and how long to wait before the restart."""
+    crashes = 1 if ran_s >= WORKER_HEALTHY_S else crashes_in_a_row + 1
+    return crashes, WORKER_RESTART_BACKOFF_S[min(crashes, len(WORKER_RESTART_BACKOFF_S)) - 1]
+
+
 def port_error(settings: Settings, port: int, error: OSError) -> ConfigError:
     return ConfigError(
         f"setting metrics_port (--metrics-port, DETECTOR_METRICS_PORT): cannot listen on "
@@ -236,8 +242,7 @@ def run(settings: Settings) -> int:
                     restart_at.clear()
                 continue
             ran = time.monotonic() - started_at[index]
-            crashes[index] = 1 if ran >= WORKER_HEALTHY_S else crashes.get(index, 0) + 1
-            pause = WORKER_RESTART_BACKOFF_S[min(crashes[index], len(WORKER_RESTART_BACKOFF_S)) - 1]
+            crashes[index], pause = restart_pause(crashes.get(index, 0), ran)
             log.error("worker %d exited with %s after %.0fs; restarting it in %.0fs",
                       index, process.exitcode, ran, pause)
             restart_at[index] = time.monotonic() + pause
