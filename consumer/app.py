@@ -7,6 +7,7 @@ import json
 import logging
 import multiprocessing
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from consumer import __version__
 from consumer.alert import Alert, encode_json
 from consumer.alert_avro import RegistryAlertEncoder
-from consumer.config import Settings
+from consumer.config import ConfigError, Settings
 from consumer.decode import Decoder, JsonDecoder, RegistryAvroDecoder, SchemalessAvroDecoder
 from consumer.detector import Detector
 from consumer.http import serve
@@ -39,8 +40,11 @@ EXIT_CONFIG = 2
 PR_SET_PDEATHSIG = 1
 """prctl(2) option: the signal a process gets when its parent dies."""
 
-WORKER_RESTART_BACKOFF_S = 1.0
-"""A crashed worker is restarted after this pause, so a persistent fault cannot spin."""
+WORKER_RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+"""Pauses before restarting a crashed worker, longer after each crash in a row, so a
+persistent fault cannot spin; a worker that ran for WORKER_HEALTHY_S starts the row again."""
+
+WORKER_HEALTHY_S = 60.0
 
 
 def registry_client(settings: Settings) -> SchemaRegistryClient:
@@ -124,7 +128,10 @@ def run_worker(settings: Settings, worker: int) -> int:
     )
     install_signal_handlers(service)
     port = settings.metrics_port + worker if settings.metrics_port else 0
-    server = serve(settings.metrics_host, port, registry, health.alive, health.serving)
+    try:
+        server = serve(settings.metrics_host, port, registry, health.alive, health.unready_reason)
+    except OSError as error:
+        raise port_error(settings, port, error) from None
     log.info(
         "worker %d: rules %s; metrics on http://%s:%d/metrics; settings %s",
         worker, [rule.name for rule in enabled], settings.metrics_host, server.server_port,
@@ -140,9 +147,43 @@ def run_worker(settings: Settings, worker: int) -> int:
     return EXIT_OK
 
 
+def restart_pause(crashes_in_a_row: int, ran_s: float) -> tuple[int, float]:
+    """The crash count after this crash, and how long to wait before the restart."""
+    crashes = 1 if ran_s >= WORKER_HEALTHY_S else crashes_in_a_row + 1
+    return crashes, WORKER_RESTART_BACKOFF_S[min(crashes, len(WORKER_RESTART_BACKOFF_S)) - 1]
+
+
+def port_error(settings: Settings, port: int, error: OSError) -> ConfigError:
+    return ConfigError(
+        f"setting metrics_port (--metrics-port, DETECTOR_METRICS_PORT): cannot listen on "
+        f"{settings.metrics_host}:{port}: {error.strerror} (another detector on this host? "
+        f"give each its own port, or 0 for a free one)"
+    )
+
+
+def check_metrics_ports(settings: Settings) -> None:
+    """The supervisor's check that every worker's port is free, before starting any."""
+    if not settings.metrics_port:
+        return
+    for worker in range(settings.workers):
+        port = settings.metrics_port + worker
+        with socket.socket(socket.AF_INET6 if ":" in settings.metrics_host else socket.AF_INET,
+                           socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((settings.metrics_host, port))
+            except OSError as error:
+                raise port_error(settings, port, error) from None
+
+
 def _worker_main(settings: Settings, worker: int) -> None:
+    """A worker's exit code tells the supervisor what to do: 2 (configuration) stops all."""
     _exit_with_parent()
-    sys.exit(run_worker(settings, worker))
+    try:
+        code = run_worker(settings, worker)
+    except ConfigError as error:
+        log.error("configuration error: %s", error)
+        code = EXIT_CONFIG
+    sys.exit(code)
 
 
 def _exit_with_parent() -> None:
@@ -161,14 +202,19 @@ def run(settings: Settings) -> int:
         return run_worker(settings, 0)
     configure_logging(settings.log_level)
     load_enabled_rules(settings)  # a broken rule stops start-up here, not in N restart loops
+    check_metrics_ports(settings)
     context = multiprocessing.get_context("spawn")
     stopping = False
+    started_at: dict[int, float] = {}
+    crashes: dict[int, int] = {}
+    restart_at: dict[int, float] = {}
 
     def start(worker: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
             target=_worker_main, args=(settings, worker), name=f"worker-{worker}"
         )
         process.start()
+        started_at[worker] = time.monotonic()
         return process
 
     workers = {index: start(index) for index in range(settings.workers)}
@@ -187,19 +233,28 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     worst = EXIT_OK
-    while workers:
+    while workers or (restart_at and not stopping):
+        for index, due in list(restart_at.items()):
+            if time.monotonic() >= due and not stopping:
+                del restart_at[index]
+                workers[index] = start(index)
+        if not workers:
+            time.sleep(0.2)
         for index, process in list(workers.items()):
-            process.join(0.5)
+            process.join(0.5 / len(workers))
             if process.exitcode is None:
                 continue
+            del workers[index]
             if stopping or process.exitcode == EXIT_CONFIG:
-                del workers[index]
                 worst = max(worst, process.exitcode)
                 if not stopping:
                     log.error("worker %d: configuration error; stopping", index)
                     forward(signal.SIGTERM, None)
-            else:
-                log.error("worker %d exited with %s; restarting it", index, process.exitcode)
-                time.sleep(WORKER_RESTART_BACKOFF_S)
-                workers[index] = start(index)
+                    restart_at.clear()
+                continue
+            ran = time.monotonic() - started_at[index]
+            crashes[index], pause = restart_pause(crashes.get(index, 0), ran)
+            log.error("worker %d exited with %s after %.0fs; restarting it in %.0fs",
+                      index, process.exitcode, ran, pause)
+            restart_at[index] = time.monotonic() + pause
     return worst

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from confluent_kafka import Consumer, KafkaException, Producer
 from pydantic import (
     BeforeValidator,
     Field,
@@ -111,7 +112,7 @@ class Settings(BaseSettings):
     dlq_topic: str | None = Field(None, description="Dead-letter topic; default <input>.dlq.")
     input_format: Literal["avro-registry", "avro", "json"] = "avro-registry"
     writer_schema: Path | None = Field(
-        None, description="Writer schema for schemaless Avro; default the bundled schema."
+        None, description="Writer schema file for schemaless Avro; default the bundled schema."
     )
     schema_registry_url: str | None = None
     schema_registry_basic_auth: SecretStr | None = Field(
@@ -198,6 +199,13 @@ class Settings(BaseSettings):
         re.compile(value)
         return value
 
+    @field_validator("writer_schema")
+    @classmethod
+    def _writer_schema(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"the writer schema file {value} does not exist")
+        return value
+
     @field_validator("start_from")
     @classmethod
     def _start_from(cls, value: str) -> str:
@@ -223,7 +231,11 @@ class Settings(BaseSettings):
         if "avro-registry" in (self.input_format, self.alert_format) and not (
             self.schema_registry_url
         ):
-            raise ValueError("schema_registry_url is required for the avro-registry format")
+            raise ValueError(
+                "schema_registry_url is required for the avro-registry format: give "
+                "--schema-registry-url or DETECTOR_SCHEMA_REGISTRY_URL (or schema_registry_url "
+                "in the config file), or choose --input-format json or avro"
+            )
         return self
 
     @classmethod
@@ -296,6 +308,13 @@ class Settings(BaseSettings):
             config["transactional.id"] = self.transactional_id(worker)
         return {**config, **self.kafka_producer}
 
+    def plain_producer_config(self) -> dict[str, str]:
+        """An idempotent producer outside any transaction, for the tools (replay, dlq replay):
+        with a transactional.id librdkafka refuses every produce outside a transaction."""
+        config = {**self.producer_config(0), "linger.ms": "20"}
+        config.pop("transactional.id", None)
+        return config
+
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """repr() and str() show the redacted values: a logged Settings object leaks nothing."""
         redacted = self.redacted()
@@ -320,24 +339,48 @@ class ConfigError(Exception):
     """A setting is missing, unknown or invalid; the message names it."""
 
 
-def _env_name(field: str) -> str:
+def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
 def _unknown_env_settings() -> list[str]:
-    known = {_env_name(name) for name in Settings.model_fields} | {f"{ENV_PREFIX}CONFIG_FILE"}
+    known = {env_name(name) for name in Settings.model_fields} | {f"{ENV_PREFIX}CONFIG_FILE"}
     return sorted(name for name in os.environ if name.startswith(ENV_PREFIX) and name not in known)
 
 
-def describe_validation_error(error: ValidationError) -> str:
+def option_name(field: str) -> str:
+    """The command-line flag of a setting."""
+    return "--" + field.replace("_", "-")
+
+
+def _where(field: str, overrides: Mapping[str, Any], config_file: Path | None) -> str:
+    """Which source gave a setting its value: the flag, the variable or the config file key."""
+    if overrides.get(field) is not None:
+        return f"{option_name(field)}, {env_name(field)}"
+    if env_name(field) in os.environ or config_file is None:
+        return env_name(field)
+    return f"{config_file}: key {field}"
+
+
+def describe_validation_error(
+    error: ValidationError,
+    overrides: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+) -> str:
+    overrides = overrides or {}
     lines = []
     for problem in error.errors():
         location = ".".join(str(part) for part in problem["loc"])
-        if location:
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            # The environment and the flags are checked by name first: only the file is left.
+            lines.append(f"config file {config_file}: unknown key {location}")
+        elif location:
             field = str(problem["loc"][0])
-            lines.append(f"setting {location} ({_env_name(field)}): {problem['msg']}")
+            where = _where(field, overrides, config_file)
+            lines.append(f"setting {location} ({where}): {message}")
         else:
-            lines.append(f"settings: {problem['msg']}")
+            lines.append(f"settings: {message}")
     return "\n".join(lines)
 
 
@@ -351,7 +394,7 @@ def _describe_settings_error(error: SettingsError) -> str:
     if match is None:
         return str(error)
     field = match[1]
-    return f"setting {field} ({_env_name(field)}): not a JSON object: {error.__cause__ or error}"
+    return f"setting {field} ({env_name(field)}): not a JSON object: {error.__cause__ or error}"
 
 
 @contextmanager
@@ -377,13 +420,43 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"config file {config_file} ({ENV_PREFIX}CONFIG_FILE) does not exist")
     try:
         with _reading_config_file(config_file):
-            return Settings(**{k: v for k, v in overrides.items() if v is not None})
+            settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error)) from None
+        raise ConfigError(describe_validation_error(error, overrides, config_file)) from None
     except SettingsError as error:
         raise ConfigError(_describe_settings_error(error)) from None
     except ValueError as error:  # TOML syntax errors surface as ValueError subclasses
         raise ConfigError(f"config file {config_file}: {error}") from None
+    check_kafka_properties(settings)
+    return settings
+
+
+_PROPERTY_IN_ERROR = re.compile(r'property:? "([^"]+)"')
+
+
+def check_kafka_properties(settings: Settings) -> None:
+    """librdkafka checks property names and values when a client is built, before it connects:
+    build a consumer and a producer without brokers, so a misspelt property stops start-up
+    naming the setting that holds it, instead of a traceback once the detector runs."""
+    quiet = {"log_level": "0"}
+    checks: list[tuple[Callable[[dict[str, str]], Any], dict[str, str], tuple[str, ...]]] = [
+        (Consumer, settings.consumer_config(0), ("kafka_consumer", "kafka")),
+        (Producer, settings.producer_config(0), ("kafka_producer", "kafka")),
+    ]
+    for client, config, sections in checks:
+        offline = {key: value for key, value in config.items() if key != "bootstrap.servers"}
+        try:
+            built = client({**offline, **quiet})
+        except KafkaException as error:
+            text = error.args[0].str().strip()
+            match = _PROPERTY_IN_ERROR.search(text)
+            holder = next(
+                (name for name in sections if match and match[1] in getattr(settings, name)),
+                sections[-1],
+            )
+            raise ConfigError(f"setting {holder} ({env_name(holder)}): {text}") from None
+        if isinstance(built, Consumer):
+            built.close()
 
 
 def start_timestamp_ms(start: StartFrom, lookback: timedelta, now: datetime) -> int | None:

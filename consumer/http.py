@@ -14,9 +14,10 @@ def serve(
     port: int,
     registry: CollectorRegistry,
     alive: Callable[[], bool],
-    ready: Callable[[], bool],
+    unready_reason: Callable[[], str | None],
 ) -> ThreadingHTTPServer:
-    """Start serving in a daemon thread; returns the server (its real port is server_port)."""
+    """Start serving in a daemon thread; returns the server (its real port is server_port).
+    `unready_reason` is None when ready, else what /readyz answers with its 503."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -27,8 +28,11 @@ def serve(
                 ok = alive()
                 self._reply(200 if ok else 503, b"ok\n" if ok else b"stuck or fatal\n")
             elif path == "/readyz":
-                ok = ready()
-                self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                reason = unready_reason()
+                if reason is None:
+                    self._reply(200, b"ready\n")
+                else:
+                    self._reply(503, f"not ready: {reason}\n".encode())
             else:
                 self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
 

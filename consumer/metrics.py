@@ -104,11 +104,13 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             name("consumer_lag_messages"),
-            "Messages behind the end of the partition, for partitions assigned to this worker.",
+            "Messages between the group's committed offset and the partition's end (its last "
+            "stable offset), for partitions assigned to this worker.",
             ["topic", "partition"], registry=registry,
         )
         self.committed_offset = Gauge(
-            name("committed_offset"), "Last committed offset of the group.",
+            name("committed_offset"),
+            "The group's committed offset: read at assignment, then what this worker commits.",
             ["topic", "partition"], registry=registry,
         )
         self.assigned_partitions = Gauge(

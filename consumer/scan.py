@@ -23,8 +23,7 @@ from consumer.files import FileRecord, expand, read_records
 from consumer.record import NotCloudTrailError, json_to_avro
 from consumer.rules.exceptions import NO_EXCEPTIONS, ExceptionSet
 from consumer.rules.loader import LoadedRule
-
-PROGRESS_EVERY_S = 1.0
+from consumer.scan_output import AlertTable, ProgressBar, summary
 
 
 @dataclass
@@ -33,6 +32,22 @@ class ScanCounts:
     alerts: int = 0
     rejected: int = 0
     excepted: int = 0
+    files: int = 0
+    bytes: int = 0
+    rules: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return summary(files=self.files, total_bytes=self.bytes, records=self.records,
+                       alerts=self.alerts, rules=self.rules, skipped=self.rejected,
+                       seconds=self.seconds)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def scan(
@@ -40,36 +55,49 @@ def scan(
     rules: Sequence[LoadedRule],
     output: TextIO,
     *,
-    progress: TextIO | None = sys.stderr,
+    progress: TextIO | None = None,
     include_event_original: bool = True,
+    table: bool = False,
     exceptions: ExceptionSet = NO_EXCEPTIONS,
     on_verdict: Callable[[FileRecord, Verdict], None] | None = None,
 ) -> ScanCounts:
-    """Write one alert per match as a JSON line; report unreadable records on stderr.
+    """Write one alert per match, as a JSON line or a table row; report unreadable records on
+    stderr. With `progress` (a terminal), draw a progress bar there.
 
     Records are judged by the service's own `Detector`, so a rule that fails is reported and
     the scan goes on, as the stream dead-letters that message and goes on. `on_verdict` sees
     every decoded record's verdict, exceptions included (`exceptions test` explains them).
     """
+    started = time.monotonic()
     detector = Detector(JsonDecoder(), rules, use_prefilter=False, exceptions=exceptions)
-    counts = ScanCounts()
+    counts = ScanCounts(rules=len(detector.rules))
     files = expand(paths)
-    last_report = time.monotonic()
-    for number, path in enumerate(files, start=1):
+    sizes = [_size(path) for path in files]
+    counts.files, counts.bytes = len(files), sum(sizes)
+    bar = ProgressBar(progress, counts.bytes) if progress is not None else None
+    rows = AlertTable(output) if table else None
+    done_bytes = 0
+    for path, size in zip(files, sizes, strict=True):
         for item in read_records(path):
             counts.records += 1
+            if bar is not None:
+                bar.update(done_bytes, counts.records, counts.alerts)
             try:
                 if item.error is not None:
                     raise NotCloudTrailError(item.error)
                 record = json_to_avro(item.record)
             except NotCloudTrailError as error:
                 counts.rejected += 1
+                if bar is not None:
+                    bar.clear()
                 print(f"skipped {item.origin}: {error}", file=sys.stderr)
                 continue
             try:
                 verdict = detector.judge(record)
             except RuleEvaluationError as failed:
                 counts.rejected += 1
+                if bar is not None:
+                    bar.clear()
                 print(f"skipped {item.origin}: {failed}", file=sys.stderr)
                 continue
             counts.excepted += len(verdict.excepted)
@@ -81,12 +109,16 @@ def scan(
                     rule, record, detected_at=datetime.now(UTC),
                     original=original if include_event_original else None,
                 )
-                output.write(encode_json(alert).decode() + "\n")
+                if rows is not None:
+                    if bar is not None:
+                        bar.clear()
+                    rows.write(alert.document)
+                else:
+                    output.write(encode_json(alert).decode() + "\n")
                 counts.alerts += 1
-        if progress is not None and time.monotonic() - last_report >= PROGRESS_EVERY_S:
-            last_report = time.monotonic()
-            print(
-                f"{number}/{len(files)} files, {counts.records} records, {counts.alerts} alerts",
-                file=progress,
-            )
+        done_bytes += size
+    if bar is not None:
+        bar.update(done_bytes, counts.records, counts.alerts, force=True)
+        bar.clear()
+    counts.seconds = time.monotonic() - started
     return counts

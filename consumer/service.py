@@ -24,13 +24,16 @@ from typing import cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._resource import ResourceType
 from prometheus_client import Counter as PrometheusCounter
 
 from consumer.alert import Alert, Headers, alert_for, build_throttle_summary, encode_json
-from consumer.config import Settings
+from consumer.config import ConfigError, Settings
 from consumer.decode import DecodeError
 from consumer.detector import Detector, RuleEvaluationError
 from consumer.metrics import Metrics
+from consumer.progress import Progress, ReasonLog, format_hint
 from consumer.record import avro_to_json
 from consumer.rules.exceptions import ExceptionLoadError, ExceptionWatcher
 from consumer.rules.loader import LoadedRule
@@ -44,6 +47,9 @@ log = logging.getLogger(__name__)
 EXIT_INTERRUPTED = 130
 EXIT_SHUTDOWN_TIMEOUT = 3
 
+
+DEFAULT_TRANSACTION_TIMEOUT_MS = "60000"
+"""librdkafka's default transaction.timeout.ms."""
 
 RETRY_LATER_BACKOFF_S = 5.0
 """How long a partition waits after a "retry later" decode error (e.g. registry down)."""
@@ -59,6 +65,8 @@ class Health:
 
     last_loop: float = field(default_factory=time.monotonic)
     ready: bool = False
+    waiting_for: str = "starting"
+    """Why the detector is not ready, as /readyz tells it (when `ready` is False)."""
     fatal: str | None = None
     stuck_after_s: float = 60.0
     unready_after_s: float = 5.0
@@ -69,11 +77,18 @@ class Health:
     def serving(self) -> bool:
         """Ready, and the loop turned lately: a loop blocked in a commit to a broker that went
         away reports not ready at once, long before it counts as stuck."""
-        return (
-            self.ready
-            and self.alive()
-            and time.monotonic() - self.last_loop < self.unready_after_s
-        )
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        """None when ready; else what /readyz says is missing."""
+        if self.fatal is not None:
+            return f"fatal: {self.fatal}"
+        stalled = time.monotonic() - self.last_loop
+        if stalled >= self.unready_after_s:
+            return f"the loop has not turned for {stalled:.0f}s (blocked in a commit?)"
+        if not self.ready:
+            return self.waiting_for
+        return None
 
 
 def _rule_lookback(rules: list[LoadedRule]) -> timedelta:
@@ -122,6 +137,8 @@ class Service:
         ] = {}
         self._batch_started = 0.0
         self._batch_messages = 0
+        self.progress = Progress()
+        self._dead_letter_log = ReasonLog()
         self.sink: Sink
         self.source: Source
 
@@ -195,13 +212,39 @@ class Service:
                 else:
                     log.error("cannot reach Kafka at %s: %s; retrying in %.0fs",
                               self.settings.bootstrap_servers, error, delay)
+                self.health.waiting_for = f"cannot reach Kafka at {self.settings.bootstrap_servers}"
             else:
                 missing = sorted(wanted - existing)
                 if not missing:
+                    self._check_transaction_timeout(admin)
+                    self.health.waiting_for = "joining the consumer group"
                     return
-                log.error("topic(s) %s do not exist; retrying in %.0fs", ", ".join(missing), delay)
+                self.health.waiting_for = f"topic(s) {', '.join(missing)} do not exist"
+                log.error("topic(s) %s do not exist (create them with cloudtrail-detector "
+                          "topics create); retrying in %.0fs", ", ".join(missing), delay)
             self.stopping.wait(delay)
             delay = min(delay * 2, 30.0)
+
+    def _check_transaction_timeout(self, admin: AdminClient) -> None:
+        """A transaction.timeout.ms above the broker's transaction.max.timeout.ms makes
+        init_transactions fail with INVALID_TRANSACTION_TIMEOUT: refuse it here, by name."""
+        if self.settings.delivery != "exactly-once":
+            return
+        wanted = int(self.settings.producer_config(self.worker).get(
+            "transaction.timeout.ms", DEFAULT_TRANSACTION_TIMEOUT_MS))
+        brokers = admin.list_topics(timeout=10).brokers
+        resource = ConfigResource(ResourceType.BROKER, str(next(iter(brokers))))
+        try:
+            described = admin.describe_configs([resource], request_timeout=10)[resource].result()
+        except KafkaException as error:  # e.g. not authorised to describe: the broker decides
+            log.info("cannot read the broker's transaction.max.timeout.ms: %s", error)
+            return
+        entry = described.get("transaction.max.timeout.ms")
+        if entry is not None and entry.value is not None and wanted > int(entry.value):
+            raise ConfigError(
+                f"setting kafka_producer (DETECTOR_KAFKA_PRODUCER): transaction.timeout.ms="
+                f"{wanted} is above the broker's transaction.max.timeout.ms={entry.value}"
+            )
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -224,7 +267,14 @@ class Service:
         self.sink.poll()
         ready = bool(self.source.assignment) and self.source.broker_reachable
         self.health.ready = ready
+        if not ready:
+            self.health.waiting_for = (
+                "the broker is unreachable" if not self.source.broker_reachable
+                else "no partitions assigned (waiting for the group, or more members than "
+                "partitions)"
+            )
         self.metrics.ready.set(1 if ready else 0)
+        self._report_progress()
         # Alerts become visible when their batch commits: at once when the input is drained,
         # since waiting would only delay them; under a backlog, when the batch is full or old.
         if self._batch_messages and (
@@ -262,6 +312,7 @@ class Service:
         screened as a whole and only the messages the screen hands back are inspected one by
         one; the per-message work left is a few C-level passes over the batch."""
         self._batch_messages += len(messages)
+        self.progress.consumed += len(messages)
         self.metrics.batch_size.observe(len(messages))
         if any(map(Message.error, messages)):
             messages = self._without_errors(messages)
@@ -395,6 +446,7 @@ class Service:
                                   f"the alert of rule {rule.rule_id} is too large to produce")
                 return
         self.metrics.alerts.labels(rule.rule_id, rule.severity).inc()
+        self.progress.alerts += 1
         self.metrics.processing_latency.observe(time.monotonic() - consumed_at)
         event_time = parse_iso_utc(record.get("eventTime"))
         if event_time is not None:
@@ -454,8 +506,16 @@ class Service:
             )
             self._send_alert(summary)
 
+    def _report_progress(self) -> None:
+        self._dead_letter_log.flush()
+        if self.progress.due():
+            log.info("%s", self.progress.line(self.source.lag(), len(self.source.assignment)))
+
     def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
         topic, partition, offset = _origin(message)
+        hint = format_hint(message.value(), self.settings.input_format)
+        if hint is not None and reason not in ("rule-error", "alert-too-large"):
+            detail = f"{detail} ({hint})"
         _, timestamp = message.timestamp()
         headers: Headers = [
             *(message.headers() or []),
@@ -475,7 +535,10 @@ class Service:
             self.sink.produce(self.settings.dead_letter_topic, message.key(), None,
                               headers + omitted)
         self.metrics.dead_letters.labels(reason).inc()
-        log.warning("dead letter %s[%d]@%d: %s", topic, partition, offset, detail)
+        self.progress.dead_letters += 1
+        self._dead_letter_log.warn(
+            reason, f"dead letter {topic}[{partition}]@{offset} ({reason}): {detail}"
+        )
 
     def _retry_later(self, message: Message, error: DecodeError) -> None:
         """Not poison, just not now: read this partition again from here after a backoff."""
@@ -503,7 +566,9 @@ class Service:
             committed = self._commit_unless_wedged(offsets)
         self._next_offsets.clear()
         self._batch_messages = 0
-        if not committed:
+        if committed:
+            self.source.record_committed(offsets)
+        else:
             self._throttle.rollback()
             self.source.rewind_to_committed()
 

@@ -86,7 +86,15 @@ class _ProducerSink:
         return self._open
 
     def poll(self) -> None:
-        self._producer.poll(0)
+        try:
+            self._producer.poll(0)
+        except KafkaException as exception:
+            # A fenced producer raises from poll() too: that is the fatal error, not a crash.
+            error: KafkaError = exception.args[0]
+            if not error.fatal():
+                raise
+            self.fatal_error = error
+            raise FatalSinkError(f"transactional producer failed: {error}") from None
         self._metrics.messages_in_flight.set(len(self._producer))
 
     def close(self, timeout: float) -> None:

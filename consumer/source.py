@@ -44,6 +44,11 @@ bench/pipeline_bench.py). A smaller queue also halves the resident memory.
 """
 
 
+def offset_name(offset: int) -> str:
+    """librdkafka's logical offsets by name, real ones as numbers."""
+    return {OFFSET_BEGINNING: "the beginning", OFFSET_END: "the end"}.get(offset, str(offset))
+
+
 class Source:
     def __init__(
         self,
@@ -62,7 +67,15 @@ class Source:
         self._on_revoke_hook = on_revoke
         self._on_lost_hook = on_lost
         self._cooperative = "cooperative" in config.get("partition.assignment.strategy", "")
+        self._read_committed = config.get("isolation.level", "read_committed") == "read_committed"
         self.assignment: set[tuple[str, int]] = set()
+        self.committed: dict[tuple[str, int], int] = {}
+        """The group's committed offset of each assigned partition: read at assignment, then
+        what this member committed itself (in a transaction or not)."""
+        self.ends: dict[tuple[str, int], int] = {}
+        """Where each partition ends for this reader (the last stable offset under
+        read_committed, else the high watermark), from librdkafka's statistics."""
+        self._positions: dict[tuple[str, int], int] = {}
         self.broker_reachable = False
         self.consumer = Consumer(
             {**FETCH_DEFAULTS, **config, "stats_cb": self._on_stats, "error_cb": self._on_error}
@@ -89,6 +102,11 @@ class Source:
     def _start_offsets(self, partitions: list[TopicPartition]) -> None:
         """Set the start of partitions that have no committed offset, in place."""
         committed = self.consumer.committed(partitions, timeout=30)
+        resumed = [tp for tp in committed if tp.offset >= 0]
+        self.record_committed(resumed, assigned_only=False)
+        if resumed:
+            log.info("resuming at the committed offsets: %s",
+                     ", ".join(f"{tp.topic}[{tp.partition}] at {tp.offset}" for tp in resumed))
         fresh = [tp for tp in committed if tp.offset == OFFSET_INVALID]
         if not fresh:
             return
@@ -107,7 +125,13 @@ class Source:
             }
         for tp in partitions:
             tp.offset = starts.get((tp.topic, tp.partition), tp.offset)
-        log.info("no committed offset for %d partition(s); starting per %s", len(fresh), starts)
+        since = (
+            f"the first message since {datetime.fromtimestamp(timestamp / 1000, UTC).isoformat()}"
+            if timestamp is not None else f"start_from={self._start_from}"
+        )
+        log.info("no committed offset for %d partition(s); starting per %s: %s", len(fresh),
+                 since, ", ".join(f"{t}[{p}] at {offset_name(o)}"
+                                  for (t, p), o in sorted(starts.items())))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._start_offsets(partitions)
@@ -124,7 +148,10 @@ class Source:
 
     def _forget(self, partitions: list[TopicPartition], kind: str) -> None:
         for tp in partitions:
-            self.assignment.discard((tp.topic, tp.partition))
+            key = (tp.topic, tp.partition)
+            self.assignment.discard(key)
+            for known in (self.committed, self.ends, self._positions):
+                known.pop(key, None)
             labels = (tp.topic, str(tp.partition))
             for gauge in (self._metrics.consumer_lag, self._metrics.committed_offset):
                 with contextlib.suppress(KeyError):
@@ -152,22 +179,60 @@ class Source:
         log.warning("consumer: %s", error)
 
     def _on_stats(self, stats_json: str) -> None:
-        """Lag and committed offsets of the assigned partitions, from librdkafka's statistics."""
+        """Partition ends from librdkafka's statistics. Its own committed_offset and
+        consumer_lag are not used: they miss offsets committed inside transactions."""
         stats = json.loads(stats_json)
         self.broker_reachable = any(
             broker.get("state") == "UP" and broker.get("nodeid", -1) >= 0
             for broker in stats.get("brokers", {}).values()
         )
+        end_field = "ls_offset" if self._read_committed else "hi_offset"
         for topic, topic_stats in stats.get("topics", {}).items():
             for partition, partition_stats in topic_stats.get("partitions", {}).items():
-                if (topic, int(partition)) not in self.assignment:
+                key = (topic, int(partition))
+                if key not in self.assignment:
                     continue
-                lag = partition_stats.get("consumer_lag", -1)
-                if lag >= 0:
-                    self._metrics.consumer_lag.labels(topic, partition).set(lag)
-                committed = partition_stats.get("committed_offset", -1)
-                if committed >= 0:
-                    self._metrics.committed_offset.labels(topic, partition).set(committed)
+                end = partition_stats.get(end_field, -1)
+                if end >= 0:
+                    self.ends[key] = end
+                # Before the first message reaches us app_offset is -1: the fetch position
+                # says where reading stands (an empty partition, or one started at its end).
+                position = partition_stats.get("app_offset", -1)
+                if position < 0:
+                    position = partition_stats.get("next_offset", -1)
+                if position >= 0:
+                    self._positions[key] = position
+                self._report_lag(key)
+
+    def record_committed(self, offsets: list[TopicPartition], *, assigned_only: bool = True
+                         ) -> None:
+        """Offsets the group committed (read back, or just committed by this member)."""
+        for tp in offsets:
+            key = (tp.topic, tp.partition)
+            if assigned_only and key not in self.assignment:
+                continue
+            self.committed[key] = tp.offset
+            self._metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(tp.offset)
+            self._report_lag(key)
+
+    def _report_lag(self, key: tuple[str, int]) -> None:
+        """Lag is the partition's end minus the group's committed offset; before this member
+        first commits a partition that has none, minus how far it has read."""
+        end = self.ends.get(key)
+        done = self.committed.get(key, self._positions.get(key))
+        if end is not None and done is not None:
+            self._metrics.consumer_lag.labels(key[0], str(key[1])).set(max(end - done, 0))
+
+    def lag(self) -> int | None:
+        """Total lag over the assigned partitions whose lag is known; None when none is."""
+        if not self.ends:
+            return None
+        total = 0
+        for key, end in self.ends.items():
+            done = self.committed.get(key, self._positions.get(key))
+            if done is not None:
+                total += max(end - done, 0)
+        return total
 
     def rewind_to_committed(self) -> None:
         """After an abandoned batch: read every assigned partition again from its commit."""
@@ -185,4 +250,9 @@ class Source:
             self.consumer.seek(tp)
 
     def close(self) -> None:
-        self.consumer.close()
+        """Leave the group. A failure here (a rebalance callback timing out on a broker that is
+        gone) is logged: it must not hide the error that ended the loop."""
+        try:
+            self.consumer.close()
+        except Exception as error:  # KafkaException, or what a rebalance callback raised
+            log.warning("closing the consumer: %s", error)

@@ -2,15 +2,19 @@
 
 Tests, the demo and the benchmarks need a real broker and this machine has no Docker engine, so
 the broker's jars come from Maven Central (cached outside the repo) and run on the installed JDK.
+`scripts/kafka-local` runs this with the project's virtualenv:
 
-    python scripts/kafka_local.py run        # start, print the bootstrap address, stop on Ctrl-C
-    python scripts/kafka_local.py fetch      # only download the jars
+    scripts/kafka-local run                 # a free port, a throw-away data directory
+    scripts/kafka-local run --port 9092 --topic cloudtrail-events:6 \
+        --topic cloudtrail-alerts --topic cloudtrail-events.dlq --data-dir ~/kafka-data
+    scripts/kafka-local fetch               # only download the jars
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -20,10 +24,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 KAFKA_VERSION = os.environ.get("KAFKA_LOCAL_VERSION", "4.1.1")
 LOG4J_VERSION = "2.24.3"
@@ -140,19 +146,31 @@ class LocalKafka:
         listeners: Mapping[str, str] | None = None,
         jvm_options: tuple[str, ...] = (),
         scram_users: Mapping[str, str] | None = None,
+        *,
+        port: int | None = None,
     ) -> None:
         """`scram_users` (name -> password) get SCRAM-SHA-512 credentials when the storage is
-        formatted: KRaft has no ZooKeeper to add them to before the broker first starts."""
+        formatted: KRaft has no ZooKeeper to add them to before the broker first starts.
+        A `workdir` formatted before is reused with its data and its controller port (the
+        KRaft quorum remembers the controller's address)."""
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="kafka-local-"))
         self.extra_config = dict(extra_config or {})
         self.extra_listeners = dict(listeners or {})
         self.jvm_options = jvm_options
         self.scram_users = dict(scram_users or {})
-        self.port = free_port()
-        self.controller_port = free_port()
+        remembered = self._remembered_ports()
+        self.port = port or remembered.get("port") or free_port()
+        self.controller_port = remembered.get("controller") or free_port()
         self.listener_ports = {name: free_port() for name in self.extra_listeners}
         self.process: subprocess.Popen[bytes] | None = None
-        self._formatted = False
+        self._formatted = (self.workdir / "data" / "meta.properties").exists()
+
+    def _remembered_ports(self) -> dict[str, int]:
+        try:
+            ports = json.loads((self.workdir / "ports.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return {key: int(value) for key, value in ports.items()}
 
     @property
     def bootstrap_servers(self) -> str:
@@ -214,6 +232,9 @@ class LocalKafka:
                 for name, password in self.scram_users.items()
                 for argument in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
             ]
+            (self.workdir / "ports.json").write_text(
+                json.dumps({"port": self.port, "controller": self.controller_port})
+            )
             subprocess.run(
                 self._java(
                     "kafka.tools.StorageTool", "format", "--standalone",
@@ -274,23 +295,70 @@ def running_broker(**kwargs: object) -> Iterator[LocalKafka]:
         broker.close()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "fetch"])
-    args = parser.parse_args()
+def topic_spec(text: str) -> tuple[str, int]:
+    """NAME or NAME:PARTITIONS."""
+    name, _, partitions = text.partition(":")
+    if not name or (partitions and not partitions.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a topic as NAME or NAME:PARTITIONS")
+    return name, int(partitions or 1)
+
+
+def create_topics(bootstrap: str, topics: Sequence[tuple[str, int]]) -> None:
+    """Create the topics that do not exist yet (a reused data directory keeps its topics)."""
+    if not topics:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = admin.list_topics(timeout=10).topics
+    wanted = [NewTopic(name, partitions, 1) for name, partitions in topics if name not in existing]
+    if not wanted:
+        return
+    for name, future in admin.create_topics(wanted, operation_timeout=30).items():
+        try:
+            future.result(timeout=30)
+        except KafkaException as error:
+            raise RuntimeError(f"cannot create topic {name}: {error}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+    )
+    parser.add_argument("command", choices=["run", "fetch"],
+                        help="run: start the broker until Ctrl-C; fetch: only download the jars")
+    parser.add_argument("--port", type=int, default=0,
+                        help="client port on 127.0.0.1 (0: a free one; a reused data directory "
+                        "keeps its port)")
+    parser.add_argument("--topic", dest="topics", action="append", type=topic_spec, default=[],
+                        metavar="NAME[:PARTITIONS]",
+                        help="create this topic at start-up (repeatable; the broker does not "
+                        "auto-create topics)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="keep the broker's data here across runs (default: a temporary "
+                        "directory, removed on exit)")
+    args = parser.parse_args(argv)
     if args.command == "fetch":
         print(fetch_jars())
         return 0
     started = time.monotonic()
-    with running_broker() as broker:
+    broker = LocalKafka(workdir=args.data_dir, port=args.port or None)
+    try:
+        broker.start()
+        create_topics(broker.bootstrap_servers, args.topics)
+        topics = ", ".join(f"{name} ({count} partitions)" for name, count in args.topics)
         print(
             f"Kafka {KAFKA_VERSION} ready at {broker.bootstrap_servers} "
-            f"in {time.monotonic() - started:.1f}s (log: {broker.log_path}); Ctrl-C stops it",
+            f"in {time.monotonic() - started:.1f}s (log: {broker.log_path})"
+            f"{'; topics: ' + topics if topics else ''}; Ctrl-C stops it",
             flush=True,
         )
         stop_signals = {signal.SIGINT, signal.SIGTERM}
         signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         signal.sigwait(stop_signals)
+    finally:
+        if args.data_dir is None:
+            broker.close()
+        else:
+            broker.stop()
     return 0
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib import resources
@@ -13,7 +15,8 @@ from typing import Any
 import pytest
 
 from consumer import __version__
-from consumer.cli import main
+from consumer.cli import NO_FLAG, RUN_SETTINGS, SETTING_HELP, build_parser, main
+from consumer.config import Settings
 from tests.support.events import create_access_key, event
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,7 +165,9 @@ def test_scan_writes_alerts_to_stdout_and_a_summary_to_stderr_and_exits_0(
 
     captured = capsys.readouterr()
     assert alert_ids(captured.out) == ["cross-1"]
-    assert captured.err.splitlines()[-1] == "2 records, 1 alerts, 0 skipped"
+    assert re.fullmatch(
+        r"scanned 1 file\(s\), [\d.]+ kB: 2 records, 1 alerts from 1 rule\(s\), 0 skipped, "
+        r"in \d+\.\ds", captured.err.splitlines()[-1])
 
 
 def test_scan_fail_on_alert_exits_1_only_when_something_alerted(
@@ -281,4 +286,42 @@ def test_python_dash_m_consumer_scans_and_fails_on_alert(tmp_path: Path) -> None
 
     assert finished.returncode == 1, finished.stderr
     assert alert_ids(finished.stdout) == ["cross-1"]
-    assert finished.stderr.splitlines()[-1] == "2 records, 1 alerts, 0 skipped"
+    assert ": 2 records, 1 alerts from 1 rule(s), 0 skipped, in " in finished.stderr
+
+
+def test_scan_disable_rule_leaves_a_rule_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = cloudtrail_file(tmp_path, CROSS_USER)
+
+    assert main(["scan", str(path), "--disable-rule", SEED_ID]) == 0
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "0 alerts from 0 rule(s)" in captured.err
+
+
+def test_scan_table_format_writes_one_row_per_alert_with_actor_and_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = cloudtrail_file(tmp_path, CROSS_USER, HARMLESS)
+
+    assert main(["scan", str(path), "--format", "table"]) == 0
+
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["time", "severity", "rule", "actor", "target", "account", "source"]
+    assert row.split()[1] == "medium"
+    assert "mallory" in row.split()
+    assert "bob" in row.split()
+
+
+def test_every_setting_but_the_two_secrets_has_a_run_flag_with_help_and_default() -> None:
+    run = next(action for action in build_parser()._subparsers._group_actions  # type: ignore[union-attr]
+               if isinstance(action, argparse._SubParsersAction)).choices["run"]
+    flags = {action.dest: action for action in run._actions}
+
+    assert set(RUN_SETTINGS) | NO_FLAG == set(Settings.model_fields)
+    for name in RUN_SETTINGS:
+        assert name in flags, name
+        assert SETTING_HELP[name] in (flags[name].help or "")
+        assert "default: " in (flags[name].help or ""), name

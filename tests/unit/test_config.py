@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -54,8 +55,38 @@ def test_an_unknown_key_in_the_config_file_is_refused_by_name(tmp_path: Path) ->
 
     message = config_error(config)
 
-    assert "batch_sise" in message
-    assert "not permitted" in message
+    assert message == f"config file {config}: unknown key batch_sise"
+    assert "DETECTOR_BATCH_SISE" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "properties", "misspelt"),
+    [
+        ("DETECTOR_KAFKA_CONSUMER", {"fetch.wait.max.mss": "10"}, "fetch.wait.max.mss"),
+        ("DETECTOR_KAFKA", {"lingr.ms": "5"}, "lingr.ms"),
+        ("DETECTOR_KAFKA_PRODUCER", {"transaction.timeout.ms": "-1"}, "transaction.timeout.ms"),
+    ],
+)
+def test_an_unknown_or_invalid_librdkafka_property_is_refused_naming_its_setting(
+    monkeypatch: pytest.MonkeyPatch, variable: str, properties: dict[str, str], misspelt: str
+) -> None:
+    monkeypatch.setenv("DETECTOR_INPUT_FORMAT", "json")
+    monkeypatch.setenv(variable, json.dumps(properties))
+
+    message = config_error()
+
+    assert message.startswith(f"setting {variable.removeprefix('DETECTOR_').lower()} ({variable})")
+    assert misspelt in message
+
+
+def test_a_writer_schema_file_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    missing = tmp_path / "writer.avsc"
+
+    message = config_error(input_format="avro", writer_schema=missing)
+
+    assert "writer_schema" in message
+    assert "--writer-schema" in message
+    assert f"{missing} does not exist" in message
 
 
 @pytest.mark.parametrize(
@@ -88,7 +119,7 @@ def test_a_value_of_the_wrong_type_names_the_setting_and_its_variable(
 def test_a_wrong_type_in_the_config_file_names_the_setting(tmp_path: Path) -> None:
     config = write_toml(tmp_path, 'input_format = "json"\nworkers = "two"\n')
 
-    assert "setting workers (DETECTOR_WORKERS)" in config_error(config)
+    assert f"setting workers ({config}: key workers)" in config_error(config)
 
 
 def test_a_config_file_that_is_not_toml_names_the_file(tmp_path: Path) -> None:
@@ -102,6 +133,13 @@ def test_a_missing_config_file_names_the_file_and_its_variable(tmp_path: Path) -
 
     assert "absent.toml" in message
     assert "DETECTOR_CONFIG_FILE" in message
+
+
+def test_the_registry_format_without_a_registry_url_names_the_flag_and_the_variable() -> None:
+    message = config_error()
+
+    assert "--schema-registry-url" in message
+    assert "DETECTOR_SCHEMA_REGISTRY_URL" in message
 
 
 def test_the_registry_format_without_a_registry_url_says_which_setting_is_needed() -> None:
@@ -144,7 +182,8 @@ def test_the_sasl_password_file_becomes_sasl_password_without_its_trailing_newli
 def test_an_unreadable_sasl_password_file_names_the_setting(tmp_path: Path) -> None:
     message = config_error(input_format="json", kafka_sasl_password_file=tmp_path / "nope")
 
-    assert "setting kafka_sasl_password_file (DETECTOR_KAFKA_SASL_PASSWORD_FILE)" in message
+    assert ("setting kafka_sasl_password_file (--kafka-sasl-password-file, "
+            "DETECTOR_KAFKA_SASL_PASSWORD_FILE)") in message
     assert "nope" in message
 
 
@@ -236,7 +275,7 @@ def test_the_cli_refuses_a_bad_option_value_with_exit_2() -> None:
     result = run_cli({}, "--input-format", "yaml")
 
     assert result.returncode == EXIT_CONFIG, result.stderr
-    assert "input_format" in result.stderr
+    assert "--input-format" in result.stderr
 
 
 def test_the_data_stream_namespace_follows_elastics_naming_rules(
@@ -249,3 +288,31 @@ def test_the_data_stream_namespace_follows_elastics_naming_rules(
     message = config_error()
 
     assert "DETECTOR_DATA_STREAM_NAMESPACE" in message
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_metrics_port_in_use_stops_start_up_with_exit_2_naming_the_setting(
+    workers: str,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # Nothing listens at the bootstrap address: the port is refused before any connection.
+        result = run_cli({"DETECTOR_INPUT_FORMAT": "json", "DETECTOR_METRICS_HOST": "127.0.0.1",
+                          "DETECTOR_METRICS_PORT": str(port), "DETECTOR_WORKERS": workers,
+                          "DETECTOR_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "metrics_port (--metrics-port, DETECTOR_METRICS_PORT)" in result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "restarting" not in result.stderr
+
+
+def test_an_unknown_librdkafka_property_stops_the_cli_with_exit_2() -> None:
+    result = run_cli({"DETECTOR_INPUT_FORMAT": "json",
+                      "DETECTOR_KAFKA_CONSUMER": '{"fetch.wait.max.mss": "10"}'})
+
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "DETECTOR_KAFKA_CONSUMER" in result.stderr
+    assert "Traceback" not in result.stderr

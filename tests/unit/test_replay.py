@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
     MockSchemaRegistryClient,
 )
@@ -18,6 +19,7 @@ from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
 from consumer.decode import RegistryAvroDecoder, SchemalessAvroDecoder
 from consumer.record import json_to_avro
 from consumer.replay import (
+    ReplayError,
     ReplayOptions,
     account_of,
     avro_encoder,
@@ -25,23 +27,29 @@ from consumer.replay import (
     registry_encoder,
     replay,
 )
+from scripts.kafka_local import free_port
 from tests.support.events import ACCOUNTS, create_access_key, event
 
 
 class RecordingProducer:
-    """Stands in for confluent_kafka.Producer: keeps what was produced, in order."""
+    """Stands in for confluent_kafka.Producer: keeps what was produced, in order, and reports
+    each delivery on flush (failing those whose index is in `fail_at`)."""
 
-    def __init__(self, full_times: int = 0) -> None:
+    def __init__(self, full_times: int = 0, fail_at: frozenset[int] = frozenset()) -> None:
         self.sent: list[tuple[str, bytes, bytes | None]] = []
         self.poll_timeouts: list[float] = []
         self.flushed = False
         self._full_times = full_times
+        self._fail_at = fail_at
+        self._reports: list[Callable[[KafkaError | None, Any], None]] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes | None) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes | None,
+                on_delivery: Callable[[KafkaError | None, Any], None]) -> None:
         if self._full_times:
             self._full_times -= 1
             raise BufferError("Local: Queue full")
         self.sent.append((topic, value, key))
+        self._reports.append(on_delivery)
 
     def poll(self, timeout: float) -> int:
         self.poll_timeouts.append(timeout)
@@ -49,6 +57,10 @@ class RecordingProducer:
 
     def flush(self, timeout: float) -> int:
         self.flushed = True
+        for index, report in enumerate(self._reports):
+            failed = KafkaError(KafkaError._MSG_TIMED_OUT) if index in self._fail_at else None
+            report(failed, None)
+        self._reports.clear()
         return 0
 
 
@@ -56,9 +68,11 @@ def replay_json(
     paths: list[Path], producer: RecordingProducer, options: ReplayOptions,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
-    """`replay` as JSON to topic "input", into the recording stand-in."""
-    return replay(paths, cast("Producer", producer), "input", json_encoder(), options,
-                  should_stop=should_stop)
+    """`replay` as JSON to topic "input", into the recording stand-in; how many were sent."""
+    result = replay(paths, cast("Producer", producer), "input", json_encoder(), options,
+                    should_stop=should_stop)
+    assert result.complete
+    return result.sent
 
 
 def sample_records() -> list[dict[str, Any]]:
@@ -205,3 +219,24 @@ def test_registry_encoder_reuses_the_schema_id_registered_for_the_subject() -> N
     second = registry_encoder(client, "topic-value")(record)
 
     assert first == second
+
+
+def test_replay_reports_failed_deliveries_and_is_not_complete(export: Path) -> None:
+    producer = RecordingProducer(fail_at=frozenset({1}))
+
+    result = replay([export], cast("Producer", producer), "input", json_encoder(),
+                    ReplayOptions())
+
+    assert (result.sent, result.delivered, result.complete) == (3, 2, False)
+    assert result.summary("input") == (
+        "2 of 3 records delivered to input; failed: 1 x Local: Message timed out"
+    )
+
+
+def test_an_unreachable_registry_is_a_replay_error_naming_the_subject_not_a_traceback() -> None:
+    client = SchemaRegistryClient(
+        {"url": f"http://127.0.0.1:{free_port()}", "timeout": 5, "max.retries": 0}
+    )
+
+    with pytest.raises(ReplayError, match="cannot register the schema under input-value"):
+        registry_encoder(client, "input-value")
