@@ -95,8 +95,10 @@ def test_a_reload_under_load_applies_from_a_batch_and_a_bad_file_keeps_the_old_s
 
     (folder / "broken.toml").write_text("[metadata]\nlist_name = 1\n", encoding="utf-8")
     detector.process.send_signal(signal.SIGHUP)
-    wait_until(lambda: scrape(detector.port).value("exception_reloads_total", outcome="failed") == 1,
-               30, "the failed reload")
+    wait_until(
+        lambda: scrape(detector.port).value("exception_reloads_total", outcome="failed") == 1,
+        30, "the failed reload",
+    )
 
     after = keys_created("after", "rotation-bot", 25) + keys_created("after-m", "mallory", 5)
     produce(broker.bootstrap_servers, topics.input, after)
@@ -110,5 +112,5 @@ def test_a_reload_under_load_applies_from_a_batch_and_a_bad_file_keeps_the_old_s
     metrics = scrape(detector.port)
     assert metrics.value("exception_reloads_total", outcome="applied") == 1
     assert metrics.value("exception_items") == 1
-    assert "exceptions " in detector.log() and "apply from the next batch" in detector.log()
+    assert "apply from the next batch" in detector.log()
     assert "previous set stays" in detector.log()

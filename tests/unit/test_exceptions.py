@@ -392,9 +392,11 @@ def test_exceptions_test_names_the_item_that_removes_each_match(
     out = capsys.readouterr()
     assert code == 0
     lines = out.out.splitlines()
-    assert lines[0].startswith("excluded  ") and "e-0" in lines[0]
+    assert lines[0].startswith("excluded  ")
+    assert "e-0" in lines[0]
     assert f"by 'rotation' [tuning/tuning#0] ({folder / 't.toml'})" in lines[0]
-    assert lines[1].startswith("alert     ") and "e-1" in lines[1]
+    assert lines[1].startswith("alert     ")
+    assert "e-1" in lines[1]
     assert "2 records, 1 alerts, 1 matches removed by 1 exception items" in out.err
 
 
@@ -426,11 +428,13 @@ def test_the_watcher_reloads_changes_keeps_the_old_set_on_a_bad_one_and_obeys_si
     ), encoding="utf-8")
     watcher.request_reload()
     second = watcher.poll()
-    assert second is not None and second.item_count == 2 and second.digest != first.digest
+    assert second is not None
+    assert second.item_count == 2
+    assert second.digest != first.digest
 
     (folder / "more.toml").write_text("[metadata]\nlist_name = 3\n", encoding="utf-8")
     watcher.request_reload()
-    with pytest.raises(ExceptionLoadError, match="more.toml"):
+    with pytest.raises(ExceptionLoadError, match=r"more\.toml"):
         watcher.poll()
     assert watcher.current is second
 
@@ -447,5 +451,6 @@ def test_the_watcher_notices_a_changed_file_on_its_own(tmp_path: Path) -> None:
         rule_ids=f'["{SEED}"]',
     ), encoding="utf-8")
     changed = watcher.poll()
-    assert changed is not None and changed.item_count == 2
+    assert changed is not None
+    assert changed.item_count == 2
     assert watcher.poll() is None
