@@ -69,7 +69,7 @@ def make_decoder(settings: Settings) -> Decoder:
         if settings.writer_schema is None:
             return SchemalessAvroDecoder()
         return SchemalessAvroDecoder(json.loads(Path(settings.writer_schema).read_text()))
-    return JsonDecoder()
+    return JsonDecoder(shape=settings.input_envelope)
 
 
 def alert_encoder(settings: Settings) -> Callable[[Alert], bytes]:

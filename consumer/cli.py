@@ -21,7 +21,15 @@ from consumer import __version__
 from consumer.app import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, load_enabled_rules, registry_client
 from consumer.app import run as run_service
 from consumer.config import ConfigError, Settings, load_settings
-from consumer.replay import ReplayOptions, avro_encoder, json_encoder, registry_encoder, replay
+from consumer.envelopes import SHAPES
+from consumer.replay import (
+    ReplayOptions,
+    avro_encoder,
+    envelope_encoder,
+    json_encoder,
+    registry_encoder,
+    replay,
+)
 from consumer.rules.loader import RuleLoadError, list_rules, validate_paths
 from consumer.scan import scan
 
@@ -33,6 +41,7 @@ _RUN_OPTIONS = {
     "alerts_topic": "topic the alerts go to",
     "dlq_topic": "dead-letter topic (default <input>.dlq)",
     "input_format": "avro-registry, avro or json",
+    "input_envelope": "JSON shape to read only (default: detected per message)",
     "schema_registry_url": "Schema Registry URL",
     "alert_format": "json or avro-registry",
     "delivery": "exactly-once or at-least-once",
@@ -94,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("paths", nargs="+", type=Path)
     replay_cmd.add_argument("--topic", required=True)
     replay_cmd.add_argument("--format", choices=["avro", "avro-registry", "json"], default="json")
+    replay_cmd.add_argument(
+        "--envelope", choices=SHAPES, default=None,
+        help="with --format json: wrap each record as it arrives from that source "
+             "(records: an S3 log file object; cloudwatch: a gzipped subscription payload)")
     replay_cmd.add_argument("--bootstrap-servers", default=None)
     replay_cmd.add_argument("--schema-registry-url", default=None)
     replay_cmd.add_argument("--rate", type=_rate, help="records per second, e.g. 500/s")
@@ -128,6 +141,8 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    if args.envelope and args.format != "json":
+        raise ConfigError("--envelope wraps JSON records: use it with --format json")
     settings = load_settings(
         None,
         bootstrap_servers=args.bootstrap_servers,
@@ -141,6 +156,8 @@ def _replay(args: argparse.Namespace) -> int:
         encode = registry_encoder(registry_client(settings), f"{args.topic}-value")
     elif args.format == "avro":
         encode = avro_encoder()
+    elif args.envelope:
+        encode = envelope_encoder(args.envelope)
     else:
         encode = json_encoder()
     stop = False

@@ -219,3 +219,63 @@ def text_forms(literal: str) -> tuple[bytes, ...]:
     plain = literal.encode()
     escaped = json.dumps(literal, ensure_ascii=False)[1:-1].encode()
     return (plain,) if escaped == plain else (plain, escaped)
+
+
+def wrap(records: list[dict[str, Any]], shape: Shape, *, base64_encoded: bool = False) -> bytes:
+    """One message of `shape` holding `records`, as its producer would write it: for replay
+    and tests. The single-event shapes (record, eventbridge, filebeat, cribl) take one record.
+    A CloudWatch Logs payload is gzipped, and base64 on top with `base64_encoded`."""
+    if shape not in ("records", "cloudwatch", "lookup-events") and len(records) != 1:
+        raise ValueError(f"a {shape} message holds one record, not {len(records)}")
+    first = records[0] if records else {}
+    account = _account(first)
+    text = [json.dumps(record, separators=(",", ":")) for record in records]
+    value: Any
+    if shape == "record":
+        value = first
+    elif shape == "records":
+        value = {"Records": records}
+    elif shape == "eventbridge":
+        value = {
+            "version": "0", "id": str(first.get("eventID", "")),
+            "detail-type": "AWS API Call via CloudTrail",
+            "source": _eventbridge_source(first), "account": account,
+            "time": first.get("eventTime"), "region": first.get("awsRegion"),
+            "resources": [], "detail": first,
+        }
+    elif shape == "filebeat":
+        value = {"@timestamp": first.get("eventTime"), "message": text[0],
+                 "event": {"ingested": first.get("eventTime")},
+                 "input": {"type": "aws-s3"}, "ecs": {"version": "8.11.0"}}
+    elif shape == "cribl":
+        value = {"_raw": text[0], "_time": 0, "source": "cloudtrail", "sourcetype": "aws"}
+    elif shape == "lookup-events":
+        value = {"Events": [{"EventId": record.get("eventID"), "CloudTrailEvent": body}
+                            for record, body in zip(records, text, strict=True)]}
+    else:
+        value = {
+            "messageType": "DATA_MESSAGE", "owner": account,
+            "logGroup": "aws-cloudtrail-logs", "logStream": f"{account}_CloudTrail_us-east-1",
+            "subscriptionFilters": ["cloudtrail-detector"],
+            "logEvents": [{"id": str(index), "timestamp": 0, "message": body}
+                          for index, body in enumerate(text)],
+        }
+    data = json.dumps(value, separators=(",", ":")).encode()
+    if shape != "cloudwatch":
+        return data
+    packed = zlib.compressobj(wbits=31)
+    data = packed.compress(data) + packed.flush()
+    return base64.b64encode(data) if base64_encoded else data
+
+
+def _account(record: dict[str, Any]) -> str:
+    identity = record.get("userIdentity")
+    account = record.get("recipientAccountId") or (
+        identity.get("accountId") if isinstance(identity, dict) else None
+    )
+    return account if isinstance(account, str) else ""
+
+
+def _eventbridge_source(record: dict[str, Any]) -> str:
+    source = record.get("eventSource")
+    return "aws." + source.split(".")[0] if isinstance(source, str) else "aws.cloudtrail"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,8 @@ class ScanCounts:
     records: int = 0
     alerts: int = 0
     rejected: int = 0
+    skipped: int = 0
+    """Documents that hold no CloudTrail (digests, `labels.json`, other EventBridge events)."""
 
 
 def scan(
@@ -44,7 +47,11 @@ def scan(
     files = expand(paths)
     last_report = time.monotonic()
     for number, path in enumerate(files, start=1):
+        skipped: Counter[str] = Counter()
         for item in read_records(path):
+            if item.skipped is not None:
+                skipped[item.skipped] += 1
+                continue
             counts.records += 1
             try:
                 if item.error is not None:
@@ -63,6 +70,10 @@ def scan(
                     )
                     output.write(encode_json(alert).decode() + "\n")
                     counts.alerts += 1
+        if skipped:
+            counts.skipped += skipped.total()
+            reasons = "; ".join(f"{count} x {why}" for why, count in skipped.items())
+            print(f"skipped {path}: no CloudTrail in {reasons}", file=sys.stderr)
         if progress is not None and time.monotonic() - last_report >= PROGRESS_EVERY_S:
             last_report = time.monotonic()
             print(

@@ -138,11 +138,14 @@ def test_a_corrupt_gzip_file_is_reported_not_raised(tmp_path: Path) -> None:
     assert items[0].error.startswith("corrupt gzip")
 
 
-def test_expand_lists_cloudtrail_files_below_directories_in_order(tmp_path: Path) -> None:
-    for name in ("b/2.json.gz", "b/1.jsonl", "a.json", "notes.txt", "b/c/3.json"):
+def test_expand_lists_every_file_below_directories_in_order_but_hidden_ones(
+    tmp_path: Path,
+) -> None:
+    for name in ("b/2.json.gz", "b/1.jsonl", "a.json", "b/c/3.json", ".git/x.json", "b/.seen"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("{}")
-    explicit = tmp_path / "notes.txt"
+    explicit = tmp_path / ".hidden-but-named.json"
+    explicit.write_text("{}")
 
     files = expand([tmp_path, explicit])
 
