@@ -460,7 +460,11 @@ _OUR_TOP_STRINGS: Final = frozenset(
     spec["name"]
     for spec in cast(dict[str, Any], READER_SCHEMA)["fields"]
     if "string" in (spec["type"] if isinstance(spec["type"], list) else [spec["type"]])
+    and spec["name"] not in JSON_TEXT_FIELDS
+    and spec["name"] != EXTRA_FIELDS
 )
+"""The record's own top-level strings, whose bytes the prefilter looks for (not the free-form
+objects, which the prefilter never reads)."""
 
 
 def _reading_for(writer: Schema, reader: Schema) -> _Reading:
@@ -474,7 +478,7 @@ def _reading_for(writer: Schema, reader: Schema) -> _Reading:
     fields = {field["name"]: field["type"] for field in spec["fields"]}
     if {"eventName", "eventSource"} <= fields.keys():
         screenable = all(
-            _plain_string(kind) for name, kind in fields.items() if name in _OUR_TOP_STRINGS
+            _spelled_out(kind) for name, kind in fields.items() if name in _OUR_TOP_STRINGS
         )
         return _Reading(writer, None, _from_typed, screenable, False)
     texts = [name for name, kind in fields.items() if _plain_string(kind)]
@@ -485,6 +489,21 @@ def _reading_for(writer: Schema, reader: Schema) -> _Reading:
         f"eventSource fields nor a single string field holding the record as JSON "
         f"(fields: {', '.join(fields)})"
     )
+
+
+def _spelled_out(kind: Any) -> bool:
+    """A type whose strings are written as their bytes: a string is, an enum symbol is not
+    (it is written as its index); a number or timestamp holds no string a rule compares."""
+    branches = kind if isinstance(kind, list) else [kind]
+    return all(
+        branch in _PRIMITIVES if isinstance(branch, str) else branch.get("type") in _PRIMITIVES
+        for branch in branches
+    )
+
+
+_PRIMITIVES: Final = frozenset(
+    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+)
 
 
 def _plain_string(kind: Any) -> bool:
