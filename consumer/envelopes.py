@@ -152,7 +152,8 @@ def _eventbridge(value: dict[str, Any]) -> Unwrapped:
     context = _strings(value, (("id", "aws.eventbridge.id"), ("time", "aws.eventbridge.time"),
                                ("account", "cloud.account.id"), ("region", "cloud.region")))
     detail = value.get("detail")
-    if detail_type not in CLOUDTRAIL_DETAIL_TYPES and not is_record(detail):
+    cloudtrail = isinstance(detail_type, str) and detail_type in CLOUDTRAIL_DETAIL_TYPES
+    if not cloudtrail and not is_record(detail):
         source = value.get("source")
         return Unwrapped("eventbridge", [], context,
                          skipped=f"an EventBridge {detail_type!r} event from {source!r}, "

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from consumer.envelopes import wrap
+from consumer.envelopes import SHAPES, Shape, wrap
 from consumer.files import FileRecord, _read_stream, expand, read_records
 from consumer.rules.loader import LoadedRule, load_rules
 from consumer.scan import scan
@@ -342,3 +342,18 @@ def test_a_large_json_lines_file_is_streamed_not_read_whole(tmp_path: Path) -> N
         records = _read_stream(handle, str(path))
         next(records)
         assert handle.tell() < size / 4  # only the first buffer has been read
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_scan_alerts_on_a_match_in_each_shape_cloudtrail_arrives_in(
+    tmp_path: Path, shape: Shape
+) -> None:
+    multi = shape in ("records", "cloudwatch", "lookup-events")
+    records = [harmless(1), cross_user(1)] if multi else [cross_user(1)]
+    (tmp_path / "delivery").write_bytes(wrap(records, shape))
+
+    alerts, count, _, rejected = run_scan([tmp_path])
+
+    assert (count, rejected) == (len(records), 0)
+    assert [alert["event"]["id"] for alert in alerts] == ["cross-1"]
+    assert json.loads(alerts[0]["event"]["original"]) == cross_user(1)
