@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from consumer import __version__
 from consumer.alert import Alert, encode_json
 from consumer.alert_avro import RegistryAlertEncoder
-from consumer.config import Settings
+from consumer.config import ConfigError, Settings
 from consumer.decode import Decoder, JsonDecoder, RegistryAvroDecoder, SchemalessAvroDecoder
 from consumer.detector import Detector
 from consumer.http import serve
@@ -68,7 +68,12 @@ def make_decoder(settings: Settings) -> Decoder:
     if settings.input_format == "avro":
         if settings.writer_schema is None:
             return SchemalessAvroDecoder()
-        return SchemalessAvroDecoder(json.loads(Path(settings.writer_schema).read_text()))
+        try:
+            return SchemalessAvroDecoder(json.loads(Path(settings.writer_schema).read_text()))
+        except (OSError, ValueError) as error:  # unreadable, not JSON, or not CloudTrail
+            raise ConfigError(
+                f"DETECTOR_WRITER_SCHEMA {settings.writer_schema}: {error}"
+            ) from error
     return JsonDecoder(shape=settings.input_envelope)
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+from consumer.app import make_decoder
+from consumer.config import ConfigError, Settings
 from consumer.decode import (
     DecodeError,
     Events,
@@ -179,3 +182,25 @@ def test_a_registered_schema_without_cloudtrail_is_incompatible_with_a_clear_rea
 
     assert caught.value.reason == "incompatible-schema"
     assert "does not carry CloudTrail" in str(caught.value)
+
+
+def test_a_writer_schema_file_without_cloudtrail_is_a_configuration_error_naming_it(
+    tmp_path: Path,
+) -> None:
+    schema_file = tmp_path / "orders.avsc"
+    schema_file.write_text(json.dumps(NOT_CLOUDTRAIL))
+    settings = Settings(input_format="avro", writer_schema=schema_file)
+
+    with pytest.raises(ConfigError, match=r"DETECTOR_WRITER_SCHEMA .*does not carry CloudTrail"):
+        make_decoder(settings)
+
+
+def test_a_writer_schema_file_of_a_foreign_schema_reads_its_messages(tmp_path: Path) -> None:
+    schema_file = tmp_path / "audit.avsc"
+    schema_file.write_text(json.dumps(TYPED))
+
+    decoder = make_decoder(Settings(input_format="avro", writer_schema=schema_file))
+
+    decoded = decoder.decode(body(typed(MATCH), TYPED))
+    assert isinstance(decoded, dict)
+    assert decoded["eventID"] == "cross-1"
