@@ -12,8 +12,9 @@ CloudTrail reaches Kafka bare, or wrapped by whatever carried it there:
 - `filebeat`: a Filebeat / Elastic Agent document, the record as JSON text in `message`;
 - `cribl`: a Cribl event, the record as JSON text in `_raw`;
 - `lookup-events`: `aws cloudtrail lookup-events` output, `{"Events": [{"CloudTrailEvent": ...}]}`.
-Any of them may be gzip-compressed, or base64 of gzip. Detection looks at the keys only, so it
-costs a few dict lookups; `unwrap(value, shape)` pins one shape instead.
+Any of them may be gzip-compressed, base64 of gzip, or base64 (as Kinesis hands records over).
+Detection looks at the keys only, so it costs a few dict lookups; `unwrap(value, shape)` pins
+one shape instead.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ SHAPES: Final[tuple[str, ...]] = get_args(Shape)
 GZIP_MAGIC: Final = b"\x1f\x8b"
 BASE64_GZIP_MAGIC: Final = b"H4sI"
 """The base64 spelling of gzip's magic bytes and its deflate method byte."""
+BASE64_JSON_MAGIC: Final = b"eyJ"
+"""The base64 spelling of `{"`: a JSON object base64-encoded (no JSON text starts so)."""
 
 CLOUDTRAIL_DETAIL_TYPES: Final = frozenset(
     {
@@ -69,8 +72,10 @@ class Unwrapped:
 
 
 def compressed(data: bytes) -> bool:
-    """True for gzip and base64-of-gzip payloads, by their first bytes."""
-    return data[:2] == GZIP_MAGIC or data[:4] == BASE64_GZIP_MAGIC
+    """True for gzip, base64-of-gzip and base64-of-JSON payloads, by their first bytes."""
+    return (
+        data[:2] == GZIP_MAGIC or data[:4] == BASE64_GZIP_MAGIC or data[:3] == BASE64_JSON_MAGIC
+    )
 
 
 def inflate(data: bytes, limit: int) -> bytes:
@@ -79,11 +84,15 @@ def inflate(data: bytes, limit: int) -> bytes:
     Raises EnvelopeError for a corrupt stream and ValueError("too-large") past the limit: a
     small gzip bomb must not take the process's memory.
     """
-    if data[:4] == BASE64_GZIP_MAGIC:
+    if data[:4] == BASE64_GZIP_MAGIC or data[:3] == BASE64_JSON_MAGIC:
         try:
             data = base64.b64decode(data.strip(), validate=True)
         except (binascii.Error, ValueError) as error:
             raise EnvelopeError("corrupt-base64", f"not valid base64: {error}") from error
+        if data[:2] != GZIP_MAGIC:
+            if len(data) > limit:
+                raise ValueError(f"decodes to more than {limit} bytes")
+            return data
     inflater = zlib.decompressobj(wbits=31)
     try:
         inflated = inflater.decompress(data, limit + 1)

@@ -74,6 +74,12 @@ def test_cloudwatch_payload_base64_as_kinesis_delivers_it() -> None:
     assert decoded.context["cloud.account.id"] == "111122223333"
 
 
+def test_a_base64_json_message_as_kinesis_hands_it_over_decodes() -> None:
+    assert JsonDecoder().decode(base64.b64encode(wrap([MATCH], "record"))) == json_to_avro(MATCH)
+    decoded = events_of(base64.b64encode(wrap([MATCH], "eventbridge")))
+    assert decoded.items == (json_to_avro(MATCH),)
+
+
 def test_cloudwatch_payload_with_a_thousand_log_events_gives_each_in_order() -> None:
     records = [event(event_id=f"e-{n}") for n in range(1000)]
 
