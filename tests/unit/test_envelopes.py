@@ -12,15 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consumer.cli import main
 from consumer.decode import DecodeError, Events, JsonDecoder
 from consumer.detector import SKIPPED, Detector, EventsVerdict
 from consumer.envelopes import SHAPES, Shape, text_forms, unwrap, wrap
 from consumer.record import json_to_avro
+from consumer.replay import envelope_encoder
 from consumer.rules.loader import load_rules
 from tests.support.events import create_access_key, event
 from tests.unit.test_prefilter import RECORDS, json_text
 
-SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
 HARDENED_ID = "32403725-2adc-4bc1-a434-02793697b9bd"
 MATCH = create_access_key(event_id="cross-1", caller="mallory", target="bob")
 HARMLESS = event(event_id="read-1", request_parameters={"bucketName": "logs"})
@@ -253,3 +254,19 @@ def test_the_prefilter_never_drops_a_message_in_any_shape_whose_event_matches(
     if matches:
         assert 0 in found.screen([payload], [len(payload)])
         assert found.inspect(payload) is not SKIPPED
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_replay_envelope_writes_each_shape_the_decoder_reads_back(shape: Shape) -> None:
+    decoded = JsonDecoder().decode(envelope_encoder(shape)(MATCH))
+
+    items = decoded.items if isinstance(decoded, Events) else (decoded,)
+    assert items == (json_to_avro(MATCH),)
+
+
+def test_replay_envelope_with_an_avro_format_is_a_configuration_error(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["replay", str(tmp_path), "--topic", "t", "--format", "avro",
+                 "--envelope", "eventbridge"]) == 2
+    assert "--envelope" in capsys.readouterr().err
