@@ -305,7 +305,7 @@ class JsonDecoder:
         if compressed(data):
             data = _inflated(data, self._max_inflated_bytes)
         value = _parse_json(data)
-        if self._shape is None and type(value) is dict and "eventVersion" in value:
+        if type(value) is dict and "eventVersion" in value and self._shape in (None, "record"):
             return _to_record(value)  # a bare record: the common case, detected in one lookup
         return from_json_value(value, self._shape)
 
@@ -338,13 +338,12 @@ def from_json_value(value: Any, shape: Shape | None = None) -> Decoded:
         unwrapped = unwrap(value, shape)
     except EnvelopeError as error:
         raise DecodeError(error.reason, str(error)) from error
-    if unwrapped.shape == "record" and shape is None:
+    if unwrapped.shape == "record":
         return _to_record(unwrapped.events[0])
     items: list[CloudTrailRecord | DecodeError] = []
     for event in unwrapped.events:
         try:
-            items.append(_to_record(_parse_json(event.encode()) if isinstance(event, str)
-                                    else event))
+            items.append(_to_record(_parse_json(event) if isinstance(event, str) else event))
         except DecodeError as error:
             items.append(error)
     return Events(unwrapped.shape, tuple(items), tuple(unwrapped.events), unwrapped.context,
@@ -360,9 +359,12 @@ def _inflated(data: bytes, limit: int) -> bytes:
         raise DecodeError("too-large", f"the compressed payload {error}") from error
 
 
-def _parse_json(data: bytes) -> Any:
+def _parse_json(data: bytes | str) -> Any:
+    """JSON from UTF-8 bytes, or from the text of a JSON string (which may hold lone
+    surrogates from \\udXXX escapes: json.loads takes them as they are)."""
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, parse_constant=_reject_constant)
     except RecursionError as error:
         raise DecodeError("invalid-json", "JSON nests too deeply to parse") from error
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError both are
@@ -521,7 +523,7 @@ def _from_json_text(name: str) -> Callable[[Any], Decoded]:
         text = value.get(name)
         if not isinstance(text, str):
             raise DecodeError("not-cloudtrail", f"the record's {name} field is empty")
-        return from_json_value(_parse_json(text.encode()))
+        return from_json_value(_parse_json(text))
 
     return normalize
 
@@ -533,13 +535,13 @@ def _as_json(value: Any, name: str | None) -> Any:
         converted = {key: _as_json(item, key) for key, item in value.items() if item is not None}
         extra = converted.pop(EXTRA_FIELDS, None)
         if isinstance(extra, str) and extra.startswith("{"):
-            converted.update(_parse_json(extra.encode()))
+            converted.update(_parse_json(extra))
         return converted
     if isinstance(value, list):
         return [_as_json(item, None) for item in value]
     if isinstance(value, str):
         if name in JSON_TEXT_FIELDS and value[:1] in ("{", "["):
-            return _parse_json(value.encode())
+            return _parse_json(value)
         return value
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

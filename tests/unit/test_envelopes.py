@@ -182,6 +182,14 @@ def test_a_pinned_shape_reads_only_that_shape() -> None:
     assert cribl.items == (json_to_avro(MATCH),)
 
 
+def test_a_log_event_whose_text_holds_a_lone_surrogate_is_one_refused_event() -> None:
+    decoded = events_of(b'{"_raw": "\\ud800"}')
+
+    assert [item.reason for item in decoded.items if isinstance(item, DecodeError)] == [
+        "invalid-json"
+    ]
+
+
 def test_an_unknown_object_is_judged_as_a_bare_record_and_refused() -> None:
     assert unwrap({"labels": 1}).shape == "record"
     with pytest.raises(DecodeError) as caught:
