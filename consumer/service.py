@@ -30,6 +30,7 @@ from consumer.alert import Alert, Headers, alert_for, build_throttle_summary, en
 from consumer.config import Settings
 from consumer.decode import DecodeError
 from consumer.detector import Detector, EventsVerdict, RuleEvaluationError, Verdict
+from consumer.envelopes import compressed
 from consumer.metrics import Metrics
 from consumer.record import avro_to_json
 from consumer.rules.loader import LoadedRule
@@ -400,7 +401,7 @@ class Service:
 
     def _original_json(self, record: dict[str, object], payload: bytes) -> str:
         """event.original is the CloudTrail JSON record, whatever the input encoding."""
-        if self.detector.decoder.text_format:
+        if self.detector.decoder.text_format and not compressed(payload):
             return payload.decode("utf-8", "replace")
         try:
             return json.dumps(avro_to_json(record), separators=(",", ":"))

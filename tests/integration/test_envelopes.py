@@ -94,6 +94,7 @@ def test_all_shapes_mixed_in_one_topic_give_each_alert_once_and_dead_letter_only
              for a in alerts}
     assert by_id["eventbridge"]["aws"]["eventbridge"]["id"] == "eventbridge"
     assert json.loads(by_id["s3-b"]["event"]["original"]) == match("s3-b")
+    assert json.loads(by_id["gzipped"]["event"]["original"]) == match("gzipped")
     assert by_id["filebeat"]["event"]["ingested"] == match("filebeat")["eventTime"]
     reasons = sorted(
         (dict(m.headers() or [])["dlq.reason"], dict(m.headers() or []).get("dlq.event.index"))
