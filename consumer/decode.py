@@ -593,7 +593,10 @@ def _read_avro(data: bytes, offset: int, reading: _Reading) -> Decoded:
             f"{trailing} byte(s) left after the Avro record: wrong schema or corrupt framing",
         )
     if reading.normalize is not None:
-        return reading.normalize(record)
+        try:
+            return reading.normalize(record)
+        except RecursionError as error:  # a recursive writer schema, nested deep
+            raise DecodeError("avro-corrupt", "the record nests too deeply") from error
     return cast(CloudTrailRecord, record)
 
 
