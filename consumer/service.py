@@ -560,7 +560,9 @@ class Service:
 
 
 def _add_context(document: dict[str, Any], context: Mapping[str, str]) -> None:
-    """The envelope's fields into an alert, where the event did not set them already."""
+    """The envelope's fields into an alert, where the event did not set them already. A
+    shipper's `@timestamp` becomes `event.created`, as Elastic's CloudTrail pipeline sets it
+    before eventTime takes `@timestamp` over."""
     for dotted, value in context.items():
         *parents, leaf = ("event.created" if dotted == "@timestamp" else dotted).split(".")
         node = document
