@@ -74,8 +74,13 @@ def make_decoder(settings: Settings) -> Decoder:
     if settings.input_format == "avro":
         if settings.writer_schema is None:
             return SchemalessAvroDecoder()
-        return SchemalessAvroDecoder(json.loads(Path(settings.writer_schema).read_text()))
-    return JsonDecoder()
+        try:
+            return SchemalessAvroDecoder(json.loads(Path(settings.writer_schema).read_text()))
+        except (OSError, ValueError) as error:  # unreadable, not JSON, or not CloudTrail
+            raise ConfigError(
+                f"DETECTOR_WRITER_SCHEMA {settings.writer_schema}: {error}"
+            ) from error
+    return JsonDecoder(shape=settings.input_envelope)
 
 
 def alert_encoder(settings: Settings) -> Callable[[Alert], bytes]:

@@ -24,6 +24,7 @@ from consumer.app import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, load_enabled_rules, r
 from consumer.app import run as run_service
 from consumer.config import ConfigError, Settings, env_name, load_settings, option_name
 from consumer.detector import Verdict
+from consumer.envelopes import SHAPES
 from consumer.files import FileRecord
 from consumer.query import run_query
 from consumer.replay import (
@@ -31,6 +32,7 @@ from consumer.replay import (
     ReplayOptions,
     avro_encoder,
     check_topic,
+    envelope_encoder,
     json_encoder,
     producer_settings,
     registry_encoder,
@@ -54,6 +56,7 @@ SETTING_HELP = {
     "alerts_topic": "topic the alerts go to",
     "dlq_topic": "dead-letter topic",
     "input_format": "avro-registry, avro (schemaless) or json",
+    "input_envelope": "JSON shape to read only (default: detected per message)",
     "writer_schema": "writer schema file for schemaless Avro",
     "schema_registry_url": "Schema Registry URL (needed by the avro-registry formats)",
     "schema_registry_ca_location": "CA file for the registry's TLS",
@@ -219,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--topic", required=True, help="topic to produce to")
     replay_cmd.add_argument("--format", choices=["avro", "avro-registry", "json"], default="json",
                             help="encoding of the messages")
+    replay_cmd.add_argument(
+        "--envelope", choices=SHAPES, default=None,
+        help="with --format json: wrap each record as it arrives from that source "
+             "(records: an S3 log file object; cloudwatch: a gzipped subscription payload)")
     _add_settings_options(replay_cmd, TOOL_SETTINGS)
     replay_cmd.add_argument("--rate", type=_rate, help="records per second, e.g. 500/s "
                             "(default: as fast as the broker takes them)")
@@ -392,6 +399,8 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    if args.envelope and args.format != "json":
+        raise ConfigError("--envelope wraps JSON records: use it with --format json")
     settings = _settings(
         args, TOOL_SETTINGS,
         input_format="avro-registry" if args.format == "avro-registry" else "json",
@@ -402,6 +411,8 @@ def _replay(args: argparse.Namespace) -> int:
         encode = registry_encoder(registry_client(settings), f"{args.topic}-value")
     elif args.format == "avro":
         encode = avro_encoder()
+    elif args.envelope:
+        encode = envelope_encoder(args.envelope)
     else:
         encode = json_encoder()
     stop = False

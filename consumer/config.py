@@ -36,6 +36,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from consumer.envelopes import Shape
 from consumer.times import parse_duration
 
 ENV_PREFIX = "DETECTOR_"
@@ -111,6 +112,10 @@ class Settings(BaseSettings):
     alerts_topic: str = Field("cloudtrail-alerts", min_length=1)
     dlq_topic: str | None = Field(None, description="Dead-letter topic; default <input>.dlq.")
     input_format: Literal["avro-registry", "avro", "json"] = "avro-registry"
+    input_envelope: Shape | None = Field(
+        None, description="JSON input: read only this shape (record, records, eventbridge, "
+        "cloudwatch, filebeat, cribl, lookup-events); default detected per message."
+    )
     writer_schema: Path | None = Field(
         None, description="Writer schema file for schemaless Avro; default the bundled schema."
     )

@@ -11,20 +11,31 @@ so with writer schemas whose array items take at least one byte (checked once pe
 length or count ends in "avro-truncated" after at most one step per payload byte.
 """
 
+from __future__ import annotations
+
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from io import BytesIO
 from operator import itemgetter
-from typing import Any, Final, Literal, NoReturn, Protocol, cast
+from typing import Any, Final, Literal, NoReturn, Protocol, TypeAlias, cast
 
 from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
 from fastavro import parse_schema, schemaless_reader
 from fastavro.read import SchemaResolutionError
 from fastavro.types import Schema
 
+from consumer.envelopes import EnvelopeError, Shape, compressed, inflate, unwrap
 from consumer.event import CloudTrailRecord
-from consumer.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
+from consumer.record import (
+    EXTRA_FIELDS,
+    JSON_TEXT_FIELDS,
+    READER_SCHEMA,
+    NotCloudTrailError,
+    json_to_avro,
+)
 
 DecodeReason = Literal[
     "empty",
@@ -38,10 +49,15 @@ DecodeReason = Literal[
     "avro-trailing-bytes",
     "invalid-json",
     "not-cloudtrail",
+    "corrupt-gzip",
+    "corrupt-base64",
 ]
 
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 1024 * 1024
 """Kafka's default message size limit; a CloudTrail record is far smaller."""
+
+DEFAULT_MAX_INFLATED_BYTES: Final = 64 * 1024 * 1024
+"""What a compressed payload may inflate to: CloudWatch Logs batches compress about 10:1."""
 
 CONFLUENT_MAGIC_BYTE: Final = 0
 _HEADER_SIZE: Final = 5
@@ -66,18 +82,42 @@ class DecodeError(Exception):
         return f"DecodeError({self.reason!r}, {str(self)!r}, retriable={self.retriable})"
 
 
+@dataclass(frozen=True, slots=True)
+class Events:
+    """A message that is not one bare record (an S3 log file object, a CloudWatch Logs batch,
+    an envelope): its records in order, a DecodeError in place of each one that did not
+    convert; the envelope's fields for the alerts; or why it holds no event at all."""
+
+    shape: Shape
+    items: tuple[CloudTrailRecord | DecodeError, ...]
+    raw: tuple[Any, ...]
+    """Each item as the message held it (a JSON value, or the JSON text of one)."""
+    context: Mapping[str, str] = field(default_factory=dict)
+    skipped: str | None = None
+
+    def original(self, index: int) -> str:
+        """The JSON text of item `index`, for event.original and the dead-letter topic."""
+        raw = self.raw[index]
+        return raw if isinstance(raw, str) else json.dumps(raw, separators=(",", ":"))
+
+
+Decoded: TypeAlias = CloudTrailRecord | Events
+"""A bare record (a dict: the hot path), or the Events of a message holding several or none."""
+
+
 class Decoder(Protocol):
-    """Turns one message payload into a record, or raises DecodeError."""
+    """Turns one message payload into a record or Events, or raises DecodeError."""
 
     text_format: bool
     """True when the payload is JSON text, whose strings may be \\u-escaped; False for Avro."""
 
-    def decode(self, payload: bytes | None) -> CloudTrailRecord: ...
+    def decode(self, payload: bytes | None) -> Decoded: ...
 
-    def check_framing(self, payload: bytes | None) -> None:
+    def check_framing(self, payload: bytes | None) -> bool:
         """Raise DecodeError when the payload's envelope is already wrong, at a tiny fraction of
         decode's cost: for messages the prefilter lets skip decoding, so framing garbage still
-        reaches the dead-letter topic."""
+        reaches the dead-letter topic. False when the prefilter cannot judge this payload on
+        its bytes (compressed, or a schema that holds the record as JSON text): decode it."""
 
     def well_framed(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> bool:
         """True when `check_framing` would pass every payload (`sizes` are their lengths, 0 for
@@ -112,21 +152,21 @@ class RegistryAvroDecoder:
         """Schema id -> (until when, why): the registry failed to answer for it just now."""
         self._reader_schema = parse_schema(reader_schema)
         self._max_payload_bytes = max_payload_bytes
-        self._schemas: dict[int, tuple[Schema, Schema | None]] = {}
-        """Schema id -> (parsed writer schema, reader schema or None when it equals the writer)."""
+        self._schemas: dict[int, _Reading] = {}
+        """Schema id -> how to read and normalize its bodies."""
         self._incompatible: dict[int, str] = {}
         """Schema id -> why its schema cannot be read; ids never change their schema."""
 
-    def decode(self, payload: bytes | None) -> CloudTrailRecord:
+    def decode(self, payload: bytes | None) -> Decoded:
         data = _bounded(payload, self._max_payload_bytes)
-        schemas = self._writer_and_reader(data)
-        return _read_avro(data, _HEADER_SIZE, *schemas)
+        return _read_avro(data, _HEADER_SIZE, self._reading(data))
 
-    def check_framing(self, payload: bytes | None) -> None:
+    def check_framing(self, payload: bytes | None) -> bool:
         data = _bounded(payload, self._max_payload_bytes)
-        writer_schema, _ = self._writer_and_reader(data)
-        if _starts_with_string(writer_schema):
+        reading = self._reading(data)
+        if reading.leading_string:
             _check_leading_string(data, _HEADER_SIZE)
+        return reading.screenable
 
     def well_framed(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> bool:
         """Each distinct header is checked once; its schema must be cached or fetched now, so
@@ -135,18 +175,21 @@ class RegistryAvroDecoder:
             return False
         framed = cast(Sequence[bytes], payloads)
         try:
-            leading = {
-                _starts_with_string(self._writer_and_reader(header)[0])
+            readings = [
+                self._reading(header)
                 for header in set(map(itemgetter(slice(0, _HEADER_SIZE)), framed))
-            }
+            ]
         except DecodeError:
             return False
+        if not all(reading.screenable for reading in readings):
+            return False
+        leading = {reading.leading_string for reading in readings}
         if leading == {False}:
             return True
         return leading == {True} and _leading_strings_fit(framed, sizes, _HEADER_SIZE)
 
-    def _writer_and_reader(self, data: bytes) -> tuple[Schema, Schema | None]:
-        """The schemas named by the 5-byte header, from the cache or the registry."""
+    def _reading(self, data: bytes) -> _Reading:
+        """How to read the schema named by the 5-byte header, from the cache or the registry."""
         if data[0] != CONFLUENT_MAGIC_BYTE:
             raise DecodeError(
                 "bad-magic",
@@ -159,7 +202,7 @@ class RegistryAvroDecoder:
         schema_id = int.from_bytes(data[1:_HEADER_SIZE], "big")
         return self._schemas.get(schema_id) or self._fetch(schema_id)
 
-    def _fetch(self, schema_id: int) -> tuple[Schema, Schema | None]:
+    def _fetch(self, schema_id: int) -> _Reading:
         if schema_id in self._incompatible:
             raise DecodeError("incompatible-schema", self._incompatible[schema_id])
         until, why = self._unavailable.get(schema_id, (0.0, ""))
@@ -189,14 +232,15 @@ class RegistryAvroDecoder:
                 raise ValueError("the registry returned no schema text")
             if registered.references:
                 raise ValueError("it has schema references, which this decoder does not resolve")
-            writer_schema = readable_writer_schema(json.loads(registered.schema_str))
+            reading = _reading_for(
+                readable_writer_schema(json.loads(registered.schema_str)), self._reader_schema
+            )
         except Exception as error:
             why = f"schema id {schema_id} cannot be read: {_detail(error)}"
             self._incompatible[schema_id] = why
             raise DecodeError("incompatible-schema", why) from error
-        schemas = (writer_schema, _resolve_to(writer_schema, self._reader_schema))
-        self._schemas[schema_id] = schemas
-        return schemas
+        self._schemas[schema_id] = reading
+        return reading
 
     def _unavailable_now(self, schema_id: int, why: str) -> NoReturn:
         self._unavailable[schema_id] = (time.monotonic() + self._outage_memory_s, why)
@@ -204,7 +248,8 @@ class RegistryAvroDecoder:
 
 
 class SchemalessAvroDecoder:
-    """A bare Avro body written with a configured writer schema (by default, ours)."""
+    """A bare Avro body written with a configured writer schema (by default, ours; any schema
+    that carries CloudTrail is normalized as the registry decoder does)."""
 
     text_format = False
 
@@ -216,64 +261,123 @@ class SchemalessAvroDecoder:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         """Raises ValueError when `writer_schema` is not one this decoder can read safely."""
-        self._writer_schema = readable_writer_schema(writer_schema)
-        self._leading_string = _starts_with_string(self._writer_schema)
-        self._reader_schema = _resolve_to(self._writer_schema, parse_schema(reader_schema))
+        self._reading = _reading_for(readable_writer_schema(writer_schema),
+                                     parse_schema(reader_schema))
         self._max_payload_bytes = max_payload_bytes
 
-    def decode(self, payload: bytes | None) -> CloudTrailRecord:
+    def decode(self, payload: bytes | None) -> Decoded:
         data = _bounded(payload, self._max_payload_bytes)
-        return _read_avro(data, 0, self._writer_schema, self._reader_schema)
+        return _read_avro(data, 0, self._reading)
 
-    def check_framing(self, payload: bytes | None) -> None:
+    def check_framing(self, payload: bytes | None) -> bool:
         data = _bounded(payload, self._max_payload_bytes)
-        if self._leading_string:
+        if self._reading.leading_string:
             _check_leading_string(data, 0)
+        return self._reading.screenable
 
     def well_framed(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> bool:
-        if not _sizes_within(sizes, 1, self._max_payload_bytes):
+        if not _sizes_within(sizes, 1, self._max_payload_bytes) or not self._reading.screenable:
             return False
-        return not self._leading_string or _leading_strings_fit(
+        return not self._reading.leading_string or _leading_strings_fit(
             cast(Sequence[bytes], payloads), sizes, 0
         )
 
 
 class JsonDecoder:
-    """One CloudTrail JSON record (UTF-8) per message, converted to the Avro record shape."""
+    """CloudTrail JSON (UTF-8) in any shape of `consumer.envelopes`, possibly gzip or base64
+    gzip, converted to the Avro record shape. `shape` pins one shape instead of detecting it."""
 
     text_format = True
 
-    def __init__(self, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+        shape: Shape | None = None,
+    ) -> None:
         self._max_payload_bytes = max_payload_bytes
+        self._max_inflated_bytes = max_inflated_bytes
+        self._shape = shape
 
-    def decode(self, payload: bytes | None) -> CloudTrailRecord:
+    def decode(self, payload: bytes | None) -> Decoded:
         data = _bounded(payload, self._max_payload_bytes)
-        try:
-            value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-        except RecursionError as error:
-            raise DecodeError("invalid-json", "JSON nests too deeply to parse") from error
-        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError both are
-            raise DecodeError("invalid-json", f"not valid UTF-8 JSON: {_detail(error)}") from error
-        try:
-            return json_to_avro(value)
-        except NotCloudTrailError as error:
-            raise DecodeError("not-cloudtrail", f"not a CloudTrail record: {error}") from error
-        except RecursionError as error:
-            raise DecodeError("invalid-json", "JSON nests too deeply to convert") from error
+        if compressed(data):
+            data = _inflated(data, self._max_inflated_bytes)
+        value = _parse_json(data)
+        if type(value) is dict and "eventVersion" in value and self._shape in (None, "record"):
+            return _to_record(value)  # a bare record: the common case, detected in one lookup
+        return from_json_value(value, self._shape)
 
-    def check_framing(self, payload: bytes | None) -> None:
+    def check_framing(self, payload: bytes | None) -> bool:
         data = _bounded(payload, self._max_payload_bytes)
-        if data.lstrip()[:1] != b"{" or data.rstrip()[-1:] != b"}":
-            raise DecodeError("invalid-json", "a CloudTrail record is a JSON object: {...}")
+        if compressed(data):
+            return False
+        stripped = data.strip()
+        if stripped[:1] == b"{" and stripped[-1:] == b"}":
+            return True
+        if stripped[:1] == b"[" and stripped[-1:] == b"]":
+            return False  # an array of records: rare on a topic, so simply decoded
+        raise DecodeError("invalid-json", "a CloudTrail message is a JSON object: {...}")
 
     def well_framed(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> bool:
-        """Vouches for unpadded objects only; one with whitespace around it is checked alone."""
+        """Vouches for unpadded objects only; one with whitespace around it is checked alone,
+        and so is a compressed one (its first byte is not a brace)."""
         if not _sizes_within(sizes, 1, self._max_payload_bytes):
             return False
         framed = cast(Sequence[bytes], payloads)
         return set(map(itemgetter(0), framed)) == {_OPEN_BRACE} and set(
             map(itemgetter(-1), framed)
         ) == {_CLOSE_BRACE}
+
+
+def from_json_value(value: Any, shape: Shape | None = None) -> Decoded:
+    """The record(s) of a parsed JSON message: a bare record as is, any other shape as Events.
+    Raises DecodeError for a bare value that is not a record and for a shape it cannot hold."""
+    try:
+        unwrapped = unwrap(value, shape)
+    except EnvelopeError as error:
+        raise DecodeError(error.reason, str(error)) from error
+    if unwrapped.shape == "record":
+        return _to_record(unwrapped.events[0])
+    items: list[CloudTrailRecord | DecodeError] = []
+    for event in unwrapped.events:
+        try:
+            items.append(_to_record(_parse_json(event) if isinstance(event, str) else event))
+        except DecodeError as error:
+            items.append(error)
+    return Events(unwrapped.shape, tuple(items), tuple(unwrapped.events), unwrapped.context,
+                  unwrapped.skipped)
+
+
+def _inflated(data: bytes, limit: int) -> bytes:
+    try:
+        return inflate(data, limit)
+    except EnvelopeError as error:
+        raise DecodeError(error.reason, str(error)) from error
+    except ValueError as error:
+        raise DecodeError("too-large", f"the compressed payload {error}") from error
+
+
+def _parse_json(data: bytes | str) -> Any:
+    """JSON from UTF-8 bytes, or from the text of a JSON string (which may hold lone
+    surrogates from \\udXXX escapes: json.loads takes them as they are)."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError as error:
+        raise DecodeError("invalid-json", "JSON nests too deeply to parse") from error
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError both are
+        raise DecodeError("invalid-json", f"not valid UTF-8 JSON: {_detail(error)}") from error
+
+
+def _to_record(value: Any) -> CloudTrailRecord:
+    try:
+        return json_to_avro(value)
+    except NotCloudTrailError as error:
+        raise DecodeError("not-cloudtrail", f"not a CloudTrail record: {error}") from error
+    except RecursionError as error:
+        raise DecodeError("invalid-json", "JSON nests too deeply to convert") from error
 
 
 def readable_writer_schema(schema: Schema) -> Schema:
@@ -338,6 +442,116 @@ def _encodes_in_zero_bytes(schema: Any, named: Mapping[str, Any], seen: set[str]
     return _encodes_in_zero_bytes(kind, named, seen)
 
 
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """How the bodies of one writer schema are read and turned into CloudTrail records."""
+
+    writer: Schema
+    reader: Schema | None
+    """The reader schema to resolve to, None to read with the writer schema alone."""
+    normalize: Callable[[Any], Decoded] | None
+    """For a foreign schema: what it read -> record(s); None when it reads our record shape."""
+    screenable: bool
+    """The record's top-level strings are plain Avro strings, so the prefilter's literals show
+    in the body as they are; False for a record held as JSON text (which may \\u-escape)."""
+    leading_string: bool
+    """The body starts with eventVersion's length, checked on framing (ours and its versions)."""
+
+
+_OUR_TOP_STRINGS: Final = frozenset(
+    spec["name"]
+    for spec in cast(dict[str, Any], READER_SCHEMA)["fields"]
+    if "string" in (spec["type"] if isinstance(spec["type"], list) else [spec["type"]])
+    and spec["name"] not in JSON_TEXT_FIELDS
+    and spec["name"] != EXTRA_FIELDS
+)
+"""The record's own top-level strings, whose bytes the prefilter looks for (not the free-form
+objects, which the prefilter never reads)."""
+
+
+def _reading_for(writer: Schema, reader: Schema) -> _Reading:
+    """Our schema and its versions (same full name) resolve to ours; any other schema is read
+    as written and normalized from the field names it carries. Raises ValueError for a schema
+    that does not carry CloudTrail."""
+    spec = cast(dict[str, Any], writer)
+    if spec["name"] == cast(dict[str, Any], reader)["name"]:
+        return _Reading(writer, _resolve_to(writer, reader), None, True,
+                        _starts_with_string(writer))
+    fields = {field["name"]: field["type"] for field in spec["fields"]}
+    if {"eventName", "eventSource"} <= fields.keys():
+        screenable = all(
+            _spelled_out(kind) for name, kind in fields.items() if name in _OUR_TOP_STRINGS
+        )
+        return _Reading(writer, None, _from_typed, screenable, False)
+    texts = [name for name, kind in fields.items() if _plain_string(kind)]
+    if len(texts) == 1:
+        return _Reading(writer, None, _from_json_text(texts[0]), False, False)
+    raise ValueError(
+        f"record {spec['name']} does not carry CloudTrail: it has neither eventName and "
+        f"eventSource fields nor a single string field holding the record as JSON "
+        f"(fields: {', '.join(fields)})"
+    )
+
+
+def _spelled_out(kind: Any) -> bool:
+    """A type whose strings are written as their bytes: a string is, an enum symbol is not
+    (it is written as its index); a number or timestamp holds no string a rule compares."""
+    branches = kind if isinstance(kind, list) else [kind]
+    return all(
+        branch in _PRIMITIVES if isinstance(branch, str) else branch.get("type") in _PRIMITIVES
+        for branch in branches
+    )
+
+
+_PRIMITIVES: Final = frozenset(
+    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+)
+
+
+def _plain_string(kind: Any) -> bool:
+    """A string, or a string that may be null: what reads back as the record's own bytes."""
+    branches = kind if isinstance(kind, list) else [kind]
+    return "string" in branches and set(branches) <= {"string", "null"}
+
+
+def _from_typed(value: Any) -> Decoded:
+    return from_json_value(_as_json(value, None))
+
+
+def _from_json_text(name: str) -> Callable[[Any], Decoded]:
+    def normalize(value: Any) -> Decoded:
+        text = value.get(name)
+        if not isinstance(text, str):
+            raise DecodeError("not-cloudtrail", f"the record's {name} field is empty")
+        return from_json_value(_parse_json(text))
+
+    return normalize
+
+
+def _as_json(value: Any, name: str | None) -> Any:
+    """A value as fastavro read it -> the JSON value CloudTrail would have written: absent for
+    null, free-form objects parsed from JSON text, timestamps in CloudTrail's spelling."""
+    if isinstance(value, dict):
+        converted = {key: _as_json(item, key) for key, item in value.items() if item is not None}
+        extra = converted.pop(EXTRA_FIELDS, None)
+        if isinstance(extra, str) and extra.startswith("{"):
+            converted.update(_parse_json(extra))
+        return converted
+    if isinstance(value, list):
+        return [_as_json(item, None) for item in value]
+    if isinstance(value, str):
+        if name in JSON_TEXT_FIELDS and value[:1] in ("{", "["):
+            return _parse_json(value)
+        return value
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, bool | int | float):
+        return value
+    return str(value)  # UUID, Decimal, date, time: their text
+
+
 def _resolve_to(writer_schema: Schema, reader_schema: Schema) -> Schema | None:
     """The reader schema to pass fastavro: None when identical, which skips resolution."""
     return None if writer_schema == reader_schema else reader_schema
@@ -358,13 +572,11 @@ def _bounded(payload: bytes | None, max_payload_bytes: int) -> bytes:
     return payload
 
 
-def _read_avro(
-    data: bytes, offset: int, writer_schema: Schema, reader_schema: Schema | None
-) -> CloudTrailRecord:
+def _read_avro(data: bytes, offset: int, reading: _Reading) -> Decoded:
     stream = BytesIO(data)
     stream.seek(offset)
     try:
-        record = schemaless_reader(stream, writer_schema, reader_schema)
+        record = schemaless_reader(stream, reading.writer, reading.reader)
     except EOFError as error:
         raise DecodeError("avro-truncated", f"Avro body ends early: {_detail(error)}") from error
     except SchemaResolutionError as error:
@@ -380,6 +592,11 @@ def _read_avro(
             "avro-trailing-bytes",
             f"{trailing} byte(s) left after the Avro record: wrong schema or corrupt framing",
         )
+    if reading.normalize is not None:
+        try:
+            return reading.normalize(record)
+        except RecursionError as error:  # a recursive writer schema, nested deep
+            raise DecodeError("avro-corrupt", "the record nests too deeply") from error
     return cast(CloudTrailRecord, record)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
 
-from consumer.decode import Decoder
+from consumer.decode import DecodeError, Decoder, Events
 from consumer.event import CloudTrailRecord
 from consumer.normalize import INGESTED_MS
 from consumer.rules.exceptions import NO_EXCEPTIONS, CompiledItem, ExceptionSet
@@ -37,6 +37,16 @@ class Verdict:
     record: CloudTrailRecord
     matched: tuple[LoadedRule, ...]
     excepted: tuple[tuple[LoadedRule, CompiledItem], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EventsVerdict:
+    """The verdicts of a message holding several events (or none): each with its index inside
+    the message, and the events that did not decode or whose rules failed, by index."""
+
+    events: Events
+    verdicts: tuple[tuple[int, Verdict], ...]
+    failures: tuple[tuple[int, DecodeError | RuleEvaluationError], ...]
 
 
 SKIPPED = None
@@ -71,25 +81,46 @@ class Detector:
         # Well framed: every payload is present.
         return self._batch_screen.candidates(cast("Sequence[bytes]", payloads), sizes)
 
-    def inspect(self, payload: bytes | None, ingested_ms: int | None = None) -> Verdict | None:
+    def inspect(
+        self, payload: bytes | None, ingested_ms: int | None = None
+    ) -> Verdict | EventsVerdict | None:
         """The verdict for one message, or SKIPPED when its bytes rule out every rule.
 
         A skipped message is not decoded, only its framing is checked: a corrupt body that no
-        rule could match is counted as skipped. Without the prefilter every message is decoded.
-        `ingested_ms` (the Kafka message's timestamp) becomes the record's event.ingested.
-        Raises DecodeError for undecodable input and RuleEvaluationError when a rule fails.
+        rule could match is counted as skipped. Without the prefilter every message is decoded,
+        and so is one the prefilter cannot judge on its bytes (compressed). A message holding
+        several events gets an EventsVerdict. `ingested_ms` (the Kafka message's timestamp)
+        becomes each record's event.ingested. Raises DecodeError for undecodable input and
+        RuleEvaluationError when a rule fails on a bare record.
         """
         if (
             payload is not None
             and self._may_match is not None
             and not self._may_match(payload)
+            and self.decoder.check_framing(payload)
         ):
-            self.decoder.check_framing(payload)
             return SKIPPED
         record = self.decoder.decode(payload)
+        if type(record) is not dict:
+            return self._judge_all(cast(Events, record), ingested_ms)
         if ingested_ms is not None:
             record[INGESTED_MS] = ingested_ms
         return self.judge(record)
+
+    def _judge_all(self, events: Events, ingested_ms: int | None) -> EventsVerdict:
+        verdicts: list[tuple[int, Verdict]] = []
+        failures: list[tuple[int, DecodeError | RuleEvaluationError]] = []
+        for index, item in enumerate(events.items):
+            if isinstance(item, DecodeError):
+                failures.append((index, item))
+                continue
+            if ingested_ms is not None:
+                item[INGESTED_MS] = ingested_ms
+            try:
+                verdicts.append((index, self.judge(item)))
+            except RuleEvaluationError as error:
+                failures.append((index, error))
+        return EventsVerdict(events, tuple(verdicts), tuple(failures))
 
     def judge(self, record: CloudTrailRecord) -> Verdict:
         """The verdict on a decoded record; raises RuleEvaluationError when a rule fails."""

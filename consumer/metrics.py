@@ -53,6 +53,12 @@ class Metrics:
             name("dead_letters"), "Messages written to the dead-letter topic, by reason.",
             ["reason"], registry=registry,
         )
+        self.messages_without_cloudtrail = Counter(
+            name("messages_without_cloudtrail"),
+            "Messages skipped because they hold no CloudTrail event (a digest file, a CloudWatch "
+            "Logs control message, an EventBridge event from another service), by shape.",
+            ["shape"], registry=registry,
+        )
         self.prefilter_skipped = Counter(
             name("prefilter_skipped"),
             "Messages skipped without decoding because no enabled rule can match their bytes.",

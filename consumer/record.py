@@ -236,3 +236,23 @@ _TOP_PLAN: Final = _build_plan(json.loads(SCHEMA_TEXT), top_level=True)
 
 REQUIRED_FIELDS: Final[tuple[str, ...]] = _TOP_PLAN.required
 """Top-level fields every CloudTrail record has; a JSON object lacking one is not a record."""
+
+
+def _json_text_names(schema: Any) -> set[str]:
+    if isinstance(schema, list):
+        return set().union(*map(_json_text_names, schema))
+    if not isinstance(schema, dict):
+        return set()
+    if schema.get("type") == "array":
+        return _json_text_names(schema["items"])
+    names: set[str] = set()
+    for spec in schema.get("fields", ()):
+        if spec.get("jsonText") is True and spec["name"] != EXTRA_FIELDS:
+            names.add(spec["name"])
+        names |= _json_text_names(spec["type"])
+    return names
+
+
+JSON_TEXT_FIELDS: Final[frozenset[str]] = frozenset(_json_text_names(json.loads(SCHEMA_TEXT)))
+"""The free-form objects (requestParameters, responseElements, ...): a producer's own Avro
+schema often carries them as JSON text, which is parsed back when the record is normalized."""

@@ -24,6 +24,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from fastavro import schemaless_writer
 
+from consumer.envelopes import Shape, wrap
 from consumer.files import expand, read_records
 from consumer.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
 
@@ -85,6 +86,12 @@ def registry_encoder(client: SchemaRegistryClient, subject: str) -> Encoder:
 
 def json_encoder() -> Encoder:
     return lambda record: json.dumps(record, separators=(",", ":")).encode()
+
+
+def envelope_encoder(shape: Shape) -> Encoder:
+    """JSON in one of the envelopes CloudTrail arrives in (EventBridge, CloudWatch Logs...),
+    one record per message, so users and tests can feed every shape the detector reads."""
+    return lambda record: wrap([record], shape)
 
 
 def account_of(record: dict[str, Any]) -> bytes | None:

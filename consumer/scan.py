@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ class ScanCounts:
     alerts: int = 0
     rejected: int = 0
     excepted: int = 0
+    skipped: int = 0
+    """Documents that hold no CloudTrail (digests, `labels.json`, other EventBridge events)."""
     files: int = 0
     bytes: int = 0
     rules: int = 0
@@ -39,7 +42,7 @@ class ScanCounts:
 
     def summary(self) -> str:
         return summary(files=self.files, total_bytes=self.bytes, records=self.records,
-                       alerts=self.alerts, rules=self.rules, skipped=self.rejected,
+                       alerts=self.alerts, rules=self.rules, skipped=self.rejected + self.skipped,
                        seconds=self.seconds)
 
 
@@ -78,7 +81,11 @@ def scan(
     rows = AlertTable(output) if table else None
     done_bytes = 0
     for path, size in zip(files, sizes, strict=True):
+        skipped: Counter[str] = Counter()
         for item in read_records(path):
+            if item.skipped is not None:
+                skipped[item.skipped] += 1
+                continue
             counts.records += 1
             if bar is not None:
                 bar.update(done_bytes, counts.records, counts.alerts)
@@ -117,6 +124,12 @@ def scan(
                     output.write(encode_json(alert).decode() + "\n")
                 counts.alerts += 1
         done_bytes += size
+        if skipped:
+            counts.skipped += skipped.total()
+            reasons = "; ".join(f"{count} x {why}" for why, count in skipped.items())
+            if bar is not None:
+                bar.clear()
+            print(f"skipped {path}: no CloudTrail in {reasons}", file=sys.stderr)
     if bar is not None:
         bar.update(done_bytes, counts.records, counts.alerts, force=True)
         bar.clear()

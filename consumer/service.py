@@ -14,13 +14,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import compress, islice
 from operator import ne
 from types import FrameType
-from typing import cast
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -31,7 +31,8 @@ from prometheus_client import Counter as PrometheusCounter
 from consumer.alert import Alert, Headers, alert_for, build_throttle_summary, encode_json
 from consumer.config import ConfigError, Settings
 from consumer.decode import DecodeError
-from consumer.detector import Detector, RuleEvaluationError
+from consumer.detector import Detector, EventsVerdict, RuleEvaluationError, Verdict
+from consumer.envelopes import compressed
 from consumer.metrics import Metrics
 from consumer.progress import Progress, ReasonLog, format_hint
 from consumer.record import avro_to_json
@@ -348,19 +349,43 @@ class Service:
             else:
                 if verdict is None:
                     skipped += 1
-                else:
+                elif type(verdict) is Verdict:
                     decoded += 1
                     for rule in verdict.matched:
                         self._alert(rule, verdict.record, message, consumed_at)
-                    for rule, item in verdict.excepted:
-                        self.metrics.exception_removals.labels(
-                            rule.rule_id, item.list_id, item.item_id
-                        ).inc()
+                    self._count_excepted(verdict)
+                else:
+                    decoded += self._handle_events(cast(EventsVerdict, verdict), message,
+                                                   consumed_at)
         self._tally_partitions(messages, sizes, blocked)
         self.metrics.prefilter_skipped.inc(skipped + len(messages) - len(looked_at))
         self.metrics.events_decoded.inc(decoded)
         for rule in self.detector.rules:
             self.metrics.rule_evaluations.labels(rule.rule_id).inc(decoded)
+
+    def _handle_events(self, verdict: EventsVerdict, message: Message, consumed_at: float) -> int:
+        """Alerts for each event of a multi-event message, a dead letter for each event that
+        failed (the event alone, with its index); returns how many events were judged."""
+        events = verdict.events
+        if events.skipped is not None:
+            self.metrics.messages_without_cloudtrail.labels(events.shape).inc()
+            log.debug("%s[%d]@%d skipped: %s", *_origin(message), events.skipped)
+            return 0
+        for index, judged in verdict.verdicts:
+            for rule in judged.matched:
+                self._alert(rule, judged.record, message, consumed_at,
+                            original=events.original(index), context=events.context)
+            self._count_excepted(judged)
+        for index, failure in verdict.failures:
+            if isinstance(failure, DecodeError):
+                self.metrics.decode_errors.labels(failure.reason).inc()
+            self._dead_letter(message, failure.reason, str(failure),
+                              event=(index, events.original(index).encode("utf-8", "replace")))
+        return len(verdict.verdicts)
+
+    def _count_excepted(self, verdict: Verdict) -> None:
+        for rule, item in verdict.excepted:
+            self.metrics.exception_removals.labels(rule.rule_id, item.list_id, item.item_id).inc()
 
     def _without_errors(self, messages: list[Message]) -> list[Message]:
         """The batch without the consumer's error events, which are reported."""
@@ -419,20 +444,27 @@ class Service:
             log.warning("consume: %s", error)
 
     def _alert(
-        self, rule: LoadedRule, record: dict[str, object], message: Message, consumed_at: float
+        self, rule: LoadedRule, record: dict[str, object], message: Message, consumed_at: float,
+        *, original: str | None = None, context: Mapping[str, str] | None = None,
     ) -> None:
+        """`original` is the event's JSON when the message held several; `context` the fields
+        its envelope carried (EventBridge id and time, Filebeat timestamps)."""
         self.metrics.rule_matches.labels(rule.rule_id).inc()
         now = datetime.now(UTC)
         if not self._throttle.admit(rule.rule_id, now):
             self.metrics.alerts_throttled.labels(rule.rule_id).inc()
             return
         payload = message.value()
-        original = None
-        if self.settings.include_event_original and payload is not None:
+        if not self.settings.include_event_original or payload is None:
+            original = None
+        elif original is None:
             original = self._original_json(record, payload)
 
         def build(original: str | None) -> Alert:
-            return alert_for(rule, record, detected_at=now, original=original)
+            alert = alert_for(rule, record, detected_at=now, original=original)
+            if context:
+                _add_context(alert.document, context)
+            return alert
 
         alert = build(original)
         # A record near Kafka's message size limit is too large to carry twice: once more in
@@ -455,7 +487,7 @@ class Service:
 
     def _original_json(self, record: dict[str, object], payload: bytes) -> str:
         """event.original is the CloudTrail JSON record, whatever the input encoding."""
-        if self.detector.decoder.text_format:
+        if self.detector.decoder.text_format and not compressed(payload):
             return payload.decode("utf-8", "replace")
         try:
             return json.dumps(avro_to_json(record), separators=(",", ":"))
@@ -511,7 +543,11 @@ class Service:
         if self.progress.due():
             log.info("%s", self.progress.line(self.source.lag(), len(self.source.assignment)))
 
-    def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
+    def _dead_letter(
+        self, message: Message, reason: str, detail: str,
+        *, event: tuple[int, bytes] | None = None,
+    ) -> None:
+        """The message, or with `event` (index, JSON) only that event of a multi-event one."""
         topic, partition, offset = _origin(message)
         hint = format_hint(message.value(), self.settings.input_format)
         if hint is not None and reason not in ("rule-error", "alert-too-large"):
@@ -528,6 +564,9 @@ class Service:
             ("dlq.detector.time", datetime.now(UTC).isoformat().encode()),
         ]
         value = message.value()
+        if event is not None:
+            headers.append(("dlq.event.index", str(event[0]).encode()))
+            value = event[1]
         if not self._produce_if_fits(self.settings.dead_letter_topic, message.key(), value,
                                      headers):
             # The header says where the original is: it stays readable in the source topic.
@@ -617,6 +656,18 @@ class Service:
         self._batch_messages = 0
         for tp in lost:
             self._paused_until.pop((tp.topic, tp.partition), None)
+
+
+def _add_context(document: dict[str, Any], context: Mapping[str, str]) -> None:
+    """The envelope's fields into an alert, where the event did not set them already. A
+    shipper's `@timestamp` becomes `event.created`, as Elastic's CloudTrail pipeline sets it
+    before eventTime takes `@timestamp` over."""
+    for dotted, value in context.items():
+        *parents, leaf = ("event.created" if dotted == "@timestamp" else dotted).split(".")
+        node = document
+        for part in parents:
+            node = node.setdefault(part, {})
+        node.setdefault(leaf, value)
 
 
 def install_signal_handlers(service: Service) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, product
 
+from consumer.envelopes import text_forms
 from consumer.rules.esql import (
     Compare,
     CompiledQuery,
@@ -102,6 +103,15 @@ def _encode(groups: Iterable[frozenset[str]]) -> tuple[tuple[bytes, ...], ...]:
     return tuple(dict.fromkeys(encoded))
 
 
+def _encode_text(groups: Iterable[frozenset[str]]) -> tuple[tuple[bytes, ...], ...]:
+    """As `_encode`, each literal in every spelling a JSON payload gives it: a record may sit
+    in a JSON string (Filebeat's `message`, Cribl's `_raw`), its quotes escaped."""
+    encoded = (
+        tuple(sorted({form for value in group for form in text_forms(value)})) for group in groups
+    )
+    return tuple(dict.fromkeys(encoded))
+
+
 def _json_safe(group: frozenset[str]) -> bool:
     return not any(_JSON_ESCAPED.intersection(value) for value in group)
 
@@ -119,7 +129,7 @@ class Prefilter:
     @classmethod
     def for_query(cls, query: CompiledQuery) -> "Prefilter":
         groups = required_literals(query.condition, query)
-        return cls(_encode(groups), _encode(group for group in groups if _json_safe(group)))
+        return cls(_encode(groups), _encode_text(group for group in groups if _json_safe(group)))
 
     def may_match(self, payload: bytes, text_format: bool) -> bool:
         """False only when the rule cannot match the record(s) encoded in `payload`.

@@ -19,13 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumer.decode import (
+    Decoded,
     DecodeError,
     Decoder,
+    Events,
     JsonDecoder,
     RegistryAvroDecoder,
     SchemalessAvroDecoder,
 )
-from consumer.event import CloudTrailRecord
+from consumer.envelopes import SHAPES, wrap
 from consumer.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
 
 PEAK_BYTES_LIMIT = 1024 * 1024
@@ -113,12 +115,12 @@ def traced() -> Iterator[None]:
 
 def decode_measuring_peak(
     decoder: Decoder, payload: bytes
-) -> tuple[CloudTrailRecord | DecodeError, int]:
+) -> tuple[Decoded | DecodeError, int]:
     """Decode; return the record or DecodeError (anything else propagates) and the bytes the
     decode allocated at its peak, above what was allocated before."""
     baseline = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
-    outcome: CloudTrailRecord | DecodeError
+    outcome: Decoded | DecodeError
     try:
         outcome = decoder.decode(payload)
     except DecodeError as error:
@@ -128,11 +130,12 @@ def decode_measuring_peak(
 
 def assert_decodes_or_rejects(decoder: Decoder, payload: bytes) -> None:
     outcome, peak = decode_measuring_peak(decoder, payload)
-    if isinstance(outcome, DecodeError):
-        assert outcome.reason
-        assert str(outcome)
-    else:
-        assert isinstance(outcome["eventName"], str)
+    for item in outcome.items if isinstance(outcome, Events) else (outcome,):
+        if isinstance(item, DecodeError):
+            assert item.reason
+            assert str(item)
+        else:
+            assert isinstance(item["eventName"], str)
     assert peak < PEAK_BYTES_LIMIT
 
 
@@ -179,6 +182,35 @@ def test_schemaless_decoder_survives_mutated_and_random_bodies(
 @given(payload=mutated(JSON_SEEDS) | st.binary(max_size=300) | st.text().map(str.encode))
 def test_json_decoder_survives_mutated_and_random_text(traced: None, payload: bytes) -> None:
     assert_decodes_or_rejects(JsonDecoder(), payload)
+
+
+ENVELOPE_SEEDS = [wrap(EVENTS[:1], shape) for shape in SHAPES] + [
+    wrap(EVENTS, "cloudwatch", base64_encoded=True), wrap(EVENTS, "records"),
+]
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=3),
+    max_leaves=10,
+)
+ENVELOPE_KEYS = ["Records", "digestStartTime", "logFiles", "detail-type", "detail", "messageType",
+                 "logEvents", "Events", "_raw", "message", "event", "@timestamp", "eventVersion"]
+
+
+@FUZZ_SETTINGS
+@given(payload=mutated(ENVELOPE_SEEDS))
+def test_json_decoder_survives_mutated_envelopes_compressed_or_not(
+    traced: None, payload: bytes
+) -> None:
+    assert_decodes_or_rejects(JsonDecoder(), payload)
+
+
+@FUZZ_SETTINGS
+@given(value=st.dictionaries(st.sampled_from(ENVELOPE_KEYS), JSON_VALUES, min_size=1))
+def test_json_decoder_survives_envelope_keys_holding_anything(
+    traced: None, value: dict[str, Any]
+) -> None:
+    assert_decodes_or_rejects(JsonDecoder(), json.dumps(value).encode())
 
 
 def first_difference(left: bytes, right: bytes) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from consumer.decode import DecodeError, Decoder, JsonDecoder, SchemalessAvroDecoder
+from consumer.decode import Decoded, DecodeError, Decoder, JsonDecoder, SchemalessAvroDecoder
 from consumer.detector import SKIPPED, Detector, RuleEvaluationError
 from consumer.event import CloudTrailRecord
 from consumer.normalize import normalize
@@ -39,13 +39,13 @@ class CountingDecoder:
         self.decoded = 0
         self.framing_checked = 0
 
-    def decode(self, payload: bytes | None) -> CloudTrailRecord:
+    def decode(self, payload: bytes | None) -> Decoded:
         self.decoded += 1
         return self.inner.decode(payload)
 
-    def check_framing(self, payload: bytes | None) -> None:
+    def check_framing(self, payload: bytes | None) -> bool:
         self.framing_checked += 1
-        self.inner.check_framing(payload)
+        return self.inner.check_framing(payload)
 
     def well_framed(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> bool:
         return self.inner.well_framed(payloads, sizes)
@@ -140,7 +140,7 @@ def test_without_the_prefilter_every_message_is_decoded(wire: str) -> None:
     [
         ("avro", b"\xff\xfe not avro at all", "avro-corrupt"),
         ("avro", b"", "empty"),
-        ("json", b"[1, 2, 3]", "invalid-json"),
+        ("json", b"{1, 2, 3]", "invalid-json"),
         ("json", b"garbage", "invalid-json"),
         ("json", b"", "empty"),
     ],

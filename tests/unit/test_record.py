@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from consumer.record import (
     EXTRA_FIELDS,
+    JSON_TEXT_FIELDS,
     READER_SCHEMA,
     REQUIRED_FIELDS,
     SCHEMA_TEXT,
@@ -315,3 +316,10 @@ def test_any_json_values_under_known_or_unknown_keys_round_trip(
 ) -> None:
     record = {**top, "userIdentity": identity, **MINIMAL}
     assert_lossless(record)
+
+
+def test_json_text_fields_are_the_schemas_free_form_objects_at_any_level() -> None:
+    assert {"requestParameters", "responseElements", "additionalEventData",
+            "serviceEventDetails", "webIdFederationData"} <= JSON_TEXT_FIELDS
+    assert "extraFields" not in JSON_TEXT_FIELDS
+    assert "eventName" not in JSON_TEXT_FIELDS

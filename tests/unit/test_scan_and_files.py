@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from consumer.files import FileRecord, expand, read_records
+from consumer.envelopes import SHAPES, Shape, wrap
+from consumer.files import FileRecord, _read_stream, expand, read_records
 from consumer.rules.loader import LoadedRule, load_rules
 from consumer.scan import scan
 from tests.conftest import shared_path
@@ -138,11 +139,14 @@ def test_a_corrupt_gzip_file_is_reported_not_raised(tmp_path: Path) -> None:
     assert items[0].error.startswith("corrupt gzip")
 
 
-def test_expand_lists_cloudtrail_files_below_directories_in_order(tmp_path: Path) -> None:
-    for name in ("b/2.json.gz", "b/1.jsonl", "a.json", "notes.txt", "b/c/3.json"):
+def test_expand_lists_every_file_below_directories_in_order_but_hidden_ones(
+    tmp_path: Path,
+) -> None:
+    for name in ("b/2.json.gz", "b/1.jsonl", "a.json", "b/c/3.json", ".git/x.json", "b/.seen"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("{}")
-    explicit = tmp_path / "notes.txt"
+    explicit = tmp_path / ".hidden-but-named.json"
+    explicit.write_text("{}")
 
     files = expand([tmp_path, explicit])
 
@@ -247,3 +251,109 @@ def test_scan_of_real_createaccesskey_events_alerts_on_exactly_the_labelled_line
     assert (records, rejected) == (len(labels), 0)
     expected = sorted(label["eventID"] for label in labels if label[verdict_field] == "alert")
     assert sorted(alert["event"]["id"] for alert in alerts) == expected
+
+
+@pytest.mark.parametrize("name", ["trail.log", "trail.ndjson", "trail", "trail.txt.gz"])
+def test_files_are_read_by_content_whatever_their_name(tmp_path: Path, name: str) -> None:
+    data = json_lines(cross_user(1), harmless(2)).encode()
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+
+    alerts, records, *_ = run_scan([tmp_path])
+
+    assert records == 2
+    assert [alert["event"]["id"] for alert in alerts] == ["cross-1"]
+
+
+def test_a_file_that_is_not_json_is_skipped_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("hello\n" * 1000)
+
+    _, records, _, rejected = run_scan([tmp_path])
+
+    assert (records, rejected) == (0, 0)
+    assert capsys.readouterr().err.splitlines() == [
+        f"skipped {tmp_path / 'notes.txt'}: no CloudTrail in 1 x not JSON"
+    ]
+
+
+def test_non_cloudtrail_json_and_digest_files_are_skipped_with_one_summary_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = [{"eventID": f"e-{n}", "elastic_verdict": "alert"} for n in range(24)]
+    (tmp_path / "labels.json").write_text(json.dumps(labels, indent=2))
+    (tmp_path / "digest.json.gz").write_bytes(gzip.compress(json.dumps(
+        {"digestStartTime": "2026-11-29T09:00:00Z", "logFiles": []}).encode()))
+    (tmp_path / "trail.json").write_text(json.dumps({"Records": [cross_user(1)]}))
+
+    alerts, records, _, rejected = run_scan([tmp_path])
+
+    assert (records, rejected, len(alerts)) == (1, 0, 1)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert err[0].startswith(f"skipped {tmp_path / 'digest.json.gz'}: no CloudTrail in 1 x")
+    assert "digest" in err[0]
+    assert err[1].startswith(f"skipped {tmp_path / 'labels.json'}: no CloudTrail in 24 x")
+
+
+def test_lookup_events_output_pretty_printed_as_the_aws_cli_writes_it(tmp_path: Path) -> None:
+    path = tmp_path / "lookup.json"
+    path.write_text(json.dumps({"Events": [
+        {"EventId": "cross-1", "EventName": "CreateAccessKey",
+         "CloudTrailEvent": json.dumps(cross_user(1))},
+        {"EventId": "read-2", "CloudTrailEvent": json.dumps(harmless(2))},
+    ], "NextToken": "x"}, indent=4))
+
+    assert list(read_records(path)) == [
+        FileRecord(cross_user(1), f"{path}#0"), FileRecord(harmless(2), f"{path}#1")
+    ]
+
+
+def test_concatenated_json_as_firehose_writes_it_with_and_without_newlines(tmp_path: Path) -> None:
+    back_to_back = tmp_path / "firehose-1"
+    back_to_back.write_bytes(gzip.compress(
+        (json.dumps(cross_user(1)) + json.dumps(harmless(2)) + json.dumps(cross_user(3))).encode()
+    ))
+    pretty = tmp_path / "firehose-2"
+    pretty.write_text(json.dumps(cross_user(4), indent=2) + json.dumps(harmless(5), indent=2))
+
+    assert records_of(back_to_back) == [cross_user(1), harmless(2), cross_user(3)]
+    assert records_of(pretty) == [cross_user(4), harmless(5)]
+
+
+def test_firehose_cloudwatch_and_eventbridge_documents_in_one_file(tmp_path: Path) -> None:
+    cloudwatch = json.loads(gzip.decompress(wrap([cross_user(1), harmless(2)], "cloudwatch")))
+    eventbridge = json.loads(wrap([cross_user(3)], "eventbridge"))
+    path = tmp_path / "delivery"
+    path.write_text(json.dumps(cloudwatch) + json.dumps(eventbridge) + "\n")
+
+    items = list(read_records(path))
+
+    assert [item.record for item in items] == [cross_user(1), harmless(2), cross_user(3)]
+    assert [item.origin for item in items] == [f"{path}:1@0#0", f"{path}:1@0#1", f"{path}:1@1"]
+
+
+def test_a_large_json_lines_file_is_streamed_not_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    path.write_text(json_lines(*(harmless(n) for n in range(2000))))
+    size = path.stat().st_size
+
+    with path.open("rb") as handle:
+        records = _read_stream(handle, str(path))
+        next(records)
+        assert handle.tell() < size / 4  # only the first buffer has been read
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_scan_alerts_on_a_match_in_each_shape_cloudtrail_arrives_in(
+    tmp_path: Path, shape: Shape
+) -> None:
+    multi = shape in ("records", "cloudwatch", "lookup-events")
+    records = [harmless(1), cross_user(1)] if multi else [cross_user(1)]
+    (tmp_path / "delivery").write_bytes(wrap(records, shape))
+
+    alerts, count, _, rejected = run_scan([tmp_path])
+
+    assert (count, rejected) == (len(records), 0)
+    assert [alert["event"]["id"] for alert in alerts] == ["cross-1"]
+    assert json.loads(alerts[0]["event"]["original"]) == cross_user(1)

@@ -1,0 +1,291 @@
+"""The shapes CloudTrail arrives in, and the records inside them.
+
+CloudTrail reaches Kafka bare, or wrapped by whatever carried it there:
+- `record`: a bare record (what `aws cloudtrail` and most shippers forward);
+- `records`: an S3 log file object `{"Records": [...]}`, or a JSON array of records; CloudTrail
+  digest files (`digestStartTime`, `logFiles`) hold no events and are skipped;
+- `eventbridge`: `{"detail-type": "AWS API Call via CloudTrail", "detail": {...}}`; other
+  EventBridge events (GuardDuty findings, ...) are skipped;
+- `cloudwatch`: a CloudWatch Logs subscription payload: `logEvents[].message` of a
+  `DATA_MESSAGE` each hold a record; a `CONTROL_MESSAGE` is skipped. It is gzip-compressed,
+  and base64 on top when it comes through Kinesis or Firehose;
+- `filebeat`: a Filebeat / Elastic Agent document, the record as JSON text in `message`;
+- `cribl`: a Cribl event, the record as JSON text in `_raw`;
+- `lookup-events`: `aws cloudtrail lookup-events` output, `{"Events": [{"CloudTrailEvent": ...}]}`.
+Any of them may be gzip-compressed, base64 of gzip, or base64 (as Kinesis hands records over).
+Detection looks at the keys only, so it costs a few dict lookups; `unwrap(value, shape)` pins
+one shape instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, get_args
+
+Shape = Literal[
+    "record", "records", "eventbridge", "cloudwatch", "filebeat", "cribl", "lookup-events"
+]
+SHAPES: Final[tuple[str, ...]] = get_args(Shape)
+
+GZIP_MAGIC: Final = b"\x1f\x8b"
+BASE64_GZIP_MAGIC: Final = b"H4sI"
+"""The base64 spelling of gzip's magic bytes and its deflate method byte."""
+BASE64_JSON_MAGIC: Final = b"eyJ"
+"""The base64 spelling of `{"`: a JSON object base64-encoded (no JSON text starts so)."""
+
+CLOUDTRAIL_DETAIL_TYPES: Final = frozenset(
+    {
+        "AWS API Call via CloudTrail",
+        "AWS Console Sign In via CloudTrail",
+        "AWS Service Event via CloudTrail",
+        "AWS Console Action via CloudTrail",
+        "AWS Insight via CloudTrail",
+    }
+)
+
+_RECORD_KEYS: Final = ("eventVersion", "eventSource", "eventName")
+
+
+class EnvelopeError(ValueError):
+    """A payload that claims a shape it does not hold: corrupt gzip or base64, a bad field."""
+
+    def __init__(self, reason: Literal["corrupt-gzip", "corrupt-base64", "invalid-json"],
+                 message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Unwrapped:
+    """What a message holds: candidate records (JSON values; a str is the JSON text of one), the
+    envelope's fields worth keeping for an alert, and why it holds none when it is skipped."""
+
+    shape: Shape
+    events: list[Any]
+    context: dict[str, str] = field(default_factory=dict)
+    skipped: str | None = None
+
+
+def compressed(data: bytes) -> bool:
+    """True for gzip, base64-of-gzip and base64-of-JSON payloads, by their first bytes."""
+    return (
+        data[:2] == GZIP_MAGIC or data[:4] == BASE64_GZIP_MAGIC or data[:3] == BASE64_JSON_MAGIC
+    )
+
+
+def inflate(data: bytes, limit: int) -> bytes:
+    """The bytes inside a gzip (or base64 gzip) payload, at most `limit` of them.
+
+    Raises EnvelopeError for a corrupt stream and ValueError("too-large") past the limit: a
+    small gzip bomb must not take the process's memory.
+    """
+    if data[:4] == BASE64_GZIP_MAGIC or data[:3] == BASE64_JSON_MAGIC:
+        try:
+            data = base64.b64decode(data.strip(), validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise EnvelopeError("corrupt-base64", f"not valid base64: {error}") from error
+        if data[:2] != GZIP_MAGIC:
+            if len(data) > limit:
+                raise ValueError(f"decodes to more than {limit} bytes")
+            return data
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        inflated = inflater.decompress(data, limit + 1)
+    except zlib.error as error:
+        raise EnvelopeError("corrupt-gzip", f"corrupt gzip: {error}") from error
+    if len(inflated) > limit:
+        raise ValueError(f"decompresses to more than {limit} bytes")
+    if not inflater.eof:
+        raise EnvelopeError("corrupt-gzip", "corrupt gzip: the stream ends early")
+    return inflated
+
+
+def is_record(value: Any) -> bool:
+    return isinstance(value, dict) and all(key in value for key in _RECORD_KEYS)
+
+
+def unwrap(value: Any, shape: Shape | None = None) -> Unwrapped:
+    """The records of one parsed JSON value, its shape detected unless `shape` pins it.
+
+    A value of no known shape is returned as a bare record, which the record conversion then
+    refuses with a reason; a pinned shape that does not fit raises EnvelopeError.
+    """
+    detected = shape or detect(value)
+    if shape is not None and not isinstance(value, list | dict):
+        raise EnvelopeError("invalid-json", f"a {shape} message is a JSON object")
+    return _UNWRAP[detected](value)
+
+
+def detect(value: Any) -> Shape:
+    if isinstance(value, list):
+        return "records"
+    if not isinstance(value, dict) or "eventVersion" in value:
+        return "record"
+    if "Records" in value or "digestStartTime" in value:
+        return "records"
+    if "detail-type" in value and "detail" in value:
+        return "eventbridge"
+    if "logEvents" in value and "messageType" in value:
+        return "cloudwatch"
+    if isinstance(value.get("Events"), list):
+        return "lookup-events"
+    if isinstance(value.get("_raw"), str):
+        return "cribl"
+    if isinstance(value.get("message"), str):
+        return "filebeat"
+    return "record"
+
+
+def _record(value: Any) -> Unwrapped:
+    return Unwrapped("record", [value])
+
+
+def _records(value: Any) -> Unwrapped:
+    if isinstance(value, list):
+        return Unwrapped("records", value)
+    if "digestStartTime" in value or "logFiles" in value:
+        return Unwrapped("records", [], skipped="a CloudTrail digest file: it holds no events")
+    records = value.get("Records")
+    if not isinstance(records, list):
+        raise EnvelopeError("invalid-json", "an S3 log file object's Records is an array")
+    return Unwrapped("records", records)
+
+
+def _eventbridge(value: dict[str, Any]) -> Unwrapped:
+    detail_type = value.get("detail-type")
+    context = _strings(value, (("id", "aws.eventbridge.id"), ("time", "aws.eventbridge.time"),
+                               ("account", "cloud.account.id"), ("region", "cloud.region")))
+    detail = value.get("detail")
+    cloudtrail = isinstance(detail_type, str) and detail_type in CLOUDTRAIL_DETAIL_TYPES
+    if not cloudtrail and not is_record(detail):
+        source = value.get("source")
+        return Unwrapped("eventbridge", [], context,
+                         skipped=f"an EventBridge {detail_type!r} event from {source!r}, "
+                                 "not CloudTrail")
+    return Unwrapped("eventbridge", [detail], context)
+
+
+def _cloudwatch(value: dict[str, Any]) -> Unwrapped:
+    kind = value.get("messageType")
+    if kind == "CONTROL_MESSAGE":
+        return Unwrapped("cloudwatch", [], skipped="a CloudWatch Logs CONTROL_MESSAGE")
+    events = value.get("logEvents")
+    if kind != "DATA_MESSAGE" or not isinstance(events, list):
+        raise EnvelopeError("invalid-json", "a CloudWatch Logs DATA_MESSAGE has logEvents")
+    context = _strings(value, (("owner", "cloud.account.id"),
+                               ("logGroup", "aws.cloudwatch.log_group")))
+    return Unwrapped("cloudwatch", [_field(event, "message") for event in events], context)
+
+
+def _filebeat(value: dict[str, Any]) -> Unwrapped:
+    context = _strings(value, (("@timestamp", "@timestamp"),))
+    event = value.get("event")
+    if isinstance(event, dict) and isinstance(event.get("ingested"), str):
+        context["event.ingested"] = event["ingested"]
+    return Unwrapped("filebeat", [_field(value, "message")], context)
+
+
+def _cribl(value: dict[str, Any]) -> Unwrapped:
+    return Unwrapped("cribl", [_field(value, "_raw")])
+
+
+def _lookup_events(value: dict[str, Any]) -> Unwrapped:
+    events = value.get("Events")
+    if not isinstance(events, list):
+        raise EnvelopeError("invalid-json", "lookup-events output's Events is an array")
+    return Unwrapped("lookup-events", [_field(event, "CloudTrailEvent") for event in events])
+
+
+def _field(value: Any, name: str) -> Any:
+    """The record held in `value[name]`; None (refused downstream) when it is absent."""
+    return value.get(name) if isinstance(value, dict) else None
+
+
+def _strings(value: dict[str, Any], names: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {ecs: value[key] for key, ecs in names if isinstance(value.get(key), str)}
+
+
+_UNWRAP: Final = {
+    "record": _record,
+    "records": _records,
+    "eventbridge": _eventbridge,
+    "cloudwatch": _cloudwatch,
+    "filebeat": _filebeat,
+    "cribl": _cribl,
+    "lookup-events": _lookup_events,
+}
+
+
+def text_forms(literal: str) -> tuple[bytes, ...]:
+    """The byte spellings a literal of a record takes in a JSON payload of any shape: as is
+    (bare record, `Records`, `detail`), and JSON-string-escaped once (the record as text in
+    `message`, `_raw`, `CloudTrailEvent` or a CloudWatch log event). A literal without `"` or
+    `\\` is spelled the same in both."""
+    plain = literal.encode()
+    escaped = json.dumps(literal, ensure_ascii=False)[1:-1].encode()
+    return (plain,) if escaped == plain else (plain, escaped)
+
+
+def wrap(records: list[dict[str, Any]], shape: Shape, *, base64_encoded: bool = False) -> bytes:
+    """One message of `shape` holding `records`, as its producer would write it: for replay
+    and tests. The single-event shapes (record, eventbridge, filebeat, cribl) take one record.
+    A CloudWatch Logs payload is gzipped, and base64 on top with `base64_encoded`."""
+    if shape not in ("records", "cloudwatch", "lookup-events") and len(records) != 1:
+        raise ValueError(f"a {shape} message holds one record, not {len(records)}")
+    first = records[0] if records else {}
+    account = _account(first)
+    text = [json.dumps(record, separators=(",", ":")) for record in records]
+    value: Any
+    if shape == "record":
+        value = first
+    elif shape == "records":
+        value = {"Records": records}
+    elif shape == "eventbridge":
+        value = {
+            "version": "0", "id": str(first.get("eventID", "")),
+            "detail-type": "AWS API Call via CloudTrail",
+            "source": _eventbridge_source(first), "account": account,
+            "time": first.get("eventTime"), "region": first.get("awsRegion"),
+            "resources": [], "detail": first,
+        }
+    elif shape == "filebeat":
+        value = {"@timestamp": first.get("eventTime"), "message": text[0],
+                 "event": {"ingested": first.get("eventTime")},
+                 "input": {"type": "aws-s3"}, "ecs": {"version": "8.11.0"}}
+    elif shape == "cribl":
+        value = {"_raw": text[0], "_time": 0, "source": "cloudtrail", "sourcetype": "aws"}
+    elif shape == "lookup-events":
+        value = {"Events": [{"EventId": record.get("eventID"), "CloudTrailEvent": body}
+                            for record, body in zip(records, text, strict=True)]}
+    else:
+        value = {
+            "messageType": "DATA_MESSAGE", "owner": account,
+            "logGroup": "aws-cloudtrail-logs", "logStream": f"{account}_CloudTrail_us-east-1",
+            "subscriptionFilters": ["cloudtrail-detector"],
+            "logEvents": [{"id": str(index), "timestamp": 0, "message": body}
+                          for index, body in enumerate(text)],
+        }
+    data = json.dumps(value, separators=(",", ":")).encode()
+    if shape != "cloudwatch":
+        return data
+    packed = zlib.compressobj(wbits=31)
+    data = packed.compress(data) + packed.flush()
+    return base64.b64encode(data) if base64_encoded else data
+
+
+def _account(record: dict[str, Any]) -> str:
+    identity = record.get("userIdentity")
+    account = record.get("recipientAccountId") or (
+        identity.get("accountId") if isinstance(identity, dict) else None
+    )
+    return account if isinstance(account, str) else ""
+
+
+def _eventbridge_source(record: dict[str, Any]) -> str:
+    source = record.get("eventSource")
+    return "aws." + source.split(".")[0] if isinstance(source, str) else "aws.cloudtrail"
