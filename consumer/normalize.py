@@ -1116,6 +1116,8 @@ class FieldRegistry(Mapping[str, EcsField]):
         spec = self._fixed.get(name) or self._dynamic.get(name)
         if spec is not None:
             return spec
+        if not isinstance(name, str):  # `None in registry` must be False, as for a dict
+            raise KeyError(name)
         for root, key, _ in _PAYLOADS:
             prefix = f"{_FLATTENED_PREFIX}{root}."
             if name.startswith(prefix) and len(name) > len(prefix):

@@ -430,12 +430,13 @@ def compile_query(
     stages = _compile_stages(pipeline, rest)
     prefix = _conjunction(prefix_tests)
     fetchers = pipeline.fetchers
-    output = [(name, entry.type, entry.key) for name, entry in pipeline.scope.items()]
-    for name, kind, _key in output:
-        if kind.startswith("unsupported:"):
-            raise source.unsupported(
-                f"column '{name}' has type {kind.split(':', 1)[1]}, which is not supported", 0
-            )
+    # ES|QL returns a column of a type it cannot read (geo_point here) as `unsupported`, with
+    # null values; only reading one in an expression is refused.
+    output = [
+        (name, entry.type, entry.key)
+        for name, entry in pipeline.scope.items()
+        if not entry.type.startswith("unsupported:")
+    ]
     steps = [step for kind, step in stages.steps if kind == "row"]
 
     def through(frame: _Frame) -> bool:
