@@ -7,6 +7,7 @@ import pytest
 
 from consumer.event import CloudTrailRecord, EcsValue
 from consumer.normalize import EcsField, EcsType
+from consumer.rules import esql
 from consumer.rules.esql import EsqlError, compile_query, syntax
 
 
@@ -485,3 +486,15 @@ def test_comments_inside_a_keep_list_and_backquoted_eval_names() -> None:
         FIELDS,
     )
     assert compiled.evaluate({"kw": "v"}) == {"kw": "v", "a.b": "v"}
+
+
+def test_field_types_we_do_not_know_read_as_keyword_and_unsupported_ones_as_null() -> None:
+    fields = {
+        "odd": EcsField("odd", "flattened", _reads("odd")),  # type: ignore[arg-type]
+        "geo": EcsField("geo", "geo_point", _reads("geo")),  # type: ignore[arg-type]
+    }
+    compiled = compile_query('from x | where odd == "a=1"', fields, metadata={})
+    assert compiled.evaluate({"odd": "a=1", "geo": "POINT (1 2)"}) == {"geo": None, "odd": "a=1"}
+    assert ("geo", "unsupported") in compiled.columns
+    with pytest.raises(esql.UnsupportedEsqlError, match="type geo_point"):
+        compile_query("from x | where geo IS NULL", fields, metadata={})

@@ -208,6 +208,10 @@ def fetcher(extract: Callable[[Any], Any], kind: str) -> ValueFn:
     return fetch
 
 
+def _absent(_record: Any) -> None:
+    return None
+
+
 # --- compilation ----------------------------------------------------------------------------
 
 
@@ -288,7 +292,9 @@ class _Pipeline:
             spec = registry[name]
             kind = field_type(spec.type)
             self.scope[name] = _Def(kind, name, name)
-            if not kind.startswith("unsupported:"):
+            if kind.startswith("unsupported:"):  # shown as null, as Elasticsearch does
+                self.fetchers[name] = _absent
+            else:
                 self.fetchers[name] = fetcher(spec.extract, kind)
 
     def slot(self) -> str:
@@ -430,12 +436,10 @@ def compile_query(
     stages = _compile_stages(pipeline, rest)
     prefix = _conjunction(prefix_tests)
     fetchers = pipeline.fetchers
-    output = [(name, entry.type, entry.key) for name, entry in pipeline.scope.items()]
-    for name, kind, _key in output:
-        if kind.startswith("unsupported:"):
-            raise source.unsupported(
-                f"column '{name}' has type {kind.split(':', 1)[1]}, which is not supported", 0
-            )
+    output = [
+        (name, "unsupported" if entry.type.startswith("unsupported:") else entry.type, entry.key)
+        for name, entry in pipeline.scope.items()
+    ]
     steps = [step for kind, step in stages.steps if kind == "row"]
 
     def through(frame: _Frame) -> bool:
