@@ -75,8 +75,6 @@ class Column:
     fetch: ValueFn
     extract: Callable[[Any], Any] | None = None
     """The source field's raw extractor, when `ctx` is the source record (the fast path)."""
-    source: str | None = None
-    """The source field this column shows unchanged, if any."""
 
 
 @dataclass(frozen=True, slots=True)

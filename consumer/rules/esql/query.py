@@ -267,7 +267,7 @@ class _Pipeline:
             raise self.source.error(f"unknown column '{node.name}' (not in METADATA)", node.pos)
         spec, kind = self.source_spec(node.name, node.pos)
         self.read.setdefault(node.name, spec)
-        return Column(kind, fetcher(spec.extract, kind), spec.extract, node.name)
+        return Column(kind, fetcher(spec.extract, kind), spec.extract)
 
     def frame_column(self, node: FieldRef) -> Column:
         entry = self.scope.get(node.name)
@@ -285,7 +285,7 @@ class _Pipeline:
             self.read.setdefault(
                 entry.source, self.fields.get(entry.source) or self.metadata[entry.source]
             )
-        return Column(entry.type, itemgetter(entry.key), None, entry.source)
+        return Column(entry.type, itemgetter(entry.key))
 
     def add_source_columns(self, names: Iterable[str], registry: Mapping[str, FieldSpec]) -> None:
         for name in names:
