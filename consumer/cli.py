@@ -8,6 +8,7 @@ deadline; 130 a second SIGTERM/SIGINT.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -142,6 +143,8 @@ def _query(args: argparse.Namespace) -> int:
     except EsqlError as error:
         print(f"cloudtrail-detector: query error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokenPipeError:  # the reader (`| head`) has seen enough
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stdout for exit
     return EXIT_OK
 
 
