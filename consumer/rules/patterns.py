@@ -2,7 +2,8 @@
 
 These run on values an attacker controls (request parameters, user agents, user names). Every
 regular expression runs on Google's RE2 (``google-re2``), whose matching time is linear in the
-value's length, whenever the pattern's semantics can be written in RE2 exactly:
+value's length; a pattern whose meaning RE2 cannot reproduce exactly is refused with
+UnsupportedPatternError, never approximated:
 
 - LIKE compiles to RE2 (or to plain string tests for the common shapes).
 - RLIKE is Lucene's RegExp syntax as ES|QL parses it (``RegExp.ALL`` syntax flags on Lucene 10:
@@ -15,8 +16,8 @@ value's length, whenever the pattern's semantics can be written in RE2 exactly:
   translated to RE2. Oniguruma features RE2 lacks (lookaround, atomic groups, ``\\b`` with
   Unicode word characters) are decided from the characters the pattern puts around them (see
   :func:`_plan`); a pattern where that is not possible is refused. There is no backtracking
-  fallback: even without nested repetition, Python ``re`` takes cubic time on patterns such as
-  ``%{GREEDYDATA}%{WORD}x`` and minutes on 8 KB.
+  fallback: even without nested repetition Python ``re`` is polynomial on patterns such as
+  ``%{GREEDYDATA}%{WORD}x``, which had not finished after ten minutes on an 8 KB value.
 - DISSECT is Elastic's left-to-right delimiter scan: linear, no regex at all.
 
 No length cap is needed for that reason. Elastic's own limit, should a caller want one: in the
