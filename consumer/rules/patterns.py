@@ -1478,7 +1478,14 @@ def compile_dissect(pattern: str, append_separator: str = "") -> Dissect:
         raise PatternError(
             f"Invalid pattern for dissect: [{pattern}]: Unable to find any keys or delimiters."
         )
-    refs = [k.name for k, _ in pairs if k.modifier in "*&" and k.modifier]
+    refs = [k.name for k, _ in pairs if k.modifier in ("*", "&")]
+    unpaired = [name for name, n in Counter(refs).items() if n != 2]
+    if unpaired:
+        raise PatternError(
+            f"Invalid pattern for dissect: [{pattern}]: Found invalid key/reference "
+            f"associations: '{unpaired[0]}' Please ensure each '*<key>' is matched with a "
+            "matching '&<key>"
+        )
     if refs:
         raise UnsupportedPatternError(
             f"Reference keys not supported in dissect patterns: [%{{*{refs[0]}}}]"

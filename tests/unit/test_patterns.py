@@ -571,3 +571,40 @@ def test_dissect_right_padding_on_the_last_key() -> None:
 @given(text=st.text(alphabet="ab1.9 \n", max_size=16))
 def test_grok_anchored_patterns_agree_with_the_backtracking_engine(pattern: str, text: str) -> None:
     assert _ours(pattern)(text) == _reference(pattern)(text)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "separator", "text", "expected"),
+    [
+        ("%{x->} %{y} %{z}", "", "one      two three", {"x": "one", "y": "two", "z": "three"}),
+        ("%{x->},%{y}", "", "one,,,,two", {"x": "one", "y": "two"}),
+        ("%{x} %{y}%{z} %{w}", "", "one two three", None),
+        ("%{x} %{y} %{+y} %{z}", " ", "a b c d", {"x": "a", "y": "b c", "z": "d"}),
+        ("%{x}====>%{y}", "", "a====>b c", {"x": "a", "y": "b c"}),
+        ("%{x} ¶ %{y}¶%{z}€%{w}", "", "a ¶ b¶c€d", {"x": "a", "y": "b", "z": "c", "w": "d"}),
+        ("%{+x} %{x} %{+x} %{y}", " ", "May 5 2020 z", {"x": "May 5 2020", "y": "z"}),
+        ("%{+x/1} %{x} %{+x/2} %{y}", " ", "May 5 2020 z", {"x": "5 May 2020", "y": "z"}),
+        ("%{+x/2} %{+x/4} %{+x/1} %{+x/3}", "-", "b d a c", {"x": "a-b-c-d"}),
+        ("%{x->}  %{y->}--%{z}", "", "a      b------c", {"x": "a", "y": "b", "z": "c"}),
+        ("%{->}-%{x}", "", "----7", {"x": "7"}),
+        ("%{?pad->}-%{x}", "", "----7", {"x": "7"}),
+        ("%{a},%{b},%{c},%{d}", "", "1,,3,", {"a": "1", "b": "", "c": "3", "d": ""}),
+        ("%{x}{\n}%{y}", "", "a{\n}b", {"x": "a", "y": "b"}),
+        ("HOST[%{x}] %{y}", "", "99 HOST[a] b", None),
+        ("%{x} %{y} %{z}", "", "a:b:c", None),
+        ("%{x} %%{y},%{z}", "", "a %b,c", {"x": "a", "y": "b", "z": "c"}),
+        ("%tag %{x}", "", "%tag v", {"x": "v"}),
+        ("%{x} %{->}", "", "a  b      ", {"x": "a"}),
+        ("%{x} %{->?skip}", "", "a  b      ", {"x": "a"}),
+        ("%{x} %{?s} %{?s}", "", "a  b  c", {"x": "a"}),
+    ],
+)
+def test_dissect_follows_elastics_scan(
+    pattern: str, separator: str, text: str, expected: dict[str, str] | None
+) -> None:
+    assert compile_dissect(pattern, separator)(text) == expected
+
+
+def test_dissect_refuses_unpaired_reference_keys_as_elastic_does() -> None:
+    with pytest.raises(PatternError, match="invalid key/reference associations"):
+        compile_dissect("%{a} %{&a}")
