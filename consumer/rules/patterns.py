@@ -2,7 +2,8 @@
 
 These run on values an attacker controls (request parameters, user agents, user names). Every
 regular expression runs on Google's RE2 (``google-re2``), whose matching time is linear in the
-value's length, whenever the pattern's semantics can be written in RE2 exactly:
+value's length; a pattern whose meaning RE2 cannot reproduce exactly is refused with
+UnsupportedPatternError, never approximated:
 
 - LIKE compiles to RE2 (or to plain string tests for the common shapes).
 - RLIKE is Lucene's RegExp syntax as ES|QL parses it (``RegExp.ALL`` syntax flags on Lucene 10:
@@ -13,36 +14,38 @@ value's length, whenever the pattern's semantics can be written in RE2 exactly:
 - GROK patterns expand Elastic's ``%{SYNTAX:SEMANTIC:type}`` references (ECS v1 pattern names,
   as ES|QL's GROK uses ``GrokBuiltinPatterns.get(true)``) into an Oniguruma regex, which is
   translated to RE2. Oniguruma features RE2 lacks (lookaround, atomic groups, ``\\b`` with
-  Unicode word characters) fall back to Python ``re``, but only for patterns without nested
-  repetition and only on values up to :data:`BACKTRACKING_INPUT_LIMIT` characters.
+  Unicode word characters) are decided from the characters the pattern puts around them (see
+  :func:`_plan`); a pattern where that is not possible is refused. There is no backtracking
+  fallback: even without nested repetition Python ``re`` is polynomial on patterns such as
+  ``%{GREEDYDATA}%{WORD}x``, which had not finished after ten minutes on an 8 KB value.
 - DISSECT is Elastic's left-to-right delimiter scan: linear, no regex at all.
 
-Why :data:`BACKTRACKING_INPUT_LIMIT` is 8191: in Elastic's AWS CloudTrail integration the
-longest keyword fields, ``aws.cloudtrail.request_parameters`` and ``response_elements``, are
-mapped with ``ignore_above: 8191`` (packages/aws/data_stream/cloudtrail/fields/fields.yml of
-elastic/integrations); every other keyword field gets Fleet's default ``ignore_above: 1024``.
-A keyword value longer than its ``ignore_above`` is not indexed and ES|QL reads it as null
-(elastic/elasticsearch#124678, still open), so GROK over such a field yields null columns, the
-same as a value that does not match. Returning "no match" above the limit is therefore exact
-for any field read from a CloudTrail document and only differs for longer computed values.
+No length cap is needed for that reason. Elastic's own limit, should a caller want one: in the
+AWS CloudTrail integration the longest keyword fields, ``aws.cloudtrail.request_parameters``
+and ``response_elements``, are mapped with ``ignore_above: 8191``
+(packages/aws/data_stream/cloudtrail/fields/fields.yml of elastic/integrations) and other
+keyword fields get Fleet's default ``ignore_above: 1024``; ES|QL reads a keyword value longer
+than its ``ignore_above`` as null, since it is not indexed (elastic/elasticsearch#124678, open).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 import sys
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Final, Literal
 
 import re2
+from re2 import _re2
 
 from consumer.rules.grok_library import ECS_V1
 
-BACKTRACKING_INPUT_LIMIT: Final = 8191
 MAX_CODE_POINT: Final = sys.maxunicode
 
 
@@ -120,7 +123,8 @@ def _unicode_class(name: str) -> Ranges:
         return _normalize((p, p) for p in points)
     wanted = ("L", "M", "N", "Pc") if name == "w" else ("Nd",)
     spans: list[tuple[int, int]] = []
-    for cp in range(MAX_CODE_POINT + 1):
+    # planes 4 to 13 hold no assigned characters and 15 and 16 only private use ones
+    for cp in itertools.chain(range(0x40000), range(0xE0000, 0xE1000)):
         cat = unicodedata.category(chr(cp))
         if cat.startswith(wanted):
             if spans and spans[-1][1] == cp - 1:
@@ -135,23 +139,70 @@ def _clean(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _safe(call: Callable[[str], Any]) -> Callable[[str], Any]:
-    def run(text: str) -> Any:
-        try:
-            return call(text)
-        except UnicodeEncodeError:
-            return call(_clean(text))
-
-    return run
-
-
-def _compile_re2(source: str, pattern: str, what: str) -> Any:
+def _utf8(text: str) -> bytes:
     try:
-        return re2.compile(source)
-    except re2.error as exc:
-        raise UnsupportedPatternError(
-            f"{what} pattern [{pattern}] is too large for RE2: {exc}"
-        ) from exc
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _clean(text).encode("utf-8")
+
+
+class _Re2:
+    """One compiled RE2 program, called through the binding's C++ ``RE2.Match``: the
+    ``re``-like wrapper of ``google-re2`` costs about 25 µs of Python bookkeeping per call,
+    the match itself about 3 µs on a CloudTrail-sized value.
+
+    Grok programs name their groups g<i>[_<copy>] (capture i of the pattern, in one of its
+    copies) and t<j>_<copy> (a character consumed to check a final lookahead)."""
+
+    __slots__ = ("_both", "_captures", "_markers", "_program", "_unanchored")
+
+    def __init__(self, source: str, pattern: str, what: str) -> None:
+        options = re2.Options()
+        options.log_errors = False
+        program = _re2.RE2(source.encode("utf-8"), options)
+        if not program.ok():
+            reason = program.error()
+            reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason
+            raise UnsupportedPatternError(f"{what} pattern [{pattern}] cannot run on RE2: {reason}")
+        self._program = program
+        self._both = _re2.RE2.Anchor.ANCHOR_BOTH
+        self._unanchored = _re2.RE2.Anchor.UNANCHORED
+        captures: dict[int, list[int]] = {}
+        markers: list[int] = []
+        for raw, index in program.NamedCapturingGroups():
+            name = raw.decode() if isinstance(raw, bytes) else raw
+            if name.startswith("t"):
+                markers.append(index)
+            else:
+                captures.setdefault(int(name[1:].split("_")[0]), []).append(index)
+        self._captures = tuple(tuple(captures[i]) for i in sorted(captures))
+        self._markers = tuple(markers)
+
+    def fullmatch(self, text: str) -> bool:
+        data = _utf8(text)
+        return bool(self._program.Match(self._both, data, 0, len(data))[0][0] >= 0)
+
+    def search(self, text: str) -> tuple[str | None, ...] | None:
+        """The capture groups of the first match, in the order their groups open; with copies
+        of a group, the value of the copy that took part."""
+        data = _utf8(text)
+        spans = self._program.Match(self._unanchored, data, 0, len(data))
+        if spans[0][0] < 0:
+            return None
+        cut, end = -1, -1
+        for index in self._markers:
+            if spans[index][0] >= 0:
+                cut, end = spans[index]
+        out: list[str | None] = []
+        for copies in self._captures:
+            value = None
+            for index in copies:
+                a, b = spans[index]
+                if a >= 0:
+                    value = data[a : cut if b == end and a <= cut else b].decode("utf-8")
+                    break
+            out.append(value)
+        return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,8 +253,7 @@ def like(pattern: str, *, case_insensitive: bool = False) -> Callable[[str], boo
         else:
             ranges: Ranges = ((ord(t), ord(t)),)
             parts.append(_re2_class(_ascii_fold(ranges) if case_insensitive else ranges))
-    regex = _compile_re2("".join(parts), pattern, "LIKE")
-    return _safe(lambda text: regex.fullmatch(text) is not None)
+    return _Re2("".join(parts), pattern, "LIKE").fullmatch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,8 +492,7 @@ def _decimal_interval(lo: int, hi: int, digits: int) -> str:
 def rlike(pattern: str, *, case_insensitive: bool = False) -> Callable[[str], bool]:
     """ES|QL RLIKE: Lucene RegExp syntax, the whole value must match."""
     source = _LuceneRegex(pattern, case_insensitive).parse()
-    regex = _compile_re2(source, pattern, "RLIKE")
-    return _safe(lambda text: regex.fullmatch(text) is not None)
+    return _Re2(source, pattern, "RLIKE").fullmatch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -689,27 +738,374 @@ class _NeedsBacktracking(Exception):  # noqa: N818 - internal control flow, not 
     pass
 
 
-def _to_re2(node: _Node) -> str:
-    """RE2 syntax for an Oniguruma AST; raises _NeedsBacktracking where RE2 has no equivalent."""
+def _intersects(a: Ranges, b: Ranges) -> bool:
+    i = j = 0
+    while i < len(a) and j < len(b):
+        if a[i][1] < b[j][0]:
+            i += 1
+        elif b[j][1] < a[i][0]:
+            j += 1
+        else:
+            return True
+    return False
+
+
+def _subset(a: Ranges, b: Ranges) -> bool:
+    return not _intersects(a, _complement(b))
+
+
+def _first(node: _Node) -> tuple[Ranges, bool]:
+    """The characters a match of node can start with, and whether it can match empty."""
     k = node.kind
+    if k == "set":
+        return node.ranges, False
+    if k in ("look", "anchor"):
+        return (), True
+    if k == "seq":
+        acc: list[tuple[int, int]] = []
+        for item in node.items:
+            chars, nullable = _first(item)
+            acc.extend(chars)
+            if not nullable:
+                return _normalize(acc), False
+        return _normalize(acc), True
+    if k == "alt":
+        parts = [_first(n) for n in node.items]
+        return _normalize(r for c, _ in parts for r in c), any(n for _, n in parts)
+    chars, nullable = _first(node.items[0])
+    return chars, nullable or (k == "rep" and node.lo == 0)
+
+
+def _last(node: _Node) -> tuple[Ranges, bool]:
+    """The characters a match of node can end with, and whether it can match empty."""
+    if node.kind == "seq":
+        acc: list[tuple[int, int]] = []
+        for item in reversed(node.items):
+            chars, nullable = _last(item)
+            acc.extend(chars)
+            if not nullable:
+                return _normalize(acc), False
+        return _normalize(acc), True
+    if node.kind == "alt":
+        parts = [_last(n) for n in node.items]
+        return _normalize(r for c, _ in parts for r in c), any(n for _, n in parts)
+    if node.kind in ("rep", "group", "atomic"):
+        chars, nullable = _last(node.items[0])
+        return chars, nullable or (node.kind == "rep" and node.lo == 0)
+    return _first(node)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """What can sit next to a position: these characters, or the edge of the text."""
+
+    chars: Ranges
+    edge: bool
+
+    def plus(self, chars: Ranges) -> _Ctx:
+        return _Ctx(_normalize([*self.chars, *chars]), self.edge)
+
+
+_ANY: Final = ((0, MAX_CODE_POINT),)
+
+
+@dataclass
+class _Plan:
+    """How each zero-width or atomic node is written in RE2, decided from its context."""
+
+    replace: dict[int, str] = field(default_factory=dict)
+    # lookbehinds on the character before the match: (node, class, negative)
+    lead: list[tuple[_Node, Ranges, bool]] = field(default_factory=list)
+    # lookaheads with nothing after them: node id -> the character class that consumes
+    trail: dict[int, str] = field(default_factory=dict)
+
+
+def _ll1(node: _Node, follow: Ranges) -> bool:
+    """Every choice inside node is decided by the next character: then an atomic group over
+    node can only ever keep the one match a backtracking engine would try first."""
+    k = node.kind
+    if k == "seq":
+        for i, item in enumerate(node.items):
+            rest, nullable = _first(_Node("seq", node.items[i + 1 :]))
+            if not _ll1(item, _normalize([*rest, *(follow if nullable else ())])):
+                return False
+        return True
+    if k == "alt":
+        firsts = [_first(n) for n in node.items]
+        for i, (a, a_null) in enumerate(firsts):
+            for b, b_null in firsts[i + 1 :]:
+                if _intersects(a, b) or (a_null and b_null):
+                    return False
+            if a_null and any(_intersects(c, follow) for c, _ in firsts):
+                return False
+        return all(_ll1(n, follow) for n in node.items)
+    if k == "rep":
+        body_first, body_null = _first(node.items[0])
+        if body_null:
+            return False
+        repeats = node.hi is None or node.hi > 1
+        if (node.hi is None or node.lo < node.hi) and _intersects(body_first, follow):
+            return False
+        inner_follow = _normalize([*follow, *(body_first if repeats else ())])
+        return _ll1(node.items[0], inner_follow)
+    if k in ("group", "atomic"):
+        return _ll1(node.items[0], follow)
+    return True
+
+
+def _plan(node: _Node, before: _Ctx, after: _Ctx, *, lead: bool, trail: bool, plan: _Plan) -> None:
+    """Decide every lookaround, word boundary and atomic group from the characters that can
+    precede and follow it; leave undecidable ones out of the plan (RE2 then cannot run it)."""
+    k = node.kind
+    if k == "seq":
+        items = node.items
+        for i, item in enumerate(items):
+            b = _side_ctx(items[:i][::-1], before, _last, ("^", "\\A"))
+            a = _side_ctx(items[i + 1 :], after, _first, ("$", "\\z"))
+            last = i == len(items) - 1
+            _plan(item, b, a, lead=lead and i == 0, trail=trail and last, plan=plan)
+    elif k == "alt":
+        for item in node.items:
+            _plan(item, before, after, lead=lead, trail=trail, plan=plan)
+    elif k == "rep":
+        body = node.items[0]
+        repeats = node.hi is None or node.hi > 1
+        b = before.plus(_last(body)[0]) if repeats else before
+        a = after.plus(_first(body)[0]) if repeats else after
+        # an optional item, when taken, starts where the match starts
+        _plan(body, b, a, lead=lead and not repeats, trail=False, plan=plan)
+    elif k == "group":
+        _plan(node.items[0], before, after, lead=lead, trail=trail, plan=plan)
+    elif k == "atomic":
+        body = node.items[0]
+        _plan(body, before, after, lead=lead, trail=trail, plan=plan)
+        greedy_only = _ll1(body, ()) and not _intersects(after.chars, _chars(body))
+        if trail or _choiceless(body) or greedy_only:
+            plan.replace[id(node)] = ""
+    elif k == "look":
+        _plan_look(node, before, after, lead=lead, trail=trail, plan=plan)
+    elif k == "anchor" and node.text in ("\\b", "\\B"):
+        _plan_boundary(node, before, after, lead=lead, trail=trail, plan=plan)
+
+
+def _side_ctx(
+    nearest_first: list[_Node],
+    outer: _Ctx,
+    chars_of: Callable[[_Node], tuple[Ranges, bool]],
+    anchors: tuple[str, str],
+) -> _Ctx:
+    """What can sit on one side of a sequence item: the characters of the neighbours up to
+    the first one that cannot match empty, else the outer context. A line anchor leaves only
+    a newline or the text's edge, a text anchor only the edge."""
+    acc: list[tuple[int, int]] = []
+    for node in nearest_first:
+        if node.kind == "anchor" and node.text in anchors:
+            line = node.text == anchors[0]
+            return _Ctx(_normalize([*acc, *(((10, 10),) if line else ())]), True)
+        chars, nullable = chars_of(node)
+        acc.extend(chars)
+        if not nullable:
+            return _Ctx(_normalize(acc), False)
+    return outer.plus(_normalize(acc))
+
+
+def _decide_one(
+    node: _Node,
+    ranges: Ranges,
+    *,
+    ahead: bool,
+    negative: bool,
+    ctx: _Ctx,
+    at_edge: bool,
+    plan: _Plan,
+) -> None:
+    """A one-character lookaround: constant when the context decides it; at the end of the
+    pattern, an extra character consumed after the captures; at its start, a choice among
+    copies of the pattern by the character before the match (see _re2_source)."""
+    never = _re2_class(())
+    if not _intersects(ctx.chars, ranges):
+        plan.replace[id(node)] = "" if negative else never
+    elif not ctx.edge and _subset(ctx.chars, ranges):
+        plan.replace[id(node)] = never if negative else ""
+    elif at_edge and not ahead:
+        plan.lead.append((node, ranges, negative))
+    elif at_edge:
+        other = _re2_class(_complement(ranges))
+        plan.trail[id(node)] = f"\\z|{other}" if negative else _re2_class(ranges)
+
+
+def _choiceless(node: _Node) -> bool:
+    """At most one way to match at any position: no alternation, no variable repetition."""
+    if node.kind == "alt":
+        return False
+    if node.kind == "rep" and node.lo != node.hi:
+        return False
+    return all(_choiceless(n) for n in node.items)
+
+
+def _plan_look(
+    node: _Node, before: _Ctx, after: _Ctx, *, lead: bool, trail: bool, plan: _Plan
+) -> None:
+    body = node.items[0]
+    while body.kind == "group" and not body.gid:
+        body = body.items[0]
+    if body.kind == "set":
+        ctx, at_edge = (after, trail) if node.ahead else (before, lead)
+        _decide_one(
+            node,
+            body.ranges,
+            ahead=node.ahead,
+            negative=node.negative,
+            ctx=ctx,
+            at_edge=at_edge,
+            plan=plan,
+        )
+    elif (
+        node.ahead
+        and body.kind == "seq"
+        and all(n.kind == "set" for n in body.items)
+        and not _intersects(after.chars, body.items[0].ranges)
+    ):
+        plan.replace[id(node)] = "" if node.negative else _re2_class(())
+
+
+def _plan_boundary(
+    node: _Node, before: _Ctx, after: _Ctx, *, lead: bool, trail: bool, plan: _Plan
+) -> None:
+    word = _unicode_class("w")
+
+    def side(ctx: _Ctx) -> bool | None:
+        if not _intersects(ctx.chars, word):
+            return False
+        if not ctx.edge and _subset(ctx.chars, word):
+            return True
+        return None
+
+    prev, nxt = side(before), side(after)
+    wants_change = node.text == "\\b"
+    if prev is not None and nxt is not None:
+        plan.replace[id(node)] = "" if (prev != nxt) == wants_change else _re2_class(())
+    elif prev is not None:
+        # the next character must be a word character exactly when the previous is not
+        next_word = (not prev) == wants_change
+        _decide_one(
+            node, word, ahead=True, negative=not next_word, ctx=after, at_edge=trail, plan=plan
+        )
+    elif nxt is not None:
+        prev_word = (not nxt) == wants_change
+        _decide_one(
+            node, word, ahead=False, negative=not prev_word, ctx=before, at_edge=lead, plan=plan
+        )
+
+
+def _to_re2(node: _Node, replace: dict[int, str], copy: int, trail: dict[int, str]) -> str:
+    """RE2 syntax for an Oniguruma AST; raises _NeedsBacktracking where RE2 has no equivalent.
+    Capture groups of copy k > 0 get the suffix _k. A lookahead with nothing after it
+    consumes the character it looks at, inside a group t<n> whose character _Re2 later trims
+    from the captures that end with it."""
+    k = node.kind
+    if id(node) in trail:
+        return f"(?P<t{list(trail).index(id(node))}_{copy}>{trail[id(node)]})"
+    if id(node) in replace:
+        if k == "atomic":
+            return f"(?:{_to_re2(node.items[0], replace, copy, trail)})"
+        return replace[id(node)]
     if k == "set":
         return _re2_class(node.ranges)
     if k == "seq":
-        return "".join(_to_re2(n) for n in node.items)
+        return "".join(_to_re2(n, replace, copy, trail) for n in node.items)
     if k == "alt":
-        return "(?:" + "|".join(_to_re2(n) for n in node.items) + ")"
+        return "(?:" + "|".join(_to_re2(n, replace, copy, trail) for n in node.items) + ")"
     if k == "rep":
-        if max(node.lo, node.hi or 0) > _RE2_REPEAT_LIMIT:
-            raise _NeedsBacktracking
-        hi = "" if node.hi is None else str(node.hi)
-        lazy = "" if node.greedy else "?"
-        return f"(?:{_to_re2(node.items[0])}){{{node.lo},{hi}}}{lazy}"
+        return _rep_to_re2(node, _to_re2(node.items[0], replace, copy, trail))
     if k == "group":
-        inner = _to_re2(node.items[0])
-        return f"(?P<{node.gid}>{inner})" if node.gid else f"(?:{inner})"
+        inner = _to_re2(node.items[0], replace, copy, trail)
+        if not node.gid:
+            return f"(?:{inner})"
+        return f"(?P<{node.gid}{f'_{copy}' if copy else ''}>{inner})"
     if k == "anchor" and node.text in _RE2_ANCHORS:
         return _RE2_ANCHORS[node.text]
     raise _NeedsBacktracking
+
+
+def _repeat_weight(node: _Node) -> int:
+    """RE2's measure of nested counted repetition (its limit is 1000)."""
+    inner = max((_repeat_weight(n) for n in node.items), default=1)
+    if node.kind == "rep":
+        return inner * max(node.hi if node.hi is not None else node.lo, 1)
+    return inner
+
+
+def _rep_to_re2(node: _Node, body: str) -> str:
+    lazy = "" if node.greedy else "?"
+    if _repeat_weight(node) <= _RE2_REPEAT_LIMIT:
+        hi = "" if node.hi is None else str(node.hi)
+        return f"(?:{body}){{{node.lo},{hi}}}{lazy}"
+    if node.hi is None or _repeat_weight(node.items[0]) * node.lo > _RE2_REPEAT_LIMIT:
+        raise _NeedsBacktracking
+    if _has_capture(node.items[0]):
+        raise _NeedsBacktracking
+    # X{lo,hi} as X{lo} then hi-lo nested optionals: same strings, same order of preference,
+    # and within RE2's nesting limit
+    optional = ""
+    for _ in range(node.hi - node.lo):
+        optional = f"(?:{body}{optional}){'?' + lazy}"
+    return f"(?:{body}){{{node.lo}}}{optional}"
+
+
+def _has_capture(node: _Node) -> bool:
+    return bool(node.gid) or any(_has_capture(n) for n in node.items)
+
+
+def _atoms(classes: Iterable[Ranges]) -> list[Ranges]:
+    """The coarsest partition of all characters that every class is a union of."""
+    atoms: list[Ranges] = [_ANY]
+    for cls in classes:
+        split: list[Ranges] = []
+        for atom in atoms:
+            inside = _normalize(_intersection(atom, cls))
+            outside = _normalize(_intersection(atom, _complement(cls)))
+            split.extend(part for part in (inside, outside) if part)
+        atoms = split
+    return atoms
+
+
+def _intersection(a: Ranges, b: Ranges) -> list[tuple[int, int]]:
+    out = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _re2_source(tree: _Node) -> str:
+    """The RE2 program for a parsed pattern.
+
+    Lookbehinds at the very start of the match depend on the character before it. The
+    program then starts with that character (or the start of the text) and continues with a
+    copy of the pattern where each such lookbehind is decided for that character's class.
+    At a given start exactly one copy applies and the order of attempts is unchanged, so the
+    first match, and its captures, are the ones a backtracking engine finds."""
+    plan = _Plan()
+    _plan(tree, _Ctx(_ANY, True), _Ctx(_ANY, True), lead=True, trail=True, plan=plan)
+    if not plan.lead:
+        return "(?:" + _to_re2(tree, plan.replace, 0, plan.trail) + ")"
+    never = _re2_class(())
+    options = [("\\A", None), *((_re2_class(a), a) for a in _atoms(r for _, r, _ in plan.lead))]
+    parts = []
+    for copy, (consume, atom) in enumerate(options):
+        replace = dict(plan.replace)
+        for node, ranges, negative in plan.lead:
+            inside = atom is not None and _subset(atom, ranges)
+            replace[id(node)] = never if inside == negative else ""
+        parts.append(f"{consume}(?:{_to_re2(tree, replace, copy, plan.trail)})")
+    return "(?:" + "|".join(parts) + ")"
 
 
 _RE2_ANCHORS: Final = {"^": "(?m:^)", "$": "(?m:$)", "\\A": "\\A", "\\z": "\\z"}
@@ -772,39 +1168,11 @@ def _chars(node: _Node) -> Ranges:
     return _normalize([*node.ranges, *(r for n in node.items for r in _chars(n))])
 
 
-def _disjoint(a: Ranges, b: Ranges) -> bool:
-    return all(hi < lo2 or hi2 < lo for lo, hi in a for lo2, hi2 in b)
-
-
-def _separator_led(node: _Node) -> bool:
-    """A repetition whose every iteration starts (or ends) with a character the rest of the
-    iteration cannot contain, like ``(?:\\.label)*``: its iterations split only one way."""
-    body = node.items[0]
-    while body.kind == "group" and body.items:
-        body = body.items[0]
-    if body.kind != "seq":
-        return False
-    first, last = body.items[0], body.items[-1]
-    if first.kind == "set" and _disjoint(first.ranges, _chars(_Node("seq", body.items[1:]))):
-        return True
-    return last.kind == "set" and _disjoint(last.ranges, _chars(_Node("seq", body.items[:-1])))
-
-
-def _nested_repetition(node: _Node, depth: int = 0) -> bool:
-    """True when a repetition of more than one item sits inside another (other than one split
-    by a separator): the shape that makes a backtracking engine's cost blow up."""
-    if node.kind == "rep" and (node.hi is None or node.hi > 1) and not _separator_led(node):
-        depth += 1
-        if depth > 1:
-            return True
-    return any(_nested_repetition(n, depth) for n in node.items)
-
-
 # ---------------------------------------------------------------------------------------------
 # GROK
 
 _GROK_REF: Final = re.compile(
-    r"%\{(?P<name>(?P<pattern>[A-z0-9]+)(?::(?P<subname>[A-Za-z0-9@\[\]_:.-]+))?)"
+    r"%\{(?P<name>(?P<pattern>[A-z0-9]+)(?::(?P<subname>[\w@\[\]:.-]+))?)"
     r"(?:=(?P<definition>[^{}]+))?\}"
 )
 _GROK_TYPES: Final[dict[str, str]] = {
@@ -861,27 +1229,30 @@ class Grok:
 
     pattern: str
     columns: tuple[tuple[str, str], ...]
-    engine: Literal["re2", "re"]
-    _search: Callable[[str], Any] = field(repr=False)
-    _groups: tuple[tuple[str, str, str], ...] = field(repr=False)  # (group id, column, type)
+    _search: Callable[[str], Sequence[str | None] | None] = field(repr=False)
+    _groups: tuple[tuple[int, str, str], ...] = field(repr=False)  # (position, column, type)
+    _multi: frozenset[str] = field(repr=False, default=frozenset())  # columns of 2+ groups
 
     def __call__(self, text: str) -> dict[str, Any] | None:
         """The captured columns of the first match, or None when nothing matches (ES|QL then
         sets every column null). A name captured more than once gives a list (multi-value)."""
-        if self.engine == "re" and len(text) > BACKTRACKING_INPUT_LIMIT:
-            return None
         found = self._search(text)
         if found is None:
             return None
-        values: dict[str, list[Any]] = {}
-        for gid, column, kind in self._groups:
-            raw = found.group(gid)
-            if raw is not None:
-                value = _convert(kind, raw)
-                if value is not None:
-                    values.setdefault(column, []).append(value)
-        out: dict[str, Any] = {name: None for name, _ in self.columns}
-        for column, got in values.items():
+        out: dict[str, Any] = dict.fromkeys(name for name, _ in self.columns)
+        multi: dict[str, list[Any]] = {}
+        for position, column, kind in self._groups:
+            raw = found[position]
+            if raw is None:
+                continue
+            value = raw if kind == "string" else _convert(kind, raw)
+            if value is None:
+                continue
+            if column in self._multi:
+                multi.setdefault(column, []).append(value)
+            else:
+                out[column] = value
+        for column, got in multi.items():
             out[column] = got[0] if len(got) == 1 else got
         return out
 
@@ -919,12 +1290,31 @@ def _expand_grok(pattern: str, library: dict[str, str]) -> str:
 
 def compile_grok(pattern: str) -> Grok:
     """Compile an ES|QL GROK pattern (ECS v1 pattern library, unanchored first match)."""
-    expanded = _expand_grok(pattern, ECS_V1)
-    parser = _OnigParser(expanded, pattern)
-    tree = parser.parse()
-    groups: list[tuple[str, str, str]] = []
+    tree, names = _parse_grok(pattern)
+    try:
+        program = _Re2(_re2_source(tree), pattern, "GROK")
+    except _NeedsBacktracking:
+        raise UnsupportedPatternError(
+            f"GROK pattern [{pattern}] uses a lookaround, word boundary or atomic group whose "
+            "outcome depends on text the pattern does not fix; RE2 cannot run it exactly and a "
+            "backtracking engine has no cost bound on hostile values: not supported"
+        ) from None
+    return _grok(pattern, names, program.search)
+
+
+def _parse_grok(pattern: str) -> tuple[_Node, list[tuple[str, str]]]:
+    parser = _OnigParser(_expand_grok(pattern, ECS_V1), pattern)
+    return parser.parse(), parser.names
+
+
+def _grok(
+    pattern: str,
+    names: list[tuple[str, str]],
+    search: Callable[[str], Sequence[str | None] | None],
+) -> Grok:
+    groups: list[tuple[int, str, str]] = []
     types: dict[str, str] = {}
-    for gid, full in parser.names:
+    for position, (_, full) in enumerate(names):
         parts = full.split(":")
         column = parts[1] if len(parts) >= 2 else parts[0]
         kind = parts[2] if len(parts) == 3 and parts[2] in _GROK_TYPES else "string"
@@ -934,24 +1324,24 @@ def compile_grok(pattern: str) -> Grok:
                 f"GROK pattern [{pattern}]: column [{column}] is captured with two types "
                 f"({types[column]} and {esql_type})"
             )
-        groups.append((gid, column, kind))
-    columns = tuple(sorted(types.items()))
-    try:
-        regex = _compile_re2(_to_re2(tree), pattern, "GROK")
-        return Grok(pattern, columns, "re2", _safe(regex.search), tuple(groups))
-    except (_NeedsBacktracking, UnsupportedPatternError):
-        pass
-    if _nested_repetition(tree):
-        raise UnsupportedPatternError(
-            f"GROK pattern [{pattern}] needs a backtracking engine (lookaround, atomic group or "
-            "Unicode word boundary) and nests repetitions, so its cost on a hostile value is "
-            "unbounded; not supported"
-        )
-    try:
-        compiled = re.compile(_to_python(tree), re.MULTILINE)
-    except re.error as exc:
-        raise PatternError(f"GROK pattern [{pattern}]: {exc}") from exc
-    return Grok(pattern, columns, "re", compiled.search, tuple(groups))
+        groups.append((position, column, kind))
+    counts = Counter(column for _, column, _ in groups)
+    multi = frozenset(column for column, n in counts.items() if n > 1)
+    return Grok(pattern, tuple(sorted(types.items())), search, tuple(groups), multi)
+
+
+def _backtracking_reference(pattern: str) -> Grok:
+    """The same GROK pattern on Python ``re``, lookarounds and atomic groups as written: the
+    oracle the tests check the RE2 translation against, and the benchmark's baseline. Never
+    used on events: its cost on hostile values is unbounded."""
+    tree, names = _parse_grok(pattern)
+    compiled = re.compile(_to_python(tree), re.MULTILINE)
+
+    def search(text: str) -> tuple[str | None, ...] | None:
+        found = compiled.search(text)
+        return None if found is None else found.groups()
+
+    return _grok(pattern, names, search)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1088,7 +1478,14 @@ def compile_dissect(pattern: str, append_separator: str = "") -> Dissect:
         raise PatternError(
             f"Invalid pattern for dissect: [{pattern}]: Unable to find any keys or delimiters."
         )
-    refs = [k.name for k, _ in pairs if k.modifier in "*&" and k.modifier]
+    refs = [k.name for k, _ in pairs if k.modifier in ("*", "&")]
+    unpaired = [name for name, n in Counter(refs).items() if n != 2]
+    if unpaired:
+        raise PatternError(
+            f"Invalid pattern for dissect: [{pattern}]: Found invalid key/reference "
+            f"associations: '{unpaired[0]}' Please ensure each '*<key>' is matched with a "
+            "matching '&<key>"
+        )
     if refs:
         raise UnsupportedPatternError(
             f"Reference keys not supported in dissect patterns: [%{{*{refs[0]}}}]"

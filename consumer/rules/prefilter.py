@@ -89,8 +89,10 @@ def required_literals(node: Expr, query: CompiledQuery) -> Groups:
     if isinstance(node, InList) and not node.negated and _raw_keyword(node.operand, query):
         values = _string_constants(node.items)
         return (frozenset(values),) if values else ()
-    if isinstance(node, Match) and not (node.negated or node.regex) and _raw_keyword(
-        node.operand, query
+    if (
+        isinstance(node, Match)
+        and not (node.negated or node.regex)
+        and _raw_keyword(node.operand, query)
     ):
         return tuple(frozenset({chunk}) for chunk in like_literal_chunks(node.pattern))
     return ()
@@ -202,7 +204,8 @@ class BatchScreen:
     REVIEW_EVERY = 500
 
     def __init__(
-        self, groups_per_prefilter: Sequence[tuple[tuple[bytes, ...], ...]],
+        self,
+        groups_per_prefilter: Sequence[tuple[tuple[bytes, ...], ...]],
         always: tuple[bytes, ...] = (),
     ) -> None:
         self._groups = groups_per_prefilter
@@ -228,8 +231,7 @@ class BatchScreen:
 
     def _choose_anchors(self, sample: bytes) -> None:
         anchors = (
-            min(groups, key=lambda group: sum(map(sample.count, group)))
-            for groups in self._groups
+            min(groups, key=lambda group: sum(map(sample.count, group))) for groups in self._groups
         )
         chosen = [literal for anchor in anchors for literal in anchor]
         self._literals = tuple(dict.fromkeys([*self._always, *chosen]))
