@@ -498,3 +498,18 @@ def test_field_types_we_do_not_know_read_as_keyword_and_unsupported_ones_as_null
     assert ("geo", "unsupported") in compiled.columns
     with pytest.raises(esql.UnsupportedEsqlError, match="type geo_point"):
         compile_query("from x | where geo IS NULL", fields, metadata={})
+
+
+def test_a_query_built_without_a_pipeline_still_evaluates_and_runs() -> None:
+    built = esql.CompiledQuery(
+        query="kw: a",
+        index_patterns=(),
+        condition=esql.Const(True, 0),
+        fields_read=(),
+        field_specs={},
+        keep_fields=(),
+        matches=lambda record: record.get("kw") == "a",
+    )
+    assert built.evaluate({"kw": "a"}) == {}
+    assert built.evaluate({"kw": "b"}) is None
+    assert built.run([{"kw": "a"}, {"kw": "b"}]).rows == [[]]

@@ -20,6 +20,7 @@ import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from operator import itemgetter
 from typing import Any, Protocol
 
@@ -137,16 +138,23 @@ class CompiledQuery:
     """True exactly when the query would output a row for this record."""
     columns: tuple[tuple[str, str], ...] = ()
     """Output columns (name, ES|QL type)."""
-    _evaluate: Callable[[Any], dict[str, Any] | None] = field(default=lambda _r: None, repr=False)
-    _run: Callable[[Iterable[Any]], list[list[Any]]] = field(default=lambda _r: [], repr=False)
+    _evaluate: Callable[[Any], dict[str, Any] | None] | None = field(default=None, repr=False)
+    _run: Callable[[Iterable[Any]], list[list[Any]]] | None = field(default=None, repr=False)
+    """Set by `compile_query`; a query built elsewhere (KQL) has only a verdict, so its row
+    is empty."""
 
     def evaluate(self, record: Any) -> dict[str, Any] | None:
         """The output row for one record (display values, nulls included), or None when the
         query drops the record."""
+        if self._evaluate is None:
+            return {} if self.matches(record) else None
         return self._evaluate(record)
 
     def run(self, records: Iterable[Any]) -> Table:
         """Table mode: every record through the whole pipeline, SORT and LIMIT included."""
+        if self._run is None:
+            matched = (record for record in records if self.matches(record))
+            return Table(self.columns, [[] for _ in islice(matched, DEFAULT_LIMIT)])
         return Table(self.columns, self._run(records))
 
 
