@@ -513,3 +513,20 @@ def test_a_query_built_without_a_pipeline_still_evaluates_and_runs() -> None:
     assert built.evaluate({"kw": "a"}) == {}
     assert built.evaluate({"kw": "b"}) is None
     assert built.run([{"kw": "a"}, {"kw": "b"}]).rows == [[]]
+
+
+@pytest.mark.parametrize(
+    ("encoded", "decoded"),
+    [
+        ("ZWxhc3RpYw==", "elastic"),
+        ("ZWxhc3RpYw", "elastic"),  # padding is optional
+        ("ZWxhc3RpYw=", None),  # but exact when present
+        ("Z", None),
+        ("ZW$x", None),
+        ("/w==", None),  # not UTF-8
+        ("", ""),
+    ],
+)
+def test_from_base64_decodes_as_java_does(encoded: str, decoded: str | None) -> None:
+    query = f'ROW x = FROM_BASE64("{encoded}"), y = TO_BASE64("elastic")'
+    assert compile_query(query, {}, metadata={}).run([]).rows == [[decoded, "ZWxhc3RpYw=="]]

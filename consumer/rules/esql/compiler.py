@@ -20,6 +20,8 @@ not true.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import operator
 import re
@@ -1112,7 +1114,39 @@ def _mv_concat(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
     return "keyword", evaluate
 
 
+_BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _from_base64_value(text: str) -> str | None:
+    """java.util.Base64's basic decoder (padding optional, but exact when present), as UTF-8;
+    None where Elasticsearch's FROM_BASE64 fails and yields null."""
+    if not _BASE64_RE.fullmatch(text) or ("=" in text and len(text) % 4):
+        return None
+    body = text.rstrip("=")
+    if len(body) % 4 == 1:
+        return None
+    try:
+        return base64.b64decode(body + "=" * (-len(body) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _base64(encode: bool) -> Handler:
+    def handler(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+        compiler.arity(node, 1)
+        fetch = compiler.string_argument(node.name, node.args[0])
+        if encode:
+            return "keyword", _single_valued(
+                fetch, lambda text: base64.b64encode(text.encode()).decode("ascii")
+            )
+        return "keyword", _single_valued(fetch, _from_base64_value)
+
+    return handler
+
+
 _FUNCTIONS: Mapping[str, Handler] = {
+    "FROM_BASE64": _base64(encode=False),
+    "TO_BASE64": _base64(encode=True),
     "TO_LONG": _TO_LONG,
     "::long": _TO_LONG,
     "TO_INTEGER": _TO_INTEGER,
