@@ -14,6 +14,10 @@ Why this is sound:
   and let through any payload that contains a `\\u` escape at all.
 - AND unions the groups of its operands; OR keeps only what every branch implies (each pair of
   groups, merged); NOT and everything else imply nothing.
+- `CompiledQuery.condition` joins every WHERE of the query: no command before a WHERE drops or
+  multiplies rows, a column that shows a source field unchanged (renamed or not) is spelled as
+  that field, and a computed column (EVAL, GROK, DISSECT, a field copied by EVAL) is an opaque
+  call, so a test on it, or on any function of a field, implies nothing.
 """
 
 from bisect import bisect_right
