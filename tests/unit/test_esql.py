@@ -530,3 +530,10 @@ def test_a_query_built_without_a_pipeline_still_evaluates_and_runs() -> None:
 def test_from_base64_decodes_as_java_does(encoded: str, decoded: str | None) -> None:
     query = f'ROW x = FROM_BASE64("{encoded}"), y = TO_BASE64("elastic")'
     assert compile_query(query, {}, metadata={}).run([]).rows == [[decoded, "ZWxhc3RpYw=="]]
+
+
+def test_a_row_query_judges_and_evaluates_its_one_row() -> None:
+    compiled = compile_query("ROW a = 1 | WHERE a > 0 | EVAL b = a + 1", {}, metadata={})
+    assert compiled.matches({})
+    assert compiled.evaluate({}) == {"a": 1, "b": 2}
+    assert not compile_query("ROW a = 1 | WHERE a > 1", {}, metadata={}).matches({})

@@ -422,7 +422,7 @@ def compile_query(
     rest = commands[1:]
     prefix_tests: list[Predicate] = []
     index_patterns: tuple[str, ...] = ()
-    rows: tuple[dict[str, Any], ...] | None = None
+    row: dict[str, Any] | None = None
     if isinstance(first, From):
         index_patterns = first.patterns
         pipeline.add_source_columns(sorted(fields), fields)
@@ -440,7 +440,7 @@ def compile_query(
             rest = rest[1:]
     else:
         assert isinstance(first, Row)
-        rows = (_row_values(pipeline, first),)
+        row = _row_values(pipeline, first)
     stages = _compile_stages(pipeline, rest)
     prefix = _conjunction(prefix_tests)
     fetchers = pipeline.fetchers
@@ -456,28 +456,32 @@ def compile_query(
     def emit(frame: _Frame) -> dict[str, Any]:
         return {name: display(kind, frame[key]) for name, kind, key in output}
 
+    row_values = row or {}
+
+    def new_frame(record: Any) -> _Frame:
+        """A frame for one record; a ROW query's frame holds its one row whatever the record."""
+        frame = _Frame(record, fetchers)
+        frame.update(row_values)
+        return frame
+
     def evaluate(record: Any) -> dict[str, Any] | None:
         if stages.limit_zero or not prefix(record):
             return None
-        frame = _Frame(record, fetchers)
+        frame = new_frame(record)
         return emit(frame) if through(frame) else None
 
     if stages.limit_zero:
         matches: Predicate = lambda _record: False  # noqa: E731
     elif stages.filters:
-        matches = lambda record: prefix(record) and through(_Frame(record, fetchers))  # noqa: E731
+        matches = lambda record: prefix(record) and through(new_frame(record))  # noqa: E731
     else:
         matches = prefix
 
     def run(records: Iterable[Any]) -> list[list[Any]]:
-        if rows is not None:
-            frames: list[_Frame] = []
-            for values in rows:
-                frame = _Frame(None, fetchers)
-                frame.update(values)
-                frames.append(frame)
+        if row is not None:
+            frames = [new_frame(None)]
         else:
-            frames = [_Frame(record, fetchers) for record in records if prefix(record)]
+            frames = [new_frame(record) for record in records if prefix(record)]
         for kind, step in stages.steps:
             if kind == "row":
                 frames = [frame for frame in frames if step(frame)]
