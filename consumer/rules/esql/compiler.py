@@ -1144,7 +1144,92 @@ def _base64(encode: bool) -> Handler:
     return handler
 
 
+def _integer_argument(compiler: ExprCompiler, node: Call, arg: Expr) -> ValueFn:
+    kind, fetch = compiler.value(arg)
+    if kind not in INTEGRAL_TYPES and kind != "null":
+        raise compiler.error(
+            f"{node.name} needs a whole number, found {compiler.describe(arg, kind)}", arg
+        )
+    return fetch
+
+
+def _substring(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+    """SUBSTRING(text, start[, length]): 1-based code points, 0 read as 1 and a negative start
+    counted from the end, as Elasticsearch's Substring does."""
+    compiler.arity(node, 2, 3)
+    text_fetch = compiler.string_argument(node.name, node.args[0])
+    start_fetch = _integer_argument(compiler, node, node.args[1])
+    length_fetch = (
+        _integer_argument(compiler, node, node.args[2]) if len(node.args) == 3 else None
+    )
+
+    def evaluate(ctx: Any) -> str | None:
+        text = text_fetch(ctx)
+        start = start_fetch(ctx)
+        if text.__class__ is not str or start is None or start.__class__ is list:
+            return None
+        length = len(text) if length_fetch is None else length_fetch(ctx)
+        if length is None or length.__class__ is list:
+            return None
+        if length < 0:
+            return None
+        begin = start - 1 if start > 0 else max(0, len(text) + start) if start < 0 else 0
+        return text[begin : begin + length] if begin < len(text) else ""
+
+    return "keyword", evaluate
+
+
+def _side(left: bool) -> Handler:
+    def handler(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+        compiler.arity(node, 2)
+        text_fetch = compiler.string_argument(node.name, node.args[0])
+        count_fetch = _integer_argument(compiler, node, node.args[1])
+
+        def evaluate(ctx: Any) -> str | None:
+            text = text_fetch(ctx)
+            count = count_fetch(ctx)
+            if text.__class__ is not str or count is None or count.__class__ is list:
+                return None
+            if count <= 0:
+                return ""
+            return text[:count] if left else text[-count:]
+
+        return "keyword", evaluate
+
+    return handler
+
+
+def _extreme(pick: Callable[[list[Any]], Any]) -> Handler:
+    """GREATEST/LEAST: over every value of every argument; null when any argument is null."""
+
+    def handler(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+        compiler.arity(node, 1, 1 << 16)
+        compiled = [(arg, *compiler.value(arg)) for arg in node.args]
+        result = _unify(compiler, node, [(arg, kind) for arg, kind, _ in compiled])
+        if result not in ORDERABLE_TYPES | {"boolean", "null"}:
+            raise compiler.error(f"{node.name} does not apply to {result}", node)
+        fetches = tuple(_widen(fetch, kind, result) for _, kind, fetch in compiled)
+
+        def evaluate(ctx: Any) -> Any:
+            values: list[Any] = []
+            for fetch in fetches:
+                value = fetch(ctx)
+                if value is None:
+                    return None
+                values.extend(value if value.__class__ is list else (value,))
+            return pick(values)
+
+        return result, evaluate
+
+    return handler
+
+
 _FUNCTIONS: Mapping[str, Handler] = {
+    "SUBSTRING": _substring,
+    "LEFT": _side(left=True),
+    "RIGHT": _side(left=False),
+    "GREATEST": _extreme(max),
+    "LEAST": _extreme(min),
     "FROM_BASE64": _base64(encode=False),
     "TO_BASE64": _base64(encode=True),
     "TO_LONG": _TO_LONG,
