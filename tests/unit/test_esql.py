@@ -461,6 +461,8 @@ ROW_CASES: list[tuple[str, Any]] = [
     ('ROW x = TO_IP("10.0.0.01")', None),
     ('ROW x = MV_CONCAT(["a", "b"], "-")', "a-b"),
     ("ROW x = MV_SUM([2147483647, 1])", None),
+    ('ROW x = TRIM("\u00a0 a \t")', "\u00a0 a"),  # Java's isWhitespace: no-break space stays
+    ('ROW x = LTRIM("  b ")', "b "),
 ]
 
 

@@ -1224,7 +1224,27 @@ def _extreme(pick: Callable[[list[Any]], Any]) -> Handler:
     return handler
 
 
+_JAVA_WHITESPACE = (
+    " \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2008\u2009\u200a\u2028\u2029\u205f\u3000"
+)
+"""Java's Character.isWhitespace: the space separators except the no-break ones, plus the
+ASCII controls it names. TRIM, LTRIM and RTRIM strip these."""
+
+
+def _trim(strip: Callable[[str, str], str]) -> Handler:
+    def handler(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+        compiler.arity(node, 1)
+        fetch = compiler.string_argument(node.name, node.args[0])
+        return "keyword", _single_valued(fetch, lambda text: strip(text, _JAVA_WHITESPACE))
+
+    return handler
+
+
 _FUNCTIONS: Mapping[str, Handler] = {
+    "TRIM": _trim(str.strip),
+    "LTRIM": _trim(str.lstrip),
+    "RTRIM": _trim(str.rstrip),
     "SUBSTRING": _substring,
     "LEFT": _side(left=True),
     "RIGHT": _side(left=False),
