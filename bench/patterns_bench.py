@@ -199,6 +199,46 @@ def best_of(call: Callable[[str], Any], text: str, repeats: int = 3) -> float:
     return best
 
 
+def table(found: list[Found], size: int, timeout: float) -> None:
+    """One markdown row per pattern: our worst cost and Python re's on the hostile values."""
+    small = max(size // 16, 1)
+    print(
+        f"| kind | pattern | engine | ours: worst µs/call | ns/char | ns/char at {small:,} chars "
+        "| Python re: worst µs/call | worst value for Python |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---|")
+    for f in found:
+        shown = f.pattern if len(f.pattern) <= 70 else f.pattern[:67] + "..."
+        shown = shown.replace("|", "\\|")
+        try:
+            matcher = ours(f)
+        except patterns.PatternError as exc:
+            print(f"| {f.kind} | `{shown}` | refused: {exc} | | | | | |")
+            continue
+        engine = {"DISSECT": "scan", "LIKE": "like"}.get(f.kind, "re2")
+        values = hostile_values(f.pattern, size)
+        worst = max(best_of(matcher, v) for v in values.values())
+        worst_small = max(best_of(matcher, v[:small]) for v in values.values())
+        py = _python_source(f)
+        py_cell, py_worst_name = "n/a (no regex)", ""
+        if py is not None:
+            py_worst = 0.0
+            for name, value in values.items():
+                took = python_seconds(py[0], py[1], value, timeout)
+                if took is None:
+                    py_worst, py_worst_name = float("inf"), name
+                    break
+                if took > py_worst:
+                    py_worst, py_worst_name = took, name
+            timed_out = py_worst == float("inf")
+            py_cell = f"> {timeout * 1e6:,.0f}" if timed_out else f"{py_worst * 1e6:,.0f}"
+        print(
+            f"| {f.kind} | `{shown}` | {engine} | {worst * 1e6:,.0f} | "
+            f"{worst * 1e9 / size:.2f} | {worst_small * 1e9 / small:.2f} | {py_cell} | "
+            f"{py_worst_name} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
@@ -214,42 +254,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(found)} distinct patterns from the ES|QL rules in {rules_dir}; values of "
         f"{args.size:,} characters; Python re calls stopped after {args.timeout:g} s\n"
     )
-    print(
-        "| kind | pattern | engine | ours: worst µs/call | ns/char | Python re: worst µs/call "
-        "| worst value for Python |"
-    )
-    print("|---|---|---|---:|---:|---:|---|")
-    for f in found:
-        try:
-            matcher = ours(f)
-        except patterns.PatternError as exc:
-            print(f"| {f.kind} | `{f.pattern[:60]}` | refused: {exc} | | | | |")
-            continue
-        engine = getattr(matcher, "engine", {"DISSECT": "scan", "LIKE": "like"}.get(f.kind, "re2"))
-        values = hostile_values(f.pattern, args.size)
-        worst = max(best_of(matcher, v) for v in values.values())
-        py = _python_source(f)
-        py_cell, py_worst_name = "n/a (no regex)", ""
-        if py is not None:
-            py_worst = 0.0
-            for name, value in values.items():
-                took = python_seconds(py[0], py[1], value, args.timeout)
-                if took is None:
-                    py_worst, py_worst_name = float("inf"), name
-                    break
-                if took > py_worst:
-                    py_worst, py_worst_name = took, name
-            py_cell = (
-                f"> {args.timeout * 1e6:,.0f}"
-                if py_worst == float("inf")
-                else (f"{py_worst * 1e6:,.0f}")
-            )
-        shown = f.pattern if len(f.pattern) <= 70 else f.pattern[:67] + "..."
-        shown = shown.replace("|", "\\|")
-        print(
-            f"| {f.kind} | `{shown}` | {engine} | {worst * 1e6:,.0f} | "
-            f"{worst * 1e9 / args.size:.2f} | {py_cell} | {py_worst_name} |"
-        )
+    table(found, args.size, args.timeout)
+    spec = args.shared / "conformance" / "esql-spec" / "specs" / "grok.csv-spec"
+    if spec.is_file():
+        library = [
+            f
+            for f in extract(spec.read_text(encoding="utf-8"), spec.name)
+            if f.kind == "GROK" and "%{" in f.pattern
+        ]
+        unique = list({f.pattern: f for f in library}.values())
+        print(f"\n{len(unique)} distinct GROK patterns of {spec} that use the pattern library\n")
+        table(unique, args.size, args.timeout)
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import re
 import signal
 import sys
@@ -398,6 +399,8 @@ def _query(args: argparse.Namespace) -> int:
     except EsqlError as error:
         print(f"cloudtrail-detector: query error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokenPipeError:  # the reader (`| head`) has seen enough
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stdout for exit
     return EXIT_OK
 
 

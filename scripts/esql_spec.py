@@ -2,7 +2,8 @@
 
 Usage: python -m scripts.esql_spec SPEC... --data DIR
   SPEC  csv-spec files (e.g. ../shared/conformance/esql-spec/specs/*.csv-spec)
-  DIR   the folder holding data/*.csv (default: the specs' parent folder)
+  DIR   the folder of the data csv files, or the folder holding data/ (default: the specs'
+        parent folder)
 
 Prints one line per failing case and ends with `N passed, M failed, K skipped` and the skip
 reasons counted. A case is skipped when it uses a command, function, type or data set we do not
@@ -240,7 +241,7 @@ def run_case(case: Case, data_dir: Path) -> Outcome:
         index = source.group(1)
         if source.group(2) or "*" in index or ":" in index:
             return Outcome(case, "skipped", "several indices or index patterns")
-        path = data_dir / "data" / f"{index}.csv"
+        path = data_dir / f"{index}.csv"
         if not path.exists():
             return Outcome(case, "skipped", f"data set {index} is not available")
         fields, rows = load_table(path)
@@ -306,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None)
     args = parser.parse_args(argv)
     data_dir = args.data or args.specs[0].resolve().parent.parent
+    if (data_dir / "data").is_dir():  # the esql-spec folder rather than its data folder
+        data_dir = data_dir / "data"
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     out = io.StringIO()

@@ -56,7 +56,9 @@ ECS_V1: Final[dict[str, str]] = {
     # network
     "EMAILLOCALPART": f"{_EMAIL_CHARS}{{1,64}}(?:\\.{_EMAIL_CHARS}{{1,62}}){{0,63}}",
     "EMAILADDRESS": "%{EMAILLOCALPART}@%{HOSTNAME}",
-    "HOSTNAME": f"\\b{_LABEL}(?:\\.{_LABEL})*(?:\\.?|\\b)",
+    # a trailing "optional dot, or a word boundary" adds nothing to an optional dot: the
+    # boundary branch matches the same empty string at the same place, so it never decides
+    "HOSTNAME": f"\\b{_LABEL}(?:\\.{_LABEL})*\\.?",
     "IPV4": f"(?<![0-9]){_DOTTED}(?![0-9])",
     "IPV6": _ipv6(),
     "IP": "(?:%{IPV6}|%{IPV4})",

@@ -180,9 +180,7 @@ def list_rules(
     ]
 
 
-def validate_paths(
-    paths: Iterable[Path], fields: Mapping[str, EcsField] = ECS_FIELDS
-) -> list[str]:
+def validate_paths(paths: Iterable[Path], fields: Mapping[str, EcsField] = ECS_FIELDS) -> list[str]:
     """Problems in the given rule files or directories, checked together with the built-ins
     (a rule_id clashing with a built-in would stop start-up). Empty when all are valid."""
     texts, problems = _read_files(paths)

@@ -2,7 +2,8 @@
 
 These run on values an attacker controls (request parameters, user agents, user names). Every
 regular expression runs on Google's RE2 (``google-re2``), whose matching time is linear in the
-value's length, whenever the pattern's semantics can be written in RE2 exactly:
+value's length; a pattern whose meaning RE2 cannot reproduce exactly is refused with
+UnsupportedPatternError, never approximated:
 
 - LIKE compiles to RE2 (or to plain string tests for the common shapes).
 - RLIKE is Lucene's RegExp syntax as ES|QL parses it (``RegExp.ALL`` syntax flags on Lucene 10:
@@ -13,18 +14,18 @@ value's length, whenever the pattern's semantics can be written in RE2 exactly:
 - GROK patterns expand Elastic's ``%{SYNTAX:SEMANTIC:type}`` references (ECS v1 pattern names,
   as ES|QL's GROK uses ``GrokBuiltinPatterns.get(true)``) into an Oniguruma regex, which is
   translated to RE2. Oniguruma features RE2 lacks (lookaround, atomic groups, ``\\b`` with
-  Unicode word characters) fall back to Python ``re``, but only for patterns without nested
-  repetition and only on values up to :data:`BACKTRACKING_INPUT_LIMIT` characters.
+  Unicode word characters) are decided from the characters the pattern puts around them (see
+  :func:`_plan`); a pattern where that is not possible is refused. There is no backtracking
+  fallback: even without nested repetition Python ``re`` is polynomial on patterns such as
+  ``%{GREEDYDATA}%{WORD}x``, which had not finished after ten minutes on an 8 KB value.
 - DISSECT is Elastic's left-to-right delimiter scan: linear, no regex at all.
 
-Why :data:`BACKTRACKING_INPUT_LIMIT` is 8191: in Elastic's AWS CloudTrail integration the
-longest keyword fields, ``aws.cloudtrail.request_parameters`` and ``response_elements``, are
-mapped with ``ignore_above: 8191`` (packages/aws/data_stream/cloudtrail/fields/fields.yml of
-elastic/integrations); every other keyword field gets Fleet's default ``ignore_above: 1024``.
-A keyword value longer than its ``ignore_above`` is not indexed and ES|QL reads it as null
-(elastic/elasticsearch#124678, still open), so GROK over such a field yields null columns, the
-same as a value that does not match. Returning "no match" above the limit is therefore exact
-for any field read from a CloudTrail document and only differs for longer computed values.
+No length cap is needed for that reason. Elastic's own limit, should a caller want one: in the
+AWS CloudTrail integration the longest keyword fields, ``aws.cloudtrail.request_parameters``
+and ``response_elements``, are mapped with ``ignore_above: 8191``
+(packages/aws/data_stream/cloudtrail/fields/fields.yml of elastic/integrations) and other
+keyword fields get Fleet's default ``ignore_above: 1024``; ES|QL reads a keyword value longer
+than its ``ignore_above`` as null, since it is not indexed (elastic/elasticsearch#124678, open).
 """
 
 from __future__ import annotations
@@ -34,16 +35,17 @@ import re
 import struct
 import sys
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Final, Literal
 
 import re2
+from re2 import _re2
 
 from consumer.rules.grok_library import ECS_V1
 
-BACKTRACKING_INPUT_LIMIT: Final = 8191
 MAX_CODE_POINT: Final = sys.maxunicode
 
 
@@ -137,23 +139,70 @@ def _clean(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _safe(call: Callable[[str], Any]) -> Callable[[str], Any]:
-    def run(text: str) -> Any:
-        try:
-            return call(text)
-        except UnicodeEncodeError:
-            return call(_clean(text))
-
-    return run
-
-
-def _compile_re2(source: str, pattern: str, what: str) -> Any:
+def _utf8(text: str) -> bytes:
     try:
-        return re2.compile(source)
-    except re2.error as exc:
-        raise UnsupportedPatternError(
-            f"{what} pattern [{pattern}] is too large for RE2: {exc}"
-        ) from exc
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _clean(text).encode("utf-8")
+
+
+class _Re2:
+    """One compiled RE2 program, called through the binding's C++ ``RE2.Match``: the
+    ``re``-like wrapper of ``google-re2`` costs about 25 µs of Python bookkeeping per call,
+    the match itself about 3 µs on a CloudTrail-sized value.
+
+    Grok programs name their groups g<i>[_<copy>] (capture i of the pattern, in one of its
+    copies) and t<j>_<copy> (a character consumed to check a final lookahead)."""
+
+    __slots__ = ("_both", "_captures", "_markers", "_program", "_unanchored")
+
+    def __init__(self, source: str, pattern: str, what: str) -> None:
+        options = re2.Options()
+        options.log_errors = False
+        program = _re2.RE2(source.encode("utf-8"), options)
+        if not program.ok():
+            reason = program.error()
+            reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason
+            raise UnsupportedPatternError(f"{what} pattern [{pattern}] cannot run on RE2: {reason}")
+        self._program = program
+        self._both = _re2.RE2.Anchor.ANCHOR_BOTH
+        self._unanchored = _re2.RE2.Anchor.UNANCHORED
+        captures: dict[int, list[int]] = {}
+        markers: list[int] = []
+        for raw, index in program.NamedCapturingGroups():
+            name = raw.decode() if isinstance(raw, bytes) else raw
+            if name.startswith("t"):
+                markers.append(index)
+            else:
+                captures.setdefault(int(name[1:].split("_")[0]), []).append(index)
+        self._captures = tuple(tuple(captures[i]) for i in sorted(captures))
+        self._markers = tuple(markers)
+
+    def fullmatch(self, text: str) -> bool:
+        data = _utf8(text)
+        return bool(self._program.Match(self._both, data, 0, len(data))[0][0] >= 0)
+
+    def search(self, text: str) -> tuple[str | None, ...] | None:
+        """The capture groups of the first match, in the order their groups open; with copies
+        of a group, the value of the copy that took part."""
+        data = _utf8(text)
+        spans = self._program.Match(self._unanchored, data, 0, len(data))
+        if spans[0][0] < 0:
+            return None
+        cut, end = -1, -1
+        for index in self._markers:
+            if spans[index][0] >= 0:
+                cut, end = spans[index]
+        out: list[str | None] = []
+        for copies in self._captures:
+            value = None
+            for index in copies:
+                a, b = spans[index]
+                if a >= 0:
+                    value = data[a : cut if b == end and a <= cut else b].decode("utf-8")
+                    break
+            out.append(value)
+        return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,8 +253,7 @@ def like(pattern: str, *, case_insensitive: bool = False) -> Callable[[str], boo
         else:
             ranges: Ranges = ((ord(t), ord(t)),)
             parts.append(_re2_class(_ascii_fold(ranges) if case_insensitive else ranges))
-    regex = _compile_re2("".join(parts), pattern, "LIKE")
-    return _safe(lambda text: regex.fullmatch(text) is not None)
+    return _Re2("".join(parts), pattern, "LIKE").fullmatch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,8 +492,7 @@ def _decimal_interval(lo: int, hi: int, digits: int) -> str:
 def rlike(pattern: str, *, case_insensitive: bool = False) -> Callable[[str], bool]:
     """ES|QL RLIKE: Lucene RegExp syntax, the whole value must match."""
     source = _LuceneRegex(pattern, case_insensitive).parse()
-    regex = _compile_re2(source, pattern, "RLIKE")
-    return _safe(lambda text: regex.fullmatch(text) is not None)
+    return _Re2(source, pattern, "RLIKE").fullmatch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,8 +814,10 @@ class _Plan:
     """How each zero-width or atomic node is written in RE2, decided from its context."""
 
     replace: dict[int, str] = field(default_factory=dict)
-    prefix: str = ""
-    suffix: str = ""
+    # lookbehinds on the character before the match: (node, class, negative)
+    lead: list[tuple[_Node, Ranges, bool]] = field(default_factory=list)
+    # lookaheads with nothing after them: node id -> the character class that consumes
+    trail: dict[int, str] = field(default_factory=dict)
 
 
 def _ll1(node: _Node, follow: Ranges) -> bool:
@@ -811,21 +860,20 @@ def _plan(node: _Node, before: _Ctx, after: _Ctx, *, lead: bool, trail: bool, pl
     if k == "seq":
         items = node.items
         for i, item in enumerate(items):
-            prev_chars, prev_null = _last(_Node("seq", items[:i]))
-            next_chars, next_null = _first(_Node("seq", items[i + 1 :]))
-            b = before.plus(prev_chars) if prev_null else _Ctx(prev_chars, False)
-            a = after.plus(next_chars) if next_null else _Ctx(next_chars, False)
+            b = _side_ctx(items[:i][::-1], before, _last, ("^", "\\A"))
+            a = _side_ctx(items[i + 1 :], after, _first, ("$", "\\z"))
             last = i == len(items) - 1
             _plan(item, b, a, lead=lead and i == 0, trail=trail and last, plan=plan)
     elif k == "alt":
         for item in node.items:
-            _plan(item, before, after, lead=False, trail=False, plan=plan)
+            _plan(item, before, after, lead=lead, trail=trail, plan=plan)
     elif k == "rep":
         body = node.items[0]
         repeats = node.hi is None or node.hi > 1
         b = before.plus(_last(body)[0]) if repeats else before
         a = after.plus(_first(body)[0]) if repeats else after
-        _plan(body, b, a, lead=False, trail=False, plan=plan)
+        # an optional item, when taken, starts where the match starts
+        _plan(body, b, a, lead=lead and not repeats, trail=False, plan=plan)
     elif k == "group":
         _plan(node.items[0], before, after, lead=lead, trail=trail, plan=plan)
     elif k == "atomic":
@@ -840,6 +888,27 @@ def _plan(node: _Node, before: _Ctx, after: _Ctx, *, lead: bool, trail: bool, pl
         _plan_boundary(node, before, after, lead=lead, trail=trail, plan=plan)
 
 
+def _side_ctx(
+    nearest_first: list[_Node],
+    outer: _Ctx,
+    chars_of: Callable[[_Node], tuple[Ranges, bool]],
+    anchors: tuple[str, str],
+) -> _Ctx:
+    """What can sit on one side of a sequence item: the characters of the neighbours up to
+    the first one that cannot match empty, else the outer context. A line anchor leaves only
+    a newline or the text's edge, a text anchor only the edge."""
+    acc: list[tuple[int, int]] = []
+    for node in nearest_first:
+        if node.kind == "anchor" and node.text in anchors:
+            line = node.text == anchors[0]
+            return _Ctx(_normalize([*acc, *(((10, 10),) if line else ())]), True)
+        chars, nullable = chars_of(node)
+        acc.extend(chars)
+        if not nullable:
+            return _Ctx(_normalize(acc), False)
+    return outer.plus(_normalize(acc))
+
+
 def _decide_one(
     node: _Node,
     ranges: Ranges,
@@ -850,22 +919,19 @@ def _decide_one(
     at_edge: bool,
     plan: _Plan,
 ) -> None:
-    """A one-character lookaround: constant when the context decides it, else an extra
-    character consumed outside the captures when it sits at the pattern's edge."""
+    """A one-character lookaround: constant when the context decides it; at the end of the
+    pattern, an extra character consumed after the captures; at its start, a choice among
+    copies of the pattern by the character before the match (see _re2_source)."""
     never = _re2_class(())
     if not _intersects(ctx.chars, ranges):
         plan.replace[id(node)] = "" if negative else never
     elif not ctx.edge and _subset(ctx.chars, ranges):
         plan.replace[id(node)] = never if negative else ""
-    elif at_edge and not (plan.suffix if ahead else plan.prefix):
-        edge = "\\z" if ahead else "\\A"
+    elif at_edge and not ahead:
+        plan.lead.append((node, ranges, negative))
+    elif at_edge:
         other = _re2_class(_complement(ranges))
-        consume = f"(?:{edge}|{other})" if negative else _re2_class(ranges)
-        if ahead:
-            plan.suffix = consume
-        else:
-            plan.prefix = consume
-        plan.replace[id(node)] = ""
+        plan.trail[id(node)] = f"\\z|{other}" if negative else _re2_class(ranges)
 
 
 def _choiceless(node: _Node) -> bool:
@@ -932,37 +998,114 @@ def _plan_boundary(
         )
 
 
-def _to_re2(node: _Node, plan: _Plan) -> str:
-    """RE2 syntax for an Oniguruma AST; raises _NeedsBacktracking where RE2 has no equivalent."""
+def _to_re2(node: _Node, replace: dict[int, str], copy: int, trail: dict[int, str]) -> str:
+    """RE2 syntax for an Oniguruma AST; raises _NeedsBacktracking where RE2 has no equivalent.
+    Capture groups of copy k > 0 get the suffix _k. A lookahead with nothing after it
+    consumes the character it looks at, inside a group t<n> whose character _Re2 later trims
+    from the captures that end with it."""
     k = node.kind
-    if id(node) in plan.replace:
+    if id(node) in trail:
+        return f"(?P<t{list(trail).index(id(node))}_{copy}>{trail[id(node)]})"
+    if id(node) in replace:
         if k == "atomic":
-            return f"(?:{_to_re2(node.items[0], plan)})"
-        return plan.replace[id(node)]
+            return f"(?:{_to_re2(node.items[0], replace, copy, trail)})"
+        return replace[id(node)]
     if k == "set":
         return _re2_class(node.ranges)
     if k == "seq":
-        return "".join(_to_re2(n, plan) for n in node.items)
+        return "".join(_to_re2(n, replace, copy, trail) for n in node.items)
     if k == "alt":
-        return "(?:" + "|".join(_to_re2(n, plan) for n in node.items) + ")"
+        return "(?:" + "|".join(_to_re2(n, replace, copy, trail) for n in node.items) + ")"
     if k == "rep":
-        if max(node.lo, node.hi or 0) > _RE2_REPEAT_LIMIT:
-            raise _NeedsBacktracking
-        hi = "" if node.hi is None else str(node.hi)
-        lazy = "" if node.greedy else "?"
-        return f"(?:{_to_re2(node.items[0], plan)}){{{node.lo},{hi}}}{lazy}"
+        return _rep_to_re2(node, _to_re2(node.items[0], replace, copy, trail))
     if k == "group":
-        inner = _to_re2(node.items[0], plan)
-        return f"(?P<{node.gid}>{inner})" if node.gid else f"(?:{inner})"
+        inner = _to_re2(node.items[0], replace, copy, trail)
+        if not node.gid:
+            return f"(?:{inner})"
+        return f"(?P<{node.gid}{f'_{copy}' if copy else ''}>{inner})"
     if k == "anchor" and node.text in _RE2_ANCHORS:
         return _RE2_ANCHORS[node.text]
     raise _NeedsBacktracking
 
 
+def _repeat_weight(node: _Node) -> int:
+    """RE2's measure of nested counted repetition (its limit is 1000)."""
+    inner = max((_repeat_weight(n) for n in node.items), default=1)
+    if node.kind == "rep":
+        return inner * max(node.hi if node.hi is not None else node.lo, 1)
+    return inner
+
+
+def _rep_to_re2(node: _Node, body: str) -> str:
+    lazy = "" if node.greedy else "?"
+    if _repeat_weight(node) <= _RE2_REPEAT_LIMIT:
+        hi = "" if node.hi is None else str(node.hi)
+        return f"(?:{body}){{{node.lo},{hi}}}{lazy}"
+    if node.hi is None or _repeat_weight(node.items[0]) * node.lo > _RE2_REPEAT_LIMIT:
+        raise _NeedsBacktracking
+    if _has_capture(node.items[0]):
+        raise _NeedsBacktracking
+    # X{lo,hi} as X{lo} then hi-lo nested optionals: same strings, same order of preference,
+    # and within RE2's nesting limit
+    optional = ""
+    for _ in range(node.hi - node.lo):
+        optional = f"(?:{body}{optional}){'?' + lazy}"
+    return f"(?:{body}){{{node.lo}}}{optional}"
+
+
+def _has_capture(node: _Node) -> bool:
+    return bool(node.gid) or any(_has_capture(n) for n in node.items)
+
+
+def _atoms(classes: Iterable[Ranges]) -> list[Ranges]:
+    """The coarsest partition of all characters that every class is a union of."""
+    atoms: list[Ranges] = [_ANY]
+    for cls in classes:
+        split: list[Ranges] = []
+        for atom in atoms:
+            inside = _normalize(_intersection(atom, cls))
+            outside = _normalize(_intersection(atom, _complement(cls)))
+            split.extend(part for part in (inside, outside) if part)
+        atoms = split
+    return atoms
+
+
+def _intersection(a: Ranges, b: Ranges) -> list[tuple[int, int]]:
+    out = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
 def _re2_source(tree: _Node) -> str:
+    """The RE2 program for a parsed pattern.
+
+    Lookbehinds at the very start of the match depend on the character before it. The
+    program then starts with that character (or the start of the text) and continues with a
+    copy of the pattern where each such lookbehind is decided for that character's class.
+    At a given start exactly one copy applies and the order of attempts is unchanged, so the
+    first match, and its captures, are the ones a backtracking engine finds."""
     plan = _Plan()
     _plan(tree, _Ctx(_ANY, True), _Ctx(_ANY, True), lead=True, trail=True, plan=plan)
-    return plan.prefix + "(?:" + _to_re2(tree, plan) + ")" + plan.suffix
+    if not plan.lead:
+        return "(?:" + _to_re2(tree, plan.replace, 0, plan.trail) + ")"
+    never = _re2_class(())
+    options = [("\\A", None), *((_re2_class(a), a) for a in _atoms(r for _, r, _ in plan.lead))]
+    parts = []
+    for copy, (consume, atom) in enumerate(options):
+        replace = dict(plan.replace)
+        for node, ranges, negative in plan.lead:
+            inside = atom is not None and _subset(atom, ranges)
+            replace[id(node)] = never if inside == negative else ""
+        parts.append(f"{consume}(?:{_to_re2(tree, replace, copy, plan.trail)})")
+    return "(?:" + "|".join(parts) + ")"
 
 
 _RE2_ANCHORS: Final = {"^": "(?m:^)", "$": "(?m:$)", "\\A": "\\A", "\\z": "\\z"}
@@ -1023,34 +1166,6 @@ def _to_python(node: _Node) -> str:
 
 def _chars(node: _Node) -> Ranges:
     return _normalize([*node.ranges, *(r for n in node.items for r in _chars(n))])
-
-
-def _disjoint(a: Ranges, b: Ranges) -> bool:
-    return all(hi < lo2 or hi2 < lo for lo, hi in a for lo2, hi2 in b)
-
-
-def _separator_led(node: _Node) -> bool:
-    """A repetition whose every iteration starts (or ends) with a character the rest of the
-    iteration cannot contain, like ``(?:\\.label)*``: its iterations split only one way."""
-    body = node.items[0]
-    while body.kind == "group" and body.items:
-        body = body.items[0]
-    if body.kind != "seq":
-        return False
-    first, last = body.items[0], body.items[-1]
-    if first.kind == "set" and _disjoint(first.ranges, _chars(_Node("seq", body.items[1:]))):
-        return True
-    return last.kind == "set" and _disjoint(last.ranges, _chars(_Node("seq", body.items[:-1])))
-
-
-def _nested_repetition(node: _Node, depth: int = 0) -> bool:
-    """True when a repetition of more than one item sits inside another (other than one split
-    by a separator): the shape that makes a backtracking engine's cost blow up."""
-    if node.kind == "rep" and (node.hi is None or node.hi > 1) and not _separator_led(node):
-        depth += 1
-        if depth > 1:
-            return True
-    return any(_nested_repetition(n, depth) for n in node.items)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1114,36 +1229,32 @@ class Grok:
 
     pattern: str
     columns: tuple[tuple[str, str], ...]
-    engine: Literal["re2", "re"]
-    _search: Callable[[str], Any] = field(repr=False)
-    _groups: tuple[tuple[str, str, str], ...] = field(repr=False)  # (group id, column, type)
+    _search: Callable[[str], Sequence[str | None] | None] = field(repr=False)
+    _groups: tuple[tuple[int, str, str], ...] = field(repr=False)  # (position, column, type)
+    _multi: frozenset[str] = field(repr=False, default=frozenset())  # columns of 2+ groups
 
     def __call__(self, text: str) -> dict[str, Any] | None:
         """The captured columns of the first match, or None when nothing matches (ES|QL then
         sets every column null). A name captured more than once gives a list (multi-value)."""
-        if self.engine == "re" and _java_length(text) > BACKTRACKING_INPUT_LIMIT:
-            return None
         found = self._search(text)
         if found is None:
             return None
-        values: dict[str, list[Any]] = {}
-        for gid, column, kind in self._groups:
-            raw = found.group(gid)
-            if raw is not None:
-                value = _convert(kind, raw)
-                if value is not None:
-                    values.setdefault(column, []).append(value)
-        out: dict[str, Any] = {name: None for name, _ in self.columns}
-        for column, got in values.items():
+        out: dict[str, Any] = dict.fromkeys(name for name, _ in self.columns)
+        multi: dict[str, list[Any]] = {}
+        for position, column, kind in self._groups:
+            raw = found[position]
+            if raw is None:
+                continue
+            value = raw if kind == "string" else _convert(kind, raw)
+            if value is None:
+                continue
+            if column in self._multi:
+                multi.setdefault(column, []).append(value)
+            else:
+                out[column] = value
+        for column, got in multi.items():
             out[column] = got[0] if len(got) == 1 else got
         return out
-
-
-def _java_length(text: str) -> int:
-    """Length in UTF-16 code units, the unit of Elasticsearch's ignore_above."""
-    if len(text) > BACKTRACKING_INPUT_LIMIT or text.isascii():
-        return len(text)
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
 
 
 def _expand_grok(pattern: str, library: dict[str, str]) -> str:
@@ -1179,16 +1290,31 @@ def _expand_grok(pattern: str, library: dict[str, str]) -> str:
 
 def compile_grok(pattern: str) -> Grok:
     """Compile an ES|QL GROK pattern (ECS v1 pattern library, unanchored first match)."""
-    return _compile_grok(pattern, allow_re2=True)
+    tree, names = _parse_grok(pattern)
+    try:
+        program = _Re2(_re2_source(tree), pattern, "GROK")
+    except _NeedsBacktracking:
+        raise UnsupportedPatternError(
+            f"GROK pattern [{pattern}] uses a lookaround, word boundary or atomic group whose "
+            "outcome depends on text the pattern does not fix; RE2 cannot run it exactly and a "
+            "backtracking engine has no cost bound on hostile values: not supported"
+        ) from None
+    return _grok(pattern, names, program.search)
 
 
-def _compile_grok(pattern: str, *, allow_re2: bool) -> Grok:
-    expanded = _expand_grok(pattern, ECS_V1)
-    parser = _OnigParser(expanded, pattern)
-    tree = parser.parse()
-    groups: list[tuple[str, str, str]] = []
+def _parse_grok(pattern: str) -> tuple[_Node, list[tuple[str, str]]]:
+    parser = _OnigParser(_expand_grok(pattern, ECS_V1), pattern)
+    return parser.parse(), parser.names
+
+
+def _grok(
+    pattern: str,
+    names: list[tuple[str, str]],
+    search: Callable[[str], Sequence[str | None] | None],
+) -> Grok:
+    groups: list[tuple[int, str, str]] = []
     types: dict[str, str] = {}
-    for gid, full in parser.names:
+    for position, (_, full) in enumerate(names):
         parts = full.split(":")
         column = parts[1] if len(parts) >= 2 else parts[0]
         kind = parts[2] if len(parts) == 3 and parts[2] in _GROK_TYPES else "string"
@@ -1198,25 +1324,24 @@ def _compile_grok(pattern: str, *, allow_re2: bool) -> Grok:
                 f"GROK pattern [{pattern}]: column [{column}] is captured with two types "
                 f"({types[column]} and {esql_type})"
             )
-        groups.append((gid, column, kind))
-    columns = tuple(sorted(types.items()))
-    if allow_re2:
-        try:
-            regex = _compile_re2(_re2_source(tree), pattern, "GROK")
-            return Grok(pattern, columns, "re2", _safe(regex.search), tuple(groups))
-        except (_NeedsBacktracking, UnsupportedPatternError):
-            pass
-    if _nested_repetition(tree):
-        raise UnsupportedPatternError(
-            f"GROK pattern [{pattern}] needs a backtracking engine (lookaround, atomic group or "
-            "Unicode word boundary) and nests repetitions, so its cost on a hostile value is "
-            "unbounded; not supported"
-        )
-    try:
-        compiled = re.compile(_to_python(tree), re.MULTILINE)
-    except re.error as exc:
-        raise PatternError(f"GROK pattern [{pattern}]: {exc}") from exc
-    return Grok(pattern, columns, "re", compiled.search, tuple(groups))
+        groups.append((position, column, kind))
+    counts = Counter(column for _, column, _ in groups)
+    multi = frozenset(column for column, n in counts.items() if n > 1)
+    return Grok(pattern, tuple(sorted(types.items())), search, tuple(groups), multi)
+
+
+def _backtracking_reference(pattern: str) -> Grok:
+    """The same GROK pattern on Python ``re``, lookarounds and atomic groups as written: the
+    oracle the tests check the RE2 translation against, and the benchmark's baseline. Never
+    used on events: its cost on hostile values is unbounded."""
+    tree, names = _parse_grok(pattern)
+    compiled = re.compile(_to_python(tree), re.MULTILINE)
+
+    def search(text: str) -> tuple[str | None, ...] | None:
+        found = compiled.search(text)
+        return None if found is None else found.groups()
+
+    return _grok(pattern, names, search)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1353,7 +1478,14 @@ def compile_dissect(pattern: str, append_separator: str = "") -> Dissect:
         raise PatternError(
             f"Invalid pattern for dissect: [{pattern}]: Unable to find any keys or delimiters."
         )
-    refs = [k.name for k, _ in pairs if k.modifier in "*&" and k.modifier]
+    refs = [k.name for k, _ in pairs if k.modifier in ("*", "&")]
+    unpaired = [name for name, n in Counter(refs).items() if n != 2]
+    if unpaired:
+        raise PatternError(
+            f"Invalid pattern for dissect: [{pattern}]: Found invalid key/reference "
+            f"associations: '{unpaired[0]}' Please ensure each '*<key>' is matched with a "
+            "matching '&<key>"
+        )
     if refs:
         raise UnsupportedPatternError(
             f"Reference keys not supported in dissect patterns: [%{{*{refs[0]}}}]"

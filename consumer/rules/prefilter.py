@@ -14,6 +14,10 @@ Why this is sound:
   and let through any payload that contains a `\\u` escape at all.
 - AND unions the groups of its operands; OR keeps only what every branch implies (each pair of
   groups, merged); NOT and everything else imply nothing.
+- `CompiledQuery.condition` joins every WHERE of the query: no command before a WHERE drops or
+  multiplies rows, a column that shows a source field unchanged (renamed or not) is spelled as
+  that field, and a computed column (EVAL, GROK, DISSECT, a field copied by EVAL) is an opaque
+  call, so a test on it, or on any function of a field, implies nothing.
 """
 
 from bisect import bisect_right
@@ -90,8 +94,10 @@ def required_literals(node: Expr, query: CompiledQuery) -> Groups:
     if isinstance(node, InList) and not node.negated and _raw_keyword(node.operand, query):
         values = _string_constants(node.items)
         return (frozenset(values),) if values else ()
-    if isinstance(node, Match) and not (node.negated or node.regex) and _raw_keyword(
-        node.operand, query
+    if (
+        isinstance(node, Match)
+        and not (node.negated or node.regex)
+        and _raw_keyword(node.operand, query)
     ):
         return tuple(frozenset({chunk}) for chunk in like_literal_chunks(node.pattern))
     return ()
@@ -212,7 +218,8 @@ class BatchScreen:
     REVIEW_EVERY = 500
 
     def __init__(
-        self, groups_per_prefilter: Sequence[tuple[tuple[bytes, ...], ...]],
+        self,
+        groups_per_prefilter: Sequence[tuple[tuple[bytes, ...], ...]],
         always: tuple[bytes, ...] = (),
     ) -> None:
         self._groups = groups_per_prefilter
@@ -238,8 +245,7 @@ class BatchScreen:
 
     def _choose_anchors(self, sample: bytes) -> None:
         anchors = (
-            min(groups, key=lambda group: sum(map(sample.count, group)))
-            for groups in self._groups
+            min(groups, key=lambda group: sum(map(sample.count, group))) for groups in self._groups
         )
         chosen = [literal for anchor in anchors for literal in anchor]
         self._literals = tuple(dict.fromkeys([*self._always, *chosen]))

@@ -7,6 +7,7 @@ import pytest
 
 from consumer.event import CloudTrailRecord, EcsValue
 from consumer.normalize import EcsField, EcsType
+from consumer.rules import esql
 from consumer.rules.esql import EsqlError, compile_query, syntax
 
 
@@ -445,13 +446,27 @@ ROW_CASES: list[tuple[str, Any]] = [
     ('ROW x = DATE_TRUNC(10 seconds, "2024-05-01T10:11:17.5Z")', "2024-05-01T10:11:10.000Z"),
     ('ROW x = DATE_DIFF("day", "2024-05-01T00:00:00Z", "2024-05-03T12:00:00Z")', 2),
     ('ROW x = DATE_DIFF("month", "2024-01-31T00:00:00Z", "2024-02-29T00:00:00Z")', 0),
-    ('ROW x = TO_STRING("2024-01-31T00:00:00Z"::date) ', None),
+    ('ROW x = TO_STRING("2024-01-31T00:00:00Z"::date)', "2024-01-31T00:00:00.000Z"),
     ('ROW x = "2024-01-31T00:00:00Z" < NOW()', True),
     ('ROW x = true IN (STARTS_WITH("GetUser", "List"), STARTS_WITH("GetUser", "Get"))', True),
+    ('ROW x = SUBSTRING("abcdef", 0, 2)', "ab"),
+    ('ROW x = SUBSTRING("abcdef", -2)', "ef"),
+    ('ROW x = LEFT("abc", 5)', "abc"),
+    ('ROW x = RIGHT("abc", 2)', "bc"),
+    ("ROW x = GREATEST([10, 4], 1)", 10),
+    ("ROW x = LEAST(10, 5, null)", None),
+    ('ROW x = TO_LONG("2147483648.4")', 2147483648),
+    ('ROW x = TO_INTEGER("2147483647.2")', None),
+    ('ROW x = TO_DATETIME("2024-05-01")', "2024-05-01T00:00:00.000Z"),
+    ('ROW x = TO_IP("10.0.0.01")', None),
+    ('ROW x = MV_CONCAT(["a", "b"], "-")', "a-b"),
+    ("ROW x = MV_SUM([2147483647, 1])", None),
+    ('ROW x = TRIM("\u00a0 a \t")', "\u00a0 a"),  # Java's isWhitespace: no-break space stays
+    ('ROW x = LTRIM("  b ")', "b "),
 ]
 
 
-@pytest.mark.parametrize(("query", "expected"), ROW_CASES[:20] + ROW_CASES[21:])
+@pytest.mark.parametrize(("query", "expected"), ROW_CASES)
 def test_row_expressions_follow_esql(query: str, expected: Any) -> None:
     assert compile_query(query, {}, metadata={}).run([]).rows == [[expected]]
 
@@ -485,3 +500,54 @@ def test_comments_inside_a_keep_list_and_backquoted_eval_names() -> None:
         FIELDS,
     )
     assert compiled.evaluate({"kw": "v"}) == {"kw": "v", "a.b": "v"}
+
+
+def test_field_types_we_do_not_know_read_as_keyword_and_unsupported_ones_as_null() -> None:
+    fields = {
+        "odd": EcsField("odd", "flattened", _reads("odd")),  # type: ignore[arg-type]
+        "geo": EcsField("geo", "geo_point", _reads("geo")),  # type: ignore[arg-type]
+    }
+    compiled = compile_query('from x | where odd == "a=1"', fields, metadata={})
+    assert compiled.evaluate({"odd": "a=1", "geo": "POINT (1 2)"}) == {"geo": None, "odd": "a=1"}
+    assert ("geo", "unsupported") in compiled.columns
+    with pytest.raises(esql.UnsupportedEsqlError, match="type geo_point"):
+        compile_query("from x | where geo IS NULL", fields, metadata={})
+
+
+def test_a_query_built_without_a_pipeline_still_evaluates_and_runs() -> None:
+    built = esql.CompiledQuery(
+        query="kw: a",
+        index_patterns=(),
+        condition=esql.Const(True, 0),
+        fields_read=(),
+        field_specs={},
+        keep_fields=(),
+        matches=lambda record: record.get("kw") == "a",
+    )
+    assert built.evaluate({"kw": "a"}) == {}
+    assert built.evaluate({"kw": "b"}) is None
+    assert built.run([{"kw": "a"}, {"kw": "b"}]).rows == [[]]
+
+
+@pytest.mark.parametrize(
+    ("encoded", "decoded"),
+    [
+        ("ZWxhc3RpYw==", "elastic"),
+        ("ZWxhc3RpYw", "elastic"),  # padding is optional
+        ("ZWxhc3RpYw=", None),  # but exact when present
+        ("Z", None),
+        ("ZW$x", None),
+        ("/w==", None),  # not UTF-8
+        ("", ""),
+    ],
+)
+def test_from_base64_decodes_as_java_does(encoded: str, decoded: str | None) -> None:
+    query = f'ROW x = FROM_BASE64("{encoded}"), y = TO_BASE64("elastic")'
+    assert compile_query(query, {}, metadata={}).run([]).rows == [[decoded, "ZWxhc3RpYw=="]]
+
+
+def test_a_row_query_judges_and_evaluates_its_one_row() -> None:
+    compiled = compile_query("ROW a = 1 | WHERE a > 0 | EVAL b = a + 1", {}, metadata={})
+    assert compiled.matches({})
+    assert compiled.evaluate({}) == {"a": 1, "b": 2}
+    assert not compile_query("ROW a = 1 | WHERE a > 1", {}, metadata={}).matches({})

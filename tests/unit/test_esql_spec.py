@@ -17,7 +17,7 @@ AWS_RULE_FUNCTIONS = (
 @pytest.fixture(scope="module")
 def outcomes() -> list[Outcome]:
     folder = shared_path("conformance", "esql-spec")
-    return list(run_specs(sorted((folder / "specs").glob("*.csv-spec")), folder))
+    return list(run_specs(sorted((folder / "specs").glob("*.csv-spec")), folder / "data"))
 
 
 def test_at_least_95_percent_of_applicable_cases_pass(outcomes: list[Outcome]) -> None:

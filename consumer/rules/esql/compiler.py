@@ -20,6 +20,8 @@ not true.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import operator
 import re
@@ -75,8 +77,6 @@ class Column:
     fetch: ValueFn
     extract: Callable[[Any], Any] | None = None
     """The source field's raw extractor, when `ctx` is the source record (the fast path)."""
-    source: str | None = None
-    """The source field this column shows unchanged, if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1114,7 +1114,144 @@ def _mv_concat(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
     return "keyword", evaluate
 
 
+_BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _from_base64_value(text: str) -> str | None:
+    """java.util.Base64's basic decoder (padding optional, but exact when present), as UTF-8;
+    None where Elasticsearch's FROM_BASE64 fails and yields null."""
+    if not _BASE64_RE.fullmatch(text) or ("=" in text and len(text) % 4):
+        return None
+    body = text.rstrip("=")
+    if len(body) % 4 == 1:
+        return None
+    try:
+        return base64.b64decode(body + "=" * (-len(body) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _base64(encode: bool) -> Handler:
+    def handler(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+        compiler.arity(node, 1)
+        fetch = compiler.string_argument(node.name, node.args[0])
+        if encode:
+            return "keyword", _single_valued(
+                fetch, lambda text: base64.b64encode(text.encode()).decode("ascii")
+            )
+        return "keyword", _single_valued(fetch, _from_base64_value)
+
+    return handler
+
+
+def _integer_argument(compiler: ExprCompiler, node: Call, arg: Expr) -> ValueFn:
+    kind, fetch = compiler.value(arg)
+    if kind not in INTEGRAL_TYPES and kind != "null":
+        raise compiler.error(
+            f"{node.name} needs a whole number, found {compiler.describe(arg, kind)}", arg
+        )
+    return fetch
+
+
+def _substring(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+    """SUBSTRING(text, start[, length]): 1-based code points, 0 read as 1 and a negative start
+    counted from the end, as Elasticsearch's Substring does."""
+    compiler.arity(node, 2, 3)
+    text_fetch = compiler.string_argument(node.name, node.args[0])
+    start_fetch = _integer_argument(compiler, node, node.args[1])
+    length_fetch = (
+        _integer_argument(compiler, node, node.args[2]) if len(node.args) == 3 else None
+    )
+
+    def evaluate(ctx: Any) -> str | None:
+        text = text_fetch(ctx)
+        start = start_fetch(ctx)
+        if text.__class__ is not str or start is None or start.__class__ is list:
+            return None
+        length = len(text) if length_fetch is None else length_fetch(ctx)
+        if length is None or length.__class__ is list:
+            return None
+        if length < 0:
+            return None
+        begin = start - 1 if start > 0 else max(0, len(text) + start) if start < 0 else 0
+        return text[begin : begin + length] if begin < len(text) else ""
+
+    return "keyword", evaluate
+
+
+def _side(left: bool) -> Handler:
+    def handler(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+        compiler.arity(node, 2)
+        text_fetch = compiler.string_argument(node.name, node.args[0])
+        count_fetch = _integer_argument(compiler, node, node.args[1])
+
+        def evaluate(ctx: Any) -> str | None:
+            text = text_fetch(ctx)
+            count = count_fetch(ctx)
+            if text.__class__ is not str or count is None or count.__class__ is list:
+                return None
+            if count <= 0:
+                return ""
+            return text[:count] if left else text[-count:]
+
+        return "keyword", evaluate
+
+    return handler
+
+
+def _extreme(pick: Callable[[list[Any]], Any]) -> Handler:
+    """GREATEST/LEAST: over every value of every argument; null when any argument is null."""
+
+    def handler(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+        compiler.arity(node, 1, 1 << 16)
+        compiled = [(arg, *compiler.value(arg)) for arg in node.args]
+        result = _unify(compiler, node, [(arg, kind) for arg, kind, _ in compiled])
+        if result not in ORDERABLE_TYPES | {"boolean", "null"}:
+            raise compiler.error(f"{node.name} does not apply to {result}", node)
+        fetches = tuple(_widen(fetch, kind, result) for _, kind, fetch in compiled)
+
+        def evaluate(ctx: Any) -> Any:
+            values: list[Any] = []
+            for fetch in fetches:
+                value = fetch(ctx)
+                if value is None:
+                    return None
+                values.extend(value if value.__class__ is list else (value,))
+            return pick(values)
+
+        return result, evaluate
+
+    return handler
+
+
+_JAVA_WHITESPACE = (
+    " \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2008\u2009\u200a\u2028\u2029\u205f\u3000"
+)
+"""Java's Character.isWhitespace: the space separators except the no-break ones, plus the
+ASCII controls it names. TRIM, LTRIM and RTRIM strip these."""
+
+
+def _trim(strip: Callable[[str, str], str]) -> Handler:
+    def handler(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+        compiler.arity(node, 1)
+        fetch = compiler.string_argument(node.name, node.args[0])
+        return "keyword", _single_valued(fetch, lambda text: strip(text, _JAVA_WHITESPACE))
+
+    return handler
+
+
 _FUNCTIONS: Mapping[str, Handler] = {
+    "TRIM": _trim(str.strip),
+    "LTRIM": _trim(str.lstrip),
+    "RTRIM": _trim(str.rstrip),
+    "SUBSTRING": _substring,
+    "LEFT": _side(left=True),
+    "RIGHT": _side(left=False),
+    "GREATEST": _extreme(max),
+    "LEAST": _extreme(min),
+    "FROM_BASE64": _base64(encode=False),
+    "TO_BASE64": _base64(encode=True),
     "TO_LONG": _TO_LONG,
     "::long": _TO_LONG,
     "TO_INTEGER": _TO_INTEGER,

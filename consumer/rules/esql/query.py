@@ -20,6 +20,7 @@ import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from operator import itemgetter
 from typing import Any, Protocol
 
@@ -137,16 +138,23 @@ class CompiledQuery:
     """True exactly when the query would output a row for this record."""
     columns: tuple[tuple[str, str], ...] = ()
     """Output columns (name, ES|QL type)."""
-    _evaluate: Callable[[Any], dict[str, Any] | None] = field(default=lambda _r: None, repr=False)
-    _run: Callable[[Iterable[Any]], list[list[Any]]] = field(default=lambda _r: [], repr=False)
+    _evaluate: Callable[[Any], dict[str, Any] | None] | None = field(default=None, repr=False)
+    _run: Callable[[Iterable[Any]], list[list[Any]]] | None = field(default=None, repr=False)
+    """Set by `compile_query`; a query built elsewhere (KQL) has only a verdict, so its row
+    is empty."""
 
     def evaluate(self, record: Any) -> dict[str, Any] | None:
         """The output row for one record (display values, nulls included), or None when the
         query drops the record."""
+        if self._evaluate is None:
+            return {} if self.matches(record) else None
         return self._evaluate(record)
 
     def run(self, records: Iterable[Any]) -> Table:
         """Table mode: every record through the whole pipeline, SORT and LIMIT included."""
+        if self._run is None:
+            matched = (record for record in records if self.matches(record))
+            return Table(self.columns, [[] for _ in islice(matched, DEFAULT_LIMIT)])
         return Table(self.columns, self._run(records))
 
 
@@ -208,6 +216,10 @@ def fetcher(extract: Callable[[Any], Any], kind: str) -> ValueFn:
     return fetch
 
 
+def _absent(_record: Any) -> None:
+    return None
+
+
 # --- compilation ----------------------------------------------------------------------------
 
 
@@ -263,7 +275,7 @@ class _Pipeline:
             raise self.source.error(f"unknown column '{node.name}' (not in METADATA)", node.pos)
         spec, kind = self.source_spec(node.name, node.pos)
         self.read.setdefault(node.name, spec)
-        return Column(kind, fetcher(spec.extract, kind), spec.extract, node.name)
+        return Column(kind, fetcher(spec.extract, kind), spec.extract)
 
     def frame_column(self, node: FieldRef) -> Column:
         entry = self.scope.get(node.name)
@@ -281,14 +293,16 @@ class _Pipeline:
             self.read.setdefault(
                 entry.source, self.fields.get(entry.source) or self.metadata[entry.source]
             )
-        return Column(entry.type, itemgetter(entry.key), None, entry.source)
+        return Column(entry.type, itemgetter(entry.key))
 
     def add_source_columns(self, names: Iterable[str], registry: Mapping[str, FieldSpec]) -> None:
         for name in names:
             spec = registry[name]
             kind = field_type(spec.type)
             self.scope[name] = _Def(kind, name, name)
-            if not kind.startswith("unsupported:"):
+            if kind.startswith("unsupported:"):  # shown as null, as Elasticsearch does
+                self.fetchers[name] = _absent
+            else:
                 self.fetchers[name] = fetcher(spec.extract, kind)
 
     def slot(self) -> str:
@@ -408,7 +422,7 @@ def compile_query(
     rest = commands[1:]
     prefix_tests: list[Predicate] = []
     index_patterns: tuple[str, ...] = ()
-    rows: tuple[dict[str, Any], ...] | None = None
+    row: dict[str, Any] | None = None
     if isinstance(first, From):
         index_patterns = first.patterns
         pipeline.add_source_columns(sorted(fields), fields)
@@ -426,16 +440,13 @@ def compile_query(
             rest = rest[1:]
     else:
         assert isinstance(first, Row)
-        rows = (_row_values(pipeline, first),)
+        row = _row_values(pipeline, first)
     stages = _compile_stages(pipeline, rest)
     prefix = _conjunction(prefix_tests)
     fetchers = pipeline.fetchers
-    # ES|QL returns a column of a type it cannot read (geo_point here) as `unsupported`, with
-    # null values; only reading one in an expression is refused.
     output = [
-        (name, entry.type, entry.key)
+        (name, "unsupported" if entry.type.startswith("unsupported:") else entry.type, entry.key)
         for name, entry in pipeline.scope.items()
-        if not entry.type.startswith("unsupported:")
     ]
     steps = [step for kind, step in stages.steps if kind == "row"]
 
@@ -445,28 +456,32 @@ def compile_query(
     def emit(frame: _Frame) -> dict[str, Any]:
         return {name: display(kind, frame[key]) for name, kind, key in output}
 
+    row_values = row or {}
+
+    def new_frame(record: Any) -> _Frame:
+        """A frame for one record; a ROW query's frame holds its one row whatever the record."""
+        frame = _Frame(record, fetchers)
+        frame.update(row_values)
+        return frame
+
     def evaluate(record: Any) -> dict[str, Any] | None:
         if stages.limit_zero or not prefix(record):
             return None
-        frame = _Frame(record, fetchers)
+        frame = new_frame(record)
         return emit(frame) if through(frame) else None
 
     if stages.limit_zero:
         matches: Predicate = lambda _record: False  # noqa: E731
     elif stages.filters:
-        matches = lambda record: prefix(record) and through(_Frame(record, fetchers))  # noqa: E731
+        matches = lambda record: prefix(record) and through(new_frame(record))  # noqa: E731
     else:
         matches = prefix
 
     def run(records: Iterable[Any]) -> list[list[Any]]:
-        if rows is not None:
-            frames: list[_Frame] = []
-            for values in rows:
-                frame = _Frame(None, fetchers)
-                frame.update(values)
-                frames.append(frame)
+        if row is not None:
+            frames = [new_frame(None)]
         else:
-            frames = [_Frame(record, fetchers) for record in records if prefix(record)]
+            frames = [new_frame(record) for record in records if prefix(record)]
         for kind, step in stages.steps:
             if kind == "row":
                 frames = [frame for frame in frames if step(frame)]

@@ -7,6 +7,7 @@ milliseconds (int), ip as one int in IPv6 space (IPv4 mapped) so that both famil
 
 from __future__ import annotations
 
+import calendar
 import ipaddress
 import math
 from collections.abc import Callable, Mapping
@@ -65,10 +66,7 @@ def date_key(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     moment = parse_iso_utc(value)
-    if moment is None:
-        return None
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    return None if moment is None else date_key_exact(moment)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -185,21 +183,17 @@ def add_months(millis: int, months: int) -> int:
     moment = _EPOCH + timedelta(milliseconds=millis)
     total = moment.year * 12 + moment.month - 1 + months
     year, month = divmod(total, 12)
-    day = min(moment.day, _month_length(year, month + 1))
+    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
     shifted = moment.replace(year=year, month=month + 1, day=day)
     return date_key_exact(shifted)
 
 
 def date_key_exact(moment: datetime) -> int:
+    """An aware datetime as epoch milliseconds, exactly (no float rounding)."""
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def from_millis(millis: int) -> datetime:
+    """Epoch milliseconds as an aware UTC datetime."""
     return _EPOCH + timedelta(milliseconds=millis)
-
-
-def _month_length(year: int, month: int) -> int:
-    if month == 12:
-        return 31
-    return (datetime(year, month + 1, 1) - datetime(year, month, 1)).days
