@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -222,7 +223,12 @@ def _json_size(value: object) -> int:
 
 
 def _cut(value: Any) -> tuple[Any, bool]:
-    """The value with every string cut to FIELD_LIMIT characters, and whether one was."""
+    """The value with every string cut to FIELD_LIMIT characters, and whether one was.
+
+    A number JSON cannot hold (1e400 in a payload reads as infinity) becomes Java's text for it,
+    as in the payload's text form, so the alert stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ("NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"), False
     if isinstance(value, str):
         return (value[:FIELD_LIMIT], True) if len(value) > FIELD_LIMIT else (value, False)
     if isinstance(value, list):
@@ -246,18 +252,8 @@ def _event_fields(
         fields[name], was_cut = _cut(value)
         if was_cut:
             truncated.append(name)
+    # Every field a rule may read is among them, or inside a flattened object they hold.
     protected = {*CONTEXT_FIELDS, *kept}
-    for name in protected.difference(fields):
-        if name.startswith("aws.cloudtrail.flattened."):
-            continue  # a sub-field of a flattened object: the alert holds the whole object
-        try:
-            value = normalize(record, [name], stored=True).get(name)
-        except KeyError:
-            continue
-        if value is not None:
-            fields[name], was_cut = _cut(value)
-            if was_cut:
-                truncated.append(name)
     sizes = {name: _json_size(value) + len(name) for name, value in fields.items()}
     total = sum(sizes.values())
     omitted: list[str] = []

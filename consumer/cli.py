@@ -27,6 +27,7 @@ from consumer.config import ConfigError, Settings, env_name, load_settings, opti
 from consumer.detector import Verdict
 from consumer.envelopes import SHAPES
 from consumer.files import FileRecord
+from consumer.normalize import configure_enrichment
 from consumer.query import run_query
 from consumer.replay import (
     ReplayError,
@@ -348,6 +349,9 @@ def _scan_rules(args: argparse.Namespace) -> tuple[list[LoadedRule], ExceptionSe
         raise ConfigError(f"no such file or directory: {', '.join(missing)}")
     settings = load_settings(None, rules_dir=args.rules_dir, enable_rules=args.enable_rules,
                              disable_rules=args.disable_rules, input_format="json")
+    configure_enrichment(
+        settings.data_stream_namespace, settings.geoip_city_database, settings.geoip_asn_database
+    )
     rules = load_enabled_rules(settings)
     links = rule_links(rule for rule in rules if rule.enabled)
     return rules, load_exceptions(args.exceptions_dir, links)

@@ -249,10 +249,7 @@ def _event_type(record: CloudTrailRecord) -> EcsValue:
 
 def _timestamp(record: CloudTrailRecord) -> EcsValue:
     """eventTime as Elastic stores it: UTC, millisecond precision, `Z` suffix."""
-    moment = parse_iso_utc(_text(record.get("eventTime")))
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+    return _iso_millis(parse_iso_utc(_text(record.get("eventTime"))))
 
 
 def _user_name(record: CloudTrailRecord) -> EcsValue:
@@ -835,7 +832,7 @@ def _geo_location(record: CloudTrailRecord) -> EcsValue:
     lat, lon = location.get("latitude"), location.get("longitude")
     if not isinstance(lat, int | float) or not isinstance(lon, int | float):
         return None
-    return {"lat": lat, "lon": lon}  # type: ignore[return-value]
+    return {"lat": lat, "lon": lon}
 
 
 def _as(record: CloudTrailRecord) -> Mapping[str, Any]:

@@ -316,3 +316,14 @@ def test_an_unknown_librdkafka_property_stops_the_cli_with_exit_2() -> None:
     assert result.returncode == EXIT_CONFIG, result.stderr
     assert "DETECTOR_KAFKA_CONSUMER" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_geoip_database_that_does_not_exist_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DETECTOR_INPUT_FORMAT", "json")
+    monkeypatch.setenv("DETECTOR_GEOIP_CITY_DATABASE", str(tmp_path / "GeoLite2-City.mmdb"))
+
+    message = config_error()
+
+    assert "DETECTOR_GEOIP_CITY_DATABASE" in message
