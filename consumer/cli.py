@@ -22,7 +22,7 @@ from consumer.app import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, load_enabled_rules, r
 from consumer.app import run as run_service
 from consumer.config import ConfigError, Settings, load_settings
 from consumer.replay import ReplayOptions, avro_encoder, json_encoder, registry_encoder, replay
-from consumer.rules.loader import RuleLoadError, list_rules, validate_paths
+from consumer.rules.loader import RuleLoadError, check_paths, list_rules
 from consumer.scan import scan
 
 _RUN_OPTIONS = {
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--rules-dir", type=Path)
     validate = rule_commands.add_parser("validate", help="check rule files")
     validate.add_argument("paths", nargs="+", type=Path)
+    validate.add_argument("--skip-unsupported", action="store_true",
+                          help="accept rules the detector cannot run yet (it skips them)")
     return parser
 
 
@@ -160,13 +162,17 @@ def _replay(args: argparse.Namespace) -> int:
 def _rules(args: argparse.Namespace) -> int:
     if args.rules_command == "list":
         for rule in list_rules(args.rules_dir):
-            state = "on " if rule.enabled else "off"
-            print(f"{state}  {rule.rule_id}  {rule.severity:<8}  {rule.name}  [{rule.source}]")
+            state = "skip" if rule.reason else "on" if rule.enabled else "off"
+            line = f"{state:<4} {rule.rule_id}  {rule.severity:<8}  {rule.name}  [{rule.source}]"
+            print(f"{line}  {rule.reason}" if rule.reason else line)
         return EXIT_OK
-    problems = validate_paths(args.paths)
+    validation = check_paths(args.paths)
+    problems = validation.problems + ([] if args.skip_unsupported else validation.skipped)
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
+        for skipped in validation.skipped:
+            print(skipped)
         print(f"{len(args.paths)} path(s) valid")
     return EXIT_CONFIG if problems else EXIT_OK
 
