@@ -45,8 +45,8 @@ from __future__ import annotations
 import calendar
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from consumer.event import CloudTrailRecord
@@ -535,7 +535,10 @@ def _unquoted(chars: list[str | None], pos: int) -> KqlLiteral:
 
 def parse_kql(text: str) -> KqlNode:
     """The syntax tree of a KQL query; raises KqlError at the furthest point parsing reached."""
-    return _Parser(text).start()
+    try:
+        return _Parser(text).start()
+    except RecursionError:
+        raise KqlError("the query nests too deeply", 1, 1) from None
 
 
 # --- values --------------------------------------------------------------------------------
@@ -1100,21 +1103,50 @@ def fields_of(node: KqlNode) -> Iterator[KqlLiteral]:
 
 
 def compile_kql(
-    query: str, index: Iterable[str] = (), fields: Mapping[str, EcsField] = ECS_FIELDS
+    query: str, fields: Mapping[str, EcsField] = ECS_FIELDS, index: Sequence[str] = ()
 ) -> CompiledQuery:
     """Parse and compile a KQL query against a field registry; raises KqlError.
 
-    `index` is the rule's `index` key (its index patterns), kept on the result.
+    `index` is the rule's `index` key (its index patterns), checked by `with_index`.
     """
     tree = parse_kql(query)
     compiler = _Compiler(query, fields)
     compiled = compiler.compile(tree)
-    return CompiledQuery(
+    result = CompiledQuery(
         query=query,
-        index_patterns=tuple(index),
+        index_patterns=(),
         condition=compiled.condition,
         fields_read=tuple(compiler.read),
         field_specs=dict(compiler.read),
         keep_fields=(),
         matches=compiled.predicate,
     )
+    return with_index(result, index) if index else result
+
+
+CLOUDTRAIL_DATA_STREAM = "logs-aws.cloudtrail-default"
+"""The data stream Elastic's AWS integration writes CloudTrail events to (default namespace)."""
+
+
+def with_index(query: CompiledQuery, index: Sequence[str]) -> CompiledQuery:
+    """The query with a rule's `index` patterns; raises UnsupportedKqlError when none of them
+    covers CloudTrail's data stream (such a rule never sees these events in Elastic either).
+
+    Patterns are comma-free globs with `*`, as Elasticsearch resolves them; a leading `-`
+    excludes.
+    """
+    patterns = tuple(index)
+    included = [p for p in patterns if not p.startswith("-")]
+    excluded = [p[1:] for p in patterns if p.startswith("-")]
+
+    def covers(pattern: str) -> bool:
+        return _wildcard_regex(pattern.split("*")).fullmatch(CLOUDTRAIL_DATA_STREAM) is not None
+
+    if not any(map(covers, included)) or any(map(covers, excluded)):
+        raise UnsupportedKqlError(
+            f"index {list(patterns)} does not cover CloudTrail's data stream "
+            f"{CLOUDTRAIL_DATA_STREAM}",
+            1,
+            1,
+        )
+    return replace(query, index_patterns=patterns)

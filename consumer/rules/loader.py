@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from consumer.normalize import ECS_FIELDS, EcsField
 from consumer.rules.esql import CompiledQuery, EsqlError, UnsupportedEsqlError, compile_query
+from consumer.rules.kql import compile_kql, with_index
 from consumer.rules.model import RuleDefinition, RuleFile
 
 BUILTIN_PREFIX = "builtin:"
@@ -31,6 +32,7 @@ QueryCompiler = Callable[[str, Mapping[str, EcsField]], CompiledQuery]
 
 COMPILERS: dict[tuple[str, str | None], QueryCompiler] = {
     ("esql", "esql"): compile_query,
+    ("query", "kuery"): compile_kql,
 }
 """How each (rule type, language) we can run compiles its query. A compiler raises
 UnsupportedEsqlError for a valid query it cannot run yet (the rule is skipped) and EsqlError
@@ -156,7 +158,8 @@ def _compile(
     if rule.query is None:
         raise RuleLoadError([f"{source}: rule.query: Field required"])
     try:
-        return compiler(rule.query, fields)
+        compiled = compiler(rule.query, fields)
+        return with_index(compiled, rule.index) if rule.index else compiled
     except UnsupportedEsqlError as unsupported:
         return "query", str(unsupported)
     except EsqlError as problem:

@@ -91,7 +91,7 @@ IGNORED_RULE_KEYS = frozenset({
     "response_actions", "revision", "risk_score_mapping", "rule_name_override",
     "severity_mapping", "threat_mappings", "throttle", "timeline_id", "timeline_title", "to",
     # query, eql, esql, threshold, new_terms, threat_match
-    "alert_suppression", "data_view_id", "index",
+    "alert_suppression", "data_view_id",
     "threshold", "new_terms",
     "event_category_override", "tiebreaker_field", "timestamp_field",
     "anomaly_threshold", "machine_learning_job_id",
@@ -168,6 +168,8 @@ class RuleDefinition(_Strict):
     type: RuleType
     language: Language | None = None
     query: str | None = None
+    index: list[Text] = []
+    """Index patterns a `query` rule searches (ES|QL names its own in FROM)."""
     risk_score: int = Field(ge=0, le=100)
     severity: Literal["low", "medium", "high", "critical"]
     tags: list[Text] = []
