@@ -24,6 +24,7 @@ from consumer.decode import Decoder, JsonDecoder, RegistryAvroDecoder, Schemales
 from consumer.detector import Detector
 from consumer.http import serve
 from consumer.metrics import Metrics
+from consumer.normalize import configure_enrichment
 from consumer.rules.loader import LoadedRule, RuleSet, load_rule_set, log_rule_set
 from consumer.service import RETRY_LATER_BACKOFF_S, Health, Service, install_signal_handlers
 from consumer.sink import FatalSinkError
@@ -102,6 +103,9 @@ def configure_logging(level: str) -> None:
 def run_worker(settings: Settings, worker: int) -> int:
     """One group member with its own metrics endpoint on metrics_port + worker."""
     configure_logging(settings.log_level)
+    configure_enrichment(
+        settings.data_stream_namespace, settings.geoip_city_database, settings.geoip_asn_database
+    )
     rule_set = load_rule_set_for(settings)
     rules = rule_set.rules
     registry = CollectorRegistry(auto_describe=True)

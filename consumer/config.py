@@ -122,6 +122,17 @@ class Settings(BaseSettings):
     schema_registry_key_location: Path | None = None
     alert_format: Literal["json", "avro-registry"] = "json"
     include_event_original: bool = True
+    data_stream_namespace: str = Field(
+        "default",
+        pattern=r"^[a-z0-9_]{1,100}$",
+        description="data_stream.namespace of the events, as Elastic's integration policy sets it.",
+    )
+    geoip_city_database: Path | None = Field(
+        None, description="A MaxMind-format City database (GeoLite2-City.mmdb) for source.geo.*."
+    )
+    geoip_asn_database: Path | None = Field(
+        None, description="A MaxMind-format ASN database (e.g. GeoLite2-ASN.mmdb) for source.as.*."
+    )
     delivery: Literal["exactly-once", "at-least-once"] = "exactly-once"
     prefilter: bool = Field(
         True,

@@ -12,6 +12,7 @@ from typing import cast
 
 from consumer.decode import Decoder
 from consumer.event import CloudTrailRecord
+from consumer.normalize import INGESTED_MS
 from consumer.rules.loader import LoadedRule
 from consumer.rules.prefilter import CombinedPrefilter
 
@@ -57,11 +58,12 @@ class Detector:
         # Well framed: every payload is present.
         return self._batch_screen.candidates(cast("Sequence[bytes]", payloads), sizes)
 
-    def inspect(self, payload: bytes | None) -> Verdict | None:
+    def inspect(self, payload: bytes | None, ingested_ms: int | None = None) -> Verdict | None:
         """The verdict for one message, or SKIPPED when its bytes rule out every rule.
 
         A skipped message is not decoded, only its framing is checked: a corrupt body that no
         rule could match is counted as skipped. Without the prefilter every message is decoded.
+        `ingested_ms` (the Kafka message's timestamp) becomes the record's event.ingested.
         Raises DecodeError for undecodable input and RuleEvaluationError when a rule fails.
         """
         if (
@@ -72,6 +74,8 @@ class Detector:
             self.decoder.check_framing(payload)
             return SKIPPED
         record = self.decoder.decode(payload)
+        if ingested_ms is not None:
+            record[INGESTED_MS] = ingested_ms
         matched = []
         for rule in self.rules:
             try:

@@ -255,7 +255,7 @@ class Service:
             if blocked and (topic, partition) in blocked:
                 continue
             try:
-                verdict = inspect(values[index])
+                verdict = inspect(values[index], message.timestamp()[1])
             except DecodeError as undecodable:
                 if undecodable.retriable:
                     blocked[(topic, partition)] = offset

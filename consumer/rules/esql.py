@@ -33,7 +33,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from consumer.event import CloudTrailRecord
 from consumer.normalize import ECS_FIELDS, EcsField
@@ -636,7 +636,8 @@ class _Compiler:
             return self.const_type(node), _constant(node.value)
         if isinstance(node, FieldRef):
             spec = self.field(node)
-            return spec.type, _fetcher(spec)
+            # geo_point and flattened are no ES|QL type we support: the checks refuse them.
+            return cast("EsType", spec.type), _fetcher(spec)
         if isinstance(node, Call):
             return self.call(node)
         is_true, is_false = self.truth(node)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from consumer.alert import (
@@ -317,6 +317,7 @@ def test_encoded_alert_is_ascii_json_that_round_trips_any_user_name(
 @settings(max_examples=60, deadline=None)
 @given(name=st.text(alphabet=st.characters(codec=None, exclude_categories=()), min_size=1))
 def test_encoded_alert_round_trips_arbitrary_code_points(name: str) -> None:
+    assume(name not in ("-", "none"))  # Elastic drops these values as empty
     seed = next(rule for rule in load_rules() if rule.rule_id == SEED_ID)
     record = create_access_key(event_id="e-1", caller="alice", target=name, account=ACCOUNT)
 

@@ -237,3 +237,15 @@ def test_the_cli_refuses_a_bad_option_value_with_exit_2() -> None:
 
     assert result.returncode == EXIT_CONFIG, result.stderr
     assert "input_format" in result.stderr
+
+
+def test_the_data_stream_namespace_follows_elastics_naming_rules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DETECTOR_INPUT_FORMAT", "json")
+    assert load_settings().data_stream_namespace == "default"
+    monkeypatch.setenv("DETECTOR_DATA_STREAM_NAMESPACE", "Prod-EU")
+
+    message = config_error()
+
+    assert "DETECTOR_DATA_STREAM_NAMESPACE" in message

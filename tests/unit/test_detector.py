@@ -11,6 +11,7 @@ import pytest
 from consumer.decode import DecodeError, Decoder, JsonDecoder, SchemalessAvroDecoder
 from consumer.detector import SKIPPED, Detector, RuleEvaluationError
 from consumer.event import CloudTrailRecord
+from consumer.normalize import normalize
 from consumer.record import json_to_avro
 from consumer.replay import avro_encoder, json_encoder
 from consumer.rules.loader import LoadedRule, load_rules
@@ -220,3 +221,14 @@ def test_an_enabled_hardened_rule_judges_alongside_the_seed_rule(wire: str) -> N
     assert cross is not None
     assert [rule.rule_id for rule in root.matched] == [HARDENED_ID]
     assert sorted(rule.rule_id for rule in cross.matched) == sorted([SEED_ID, HARDENED_ID])
+
+
+def test_the_message_timestamp_becomes_event_ingested_of_the_judged_record(wire: str) -> None:
+    detector, _ = detector_for(wire)
+
+    verdict = detector.inspect(encode(wire, CROSS_USER), ingested_ms=1_764_600_000_250)
+
+    assert verdict is not None
+    assert normalize(verdict.record, ["event.ingested"]) == {
+        "event.ingested": "2025-12-01T14:40:00Z"
+    }

@@ -1,14 +1,23 @@
 """ECS normalization pinned case by case, in our own words, without Elastic's vectors."""
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mmdb_writer import MmdbU32, MMDBWriter
+from netaddr import IPSet
 
 from consumer.event import CloudTrailRecord
-from consumer.normalize import ECS_FIELDS, normalize
+from consumer.normalize import (
+    ECS_FIELDS,
+    INGESTED_MS,
+    configure_enrichment,
+    fields_table,
+    normalize,
+)
 
 RULE_FIELDS = ("event.provider", "event.action", "event.outcome", "user.name", "user.target.name")
 ACCOUNT = "111122223333"
@@ -362,7 +371,9 @@ def test_non_ascii_names_survive_json_text(ensure_ascii: bool) -> None:
     ("source", "is_ip"),
     [
         ("198.51.100.7", True),
-        ("010.000.000.007", True),
+        ("010.000.000.007", False),
+        ("010.001.002.003", False),
+        ("10.1.2.3", True),
         ("2001:db8::8a2e:370:7334", True),
         ("iam.amazonaws.com", False),
         ("AWS Internal", False),
@@ -459,12 +470,23 @@ def test_requesting_one_field_reads_only_its_source() -> None:
 def test_all_fields_are_derived_when_none_are_named() -> None:
     document = normalize(make_record())
 
-    assert set(ECS_FIELDS) - set(document) == {
-        "service.name",
-        "user.changes.name",
-        "user.target.id",
-        "aws.cloudtrail.error_code",
-        "aws.cloudtrail.error_message",
+    # Absent: what this IAM-user CreateAccessKey record has no source for (no error, session,
+    # resources, TLS details, console login, GeoIP database, OS in its agent).
+    absent = set(ECS_FIELDS) - set(document)
+    assert absent == {
+        "service.name", "user.changes.name", "user.target.id", "user.email", "group.id",
+        "group.name", "aws.cloudtrail.error_code", "aws.cloudtrail.error_message",
+        *(name for name in ECS_FIELDS if name.startswith((
+            "source.geo.", "source.as.", "tls.", "user_agent.os.",
+            "aws.cloudtrail.user_identity.session_context.", "aws.cloudtrail.resources.",
+            "aws.cloudtrail.console_login.",
+        ))),
+        "aws.cloudtrail.user_identity.invoked_by", "aws.cloudtrail.additional_eventdata",
+        "aws.cloudtrail.service_event_details", "aws.cloudtrail.flattened.additional_eventdata",
+        "aws.cloudtrail.flattened.service_event_details", "aws.cloudtrail.api_version",
+        "aws.cloudtrail.event_category", "aws.cloudtrail.management_event",
+        "aws.cloudtrail.read_only", "aws.cloudtrail.session_credential_from_console",
+        "aws.cloudtrail.vpc_endpoint_id",
     }
 
 
@@ -530,3 +552,277 @@ def test_odd_shapes_never_raise(identity: Any, request: Any, response: Any, erro
 
     assert document["event.kind"] == "event"
     assert document["event.outcome"] in {"success", "failure"}
+
+
+# --- the free-form objects as Elastic keeps them -------------------------------------------------
+# Expected key orders were printed by a java.util.HashMap filled in the same order (JDK 17); the
+# number forms are Double.toString's.
+
+
+@pytest.mark.parametrize(
+    ("keys", "java_order"),
+    [
+        (["userName", "policyArn"], ["policyArn", "userName"]),
+        (
+            ["bucketName", "Host", "key", "x-amz-server-side-encryption",
+             "x-amz-server-side-encryption-aws-kms-key-id", "x-amz-copy-source"],
+            ["bucketName", "Host", "x-amz-server-side-encryption-aws-kms-key-id",
+             "x-amz-server-side-encryption", "x-amz-copy-source", "key"],
+        ),
+        (  # 14 keys: past 12 the HashMap has doubled to 32 buckets
+            ["instanceId", "userData", "dryRun", "groupSet", "subnetId", "imageId", "minCount",
+             "maxCount", "keyName", "instanceType", "blockDeviceMapping", "monitoring",
+             "disableApiTermination", "tagSpecificationSet"],
+            ["subnetId", "userData", "dryRun", "imageId", "blockDeviceMapping",
+             "tagSpecificationSet", "instanceType", "keyName", "monitoring", "groupSet",
+             "maxCount", "instanceId", "disableApiTermination", "minCount"],
+        ),
+    ],
+    ids=["two-keys", "s3-copy", "fourteen-keys"],
+)
+def test_request_parameters_text_lists_keys_in_java_hash_map_order(
+    keys: list[str], java_order: list[str]
+) -> None:
+    record = make_record(requestParameters=json.dumps(dict.fromkeys(keys, "v")))
+
+    text = normalize(record, ["aws.cloudtrail.request_parameters"])
+
+    assert text == {
+        "aws.cloudtrail.request_parameters": "{" + ", ".join(f"{k}=v" for k in java_order) + "}"
+    }
+
+
+def test_map_to_string_form_of_nested_objects_lists_numbers_and_booleans() -> None:
+    record = make_record(
+        requestParameters=json.dumps({"items": [{"groupId": "sg-1"}, 2, 1.0, 1e7, True]})
+    )
+
+    assert normalize(record, ["aws.cloudtrail.request_parameters"]) == {
+        "aws.cloudtrail.request_parameters": "{items=[{groupId=sg-1}, 2, 1.0, 1.0E7, true]}"
+    }
+
+
+def test_the_seed_rules_grok_pattern_finds_the_new_access_key_in_the_response_text() -> None:
+    text = normalize(make_record(), ["aws.cloudtrail.response_elements"])[
+        "aws.cloudtrail.response_elements"
+    ]
+
+    assert text == "{accessKey={accessKeyId=AKIAEXAMPLEBOB, userName=Bob, status=Active}}"
+
+
+@pytest.mark.parametrize("empty", [None, "", "-", "none", {}, []])
+def test_empty_values_are_dropped_inside_the_payload_and_an_empty_payload_is_absent(
+    empty: Any,
+) -> None:
+    record = make_record(
+        requestParameters=json.dumps({"userName": "Bob", "x": empty, "y": {"z": empty}}),
+        responseElements=json.dumps({"only": empty}),
+    )
+
+    document = normalize(
+        record, ["aws.cloudtrail.request_parameters", "aws.cloudtrail.response_elements"]
+    )
+
+    assert document == {"aws.cloudtrail.request_parameters": "{userName=Bob}"}
+
+
+def test_payload_text_longer_than_ignore_above_reads_null_but_is_stored() -> None:
+    long_text = {"policyDocument": "x" * 8200}
+    record = make_record(requestParameters=json.dumps(long_text))
+    name = "aws.cloudtrail.request_parameters"
+
+    assert normalize(record, [name]) == {}
+    assert normalize(record, [name], stored=True) == {name: "{policyDocument=" + "x" * 8200 + "}"}
+    assert ECS_FIELDS[name].ignore_above == 8191
+
+
+def test_flattened_sub_fields_resolve_by_name_with_leaves_as_text() -> None:
+    record = make_record(
+        requestParameters=json.dumps(
+            {"userName": "Bob", "fromPort": 22, "groupSet": {"items": [{"groupId": "a"},
+                                                                       {"groupId": "b"}]}}
+        )
+    )
+    prefix = "aws.cloudtrail.flattened.request_parameters."
+
+    document = normalize(record, [prefix + "userName", prefix + "fromPort",
+                                  prefix + "groupSet.items.groupId", prefix + "missing"])
+
+    assert document == {
+        prefix + "userName": "Bob",
+        prefix + "fromPort": "22",
+        prefix + "groupSet.items.groupId": ["a", "b"],
+    }
+    assert prefix + "userName" in ECS_FIELDS
+    assert prefix + "userName" not in list(ECS_FIELDS)
+    assert ECS_FIELDS[prefix + "userName"].type == "keyword"
+
+
+def test_flattened_copy_is_kept_only_below_elastics_limit() -> None:
+    name = "aws.cloudtrail.flattened.request_parameters"
+    small = make_record(requestParameters=json.dumps({"a": "x"}))
+    large = make_record(requestParameters=json.dumps({"a": "x" * 32766}))
+
+    assert normalize(small, [name]) == {name: {"a": "x"}}
+    assert normalize(large, [name]) == {}
+
+
+def test_fixed_constants_of_the_aws_cloudtrail_data_stream() -> None:
+    names = ["data_stream.type", "data_stream.dataset", "data_stream.namespace",
+             "event.dataset", "event.module"]
+
+    assert normalize(make_record(), names) == {
+        "data_stream.type": "logs",
+        "data_stream.dataset": "aws.cloudtrail",
+        "data_stream.namespace": "default",
+        "event.dataset": "aws.cloudtrail",
+        "event.module": "aws",
+    }
+
+
+def test_namespace_is_a_setting() -> None:
+    try:
+        configure_enrichment(namespace="prod")
+        assert normalize(make_record(), ["data_stream.namespace"]) == {
+            "data_stream.namespace": "prod"
+        }
+    finally:
+        configure_enrichment()
+
+
+def test_event_ingested_is_the_arrival_time_else_the_event_time_in_whole_seconds() -> None:
+    arrived = make_record(**{INGESTED_MS: 1_714_567_890_987})
+    scanned = make_record(eventTime="2024-05-01T12:30:45.678Z")
+
+    assert normalize(arrived, ["event.ingested"]) == {"event.ingested": "2024-05-01T12:51:30Z"}
+    assert normalize(scanned, ["event.ingested"]) == {"event.ingested": "2024-05-01T12:30:45Z"}
+
+
+def test_session_issuer_invoked_by_and_console_credential_fields() -> None:
+    identity = role_session(f"arn:aws:iam::{ACCOUNT}:role/ops", "ops", "alice")
+    identity["invokedBy"] = "cloudformation.amazonaws.com"
+    record = make_record(userIdentity=identity, sessionCredentialFromConsole="true")
+    base = "aws.cloudtrail.user_identity."
+
+    document = normalize(record, [
+        base + "invoked_by",
+        base + "session_context.session_issuer.arn",
+        base + "session_context.session_issuer.type",
+        base + "session_context.creation_date",
+        base + "session_context.mfa_authenticated",
+        "aws.cloudtrail.session_credential_from_console",
+    ])
+
+    assert document == {
+        base + "invoked_by": "cloudformation.amazonaws.com",
+        base + "session_context.session_issuer.arn": f"arn:aws:iam::{ACCOUNT}:role/ops",
+        base + "session_context.session_issuer.type": "Role",
+        base + "session_context.creation_date": "2024-05-01T12:00:00.000Z",
+        base + "session_context.mfa_authenticated": "false",
+        "aws.cloudtrail.session_credential_from_console": "true",
+    }
+
+
+def test_resources_are_deduplicated_and_a_query_reads_them_sorted() -> None:
+    bucket = {"ARN": "arn:aws:s3:::b", "accountId": ACCOUNT, "type": "AWS::S3::Bucket"}
+    object_ = {"ARN": "arn:aws:s3:::b/k", "type": "AWS::S3::Object"}
+    record = make_record(resources=[object_, bucket, dict(bucket)])
+
+    read = normalize(record, ["aws.cloudtrail.resources.arn", "aws.cloudtrail.resources.type"])
+
+    assert read == {
+        "aws.cloudtrail.resources.arn": ["arn:aws:s3:::b", "arn:aws:s3:::b/k"],
+        "aws.cloudtrail.resources.type": ["AWS::S3::Bucket", "AWS::S3::Object"],
+    }
+    stored = normalize(record, ["aws.cloudtrail.resources.arn"], stored=True)
+    assert sorted(stored["aws.cloudtrail.resources.arn"]) == [  # type: ignore[arg-type]
+        "arn:aws:s3:::b", "arn:aws:s3:::b/k"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("agent", "expected"),
+    [
+        (
+            "aws-cli/2.18.17 md/awscrt#0.22.0 ua/2.0 os/linux#6.8.0-1016-aws md/arch#x86_64",
+            {"user_agent.name": "aws-cli", "user_agent.version": "2.18.17",
+             "user_agent.os.name": "Linux", "user_agent.device.name": "Other"},
+        ),
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like"
+            " Gecko) Chrome/120.0.0.0 Safari/537.36",
+            {"user_agent.name": "Chrome", "user_agent.version": "120.0.0.0",
+             "user_agent.os.name": "Mac OS X", "user_agent.os.version": "10.15.7",
+             "user_agent.os.full": "Mac OS X 10.15.7", "user_agent.device.name": "Mac"},
+        ),
+        ("ec2.amazonaws.com", {"user_agent.name": "Other", "user_agent.device.name": "Other"}),
+    ],
+    ids=["aws-cli", "chrome", "aws-service"],
+)
+def test_user_agent_is_parsed_with_the_ua_parser_regexes(
+    agent: str, expected: dict[str, str]
+) -> None:
+    names = ["user_agent.name", "user_agent.version", "user_agent.os.name",
+             "user_agent.os.version", "user_agent.os.full", "user_agent.device.name"]
+
+    assert normalize(make_record(userAgent=agent), names) == expected
+
+
+GEO_FIELDS = [name for name in ECS_FIELDS if name.startswith(("source.geo.", "source.as."))]
+
+
+def write_geoip_databases(directory: Path) -> tuple[Path, Path]:
+    """A City and an ASN database in MaxMind's format covering 198.51.100.0/24 only."""
+    city, asn = directory / "city.mmdb", directory / "asn.mmdb"
+    writer = MMDBWriter(ip_version=6, database_type="GeoLite2-City", ipv4_compatible=True)
+    writer.insert_network(IPSet(["198.51.100.0/24"]), {
+        "city": {"names": {"en": "Milton"}},
+        "continent": {"names": {"en": "North America"}},
+        "country": {"iso_code": "US", "names": {"en": "United States"}},
+        "subdivisions": [{"iso_code": "WA", "names": {"en": "Washington"}}],
+        "location": {"latitude": 47.2513, "longitude": -122.3149},
+    })
+    writer.to_db_file(str(city))
+    writer = MMDBWriter(ip_version=6, database_type="GeoLite2-ASN", ipv4_compatible=True)
+    writer.insert_network(IPSet(["198.51.100.0/24"]), {
+        "autonomous_system_number": MmdbU32(64500),
+        "autonomous_system_organization": "EXAMPLE-NET",
+    })
+    writer.to_db_file(str(asn))
+    return city, asn
+
+
+def test_geoip_fields_come_from_the_configured_databases(tmp_path: Path) -> None:
+    city, asn = write_geoip_databases(tmp_path)
+    try:
+        configure_enrichment(city_database=city, asn_database=asn)
+        found = normalize(make_record(sourceIPAddress="198.51.100.7"), GEO_FIELDS)
+        elsewhere = normalize(make_record(sourceIPAddress="203.0.113.9"), GEO_FIELDS)
+        by_name = normalize(make_record(sourceIPAddress="iam.amazonaws.com"), GEO_FIELDS)
+    finally:
+        configure_enrichment()
+
+    assert found == {
+        "source.geo.city_name": "Milton",
+        "source.geo.continent_name": "North America",
+        "source.geo.country_iso_code": "US",
+        "source.geo.country_name": "United States",
+        "source.geo.region_iso_code": "US-WA",
+        "source.geo.region_name": "Washington",
+        "source.geo.location": {"lat": 47.2513, "lon": -122.3149},
+        "source.as.number": 64500,
+        "source.as.organization.name": "EXAMPLE-NET",
+    }
+    assert elsewhere == {}
+    assert by_name == {}
+
+
+def test_geoip_fields_are_absent_without_databases() -> None:
+    assert normalize(make_record(sourceIPAddress="198.51.100.7"), GEO_FIELDS) == {}
+
+
+def test_docs_list_every_field_as_the_registry_has_it() -> None:
+    """docs/ecs-fields.md is generated: run scripts/ecs_fields_doc.py after changing a field."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "ecs-fields.md"
+
+    assert doc.read_text(encoding="utf-8") == fields_table()
