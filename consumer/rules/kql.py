@@ -701,6 +701,8 @@ class _Target:
     kind: Literal["keyword", "text", "ip", "number", "date", "boolean"]
     limit: int | None
     """ignore_above, for keyword fields."""
+    stored: bool = False
+    """Read the value as stored, before the keyword parent's ignore_above (text multi-fields)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -761,12 +763,12 @@ class _Compiler:
             if kind == "keyword" and name not in UNLIMITED_FIELDS and not name.startswith(
                 FLATTENED_PREFIX
             ) and spec.type == "keyword":
-                limit = IGNORE_ABOVE.get(name, DEFAULT_IGNORE_ABOVE)
+                limit = spec.ignore_above or IGNORE_ABOVE.get(name, DEFAULT_IGNORE_ABOVE)
             return _Target(name, spec, kind, limit)
         parent_name = name.removesuffix(".text")
         parent = self.fields.get(parent_name)
         if name.endswith(".text") and parent_name in TEXT_MULTI_FIELDS and parent is not None:
-            return _Target(parent_name, parent, "text", None)
+            return _Target(parent_name, parent, "text", None, stored=True)
         return None
 
     @staticmethod
@@ -805,6 +807,8 @@ class _Compiler:
 
     def use(self, target: _Target) -> Callable[[CloudTrailRecord], Any]:
         self.read.setdefault(target.spec.name, target.spec)
+        if target.stored and target.spec.source is not None:
+            return target.spec.source
         return target.spec.extract
 
     # nodes

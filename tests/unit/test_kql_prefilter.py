@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from consumer.record import json_to_avro
 from consumer.rules import CombinedPrefilter, Prefilter
-from consumer.rules.kql import compile_kql
+from consumer.rules.kql import KqlError, compile_kql
 from tests.unit.test_prefilter import RECORDS, avro_bytes, from_avro, from_json, json_text
 
 QUERIES = [
@@ -26,7 +26,8 @@ QUERIES = [
         "user_agent.original.text: agent or event.action: GetObject",
         "event.action:* and event.provider:iam.amazonaws.com",
         r"event.action:Create\*Key or event.action:Create?Key",
-        "event.*: CreateAccessKey",
+        "event.*o*: CreateAccessKey",
+        "event.a*: CreateAccessKey",
         "user.name: (alice or Alice) and aws.cloudtrail.user_identity.type: IAMUser",
     )
 ]
@@ -57,6 +58,11 @@ def test_prefilter_never_skips_a_record_a_kql_rule_matches(
             assert COMBINED.may_match(payload, text_format)
 
 
+def test_a_field_wildcard_reaching_a_date_field_fails_as_elasticsearch_does() -> None:
+    with pytest.raises(KqlError, match=r"not a valid date value for field 'event\.ingested'"):
+        compile_kql("event.*: CreateAccessKey")
+
+
 def test_generated_records_include_kql_matches_so_the_property_is_not_vacuous() -> None:
     found = find(RECORDS, lambda record: QUERIES[0].matches(json_to_avro(record)))
     assert QUERIES[0].matches(json_to_avro(found))
@@ -72,8 +78,9 @@ def test_generated_records_include_kql_matches_so_the_property_is_not_vacuous() 
         (7, ()),  # a text-field match implies no literal, so neither does the OR
         (8, ((b"iam.amazonaws.com",),)),  # exists implies nothing, the provider does
         (9, ((b"Create*Key", b"Create?Key"),)),  # escaped * and KQL's ? are literal
-        (10, ()),  # event.* also reaches fields with no raw bytes
-        (11, ()),  # neither field copies a top-level string
+        (10, ()),  # event.*o* also reaches event.outcome, which has no raw bytes
+        (11, ((b"CreateAccessKey",),)),  # event.a* is event.action alone
+        (12, ()),  # neither field copies a top-level string
     ],
 )
 def test_literals_come_from_exact_and_wildcard_tests_on_raw_keywords(
