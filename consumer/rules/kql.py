@@ -106,6 +106,20 @@ UNLIMITED_FIELDS = frozenset(
 FLATTENED_PREFIX = "aws.cloudtrail.flattened."
 """Sub-fields of the integration's `flattened` fields: keyword leaves without ignore_above."""
 
+VERBATIM_FIELDS: Mapping[str, str] = {
+    "user.name": "userIdentity.userName|userIdentity.sessionContext.sessionIssuer.userName",
+    "aws.cloudtrail.user_identity.type": "userIdentity.type",
+    "aws.cloudtrail.user_identity.arn": "userIdentity.arn",
+    "aws.cloudtrail.user_identity.access_key_id": "userIdentity.accessKeyId",
+    "aws.cloudtrail.user_identity.invoked_by": "userIdentity.invokedBy",
+}
+"""Keyword fields whose every value is a string of the record's `userIdentity` copied verbatim.
+
+userIdentity is a structured record in the Avro schema (its strings are raw UTF-8 bytes in
+the message) and an object in JSON (its strings are JSON strings), so the prefilter may look
+for their literals as it does for top-level strings: a compiled query's `field_specs` gives
+these fields this path as `raw_source`."""
+
 _KEYWORD_TYPES = frozenset({"keyword", "constant_keyword", "flattened", "wildcard"})
 _TEXT_TYPES = frozenset({"text", "match_only_text"})
 _NUMERIC_TYPES = frozenset({"long", "integer", "short", "byte", "double", "float", "half_float",
@@ -806,7 +820,11 @@ class _Compiler:
         return targets
 
     def use(self, target: _Target) -> Callable[[CloudTrailRecord], Any]:
-        self.read.setdefault(target.spec.name, target.spec)
+        spec = target.spec
+        verbatim = VERBATIM_FIELDS.get(spec.name)
+        if spec.raw_source is None and verbatim is not None and not target.stored:
+            spec = replace(spec, raw_source=verbatim)
+        self.read.setdefault(spec.name, spec)
         if target.stored and target.spec.source is not None:
             return target.spec.source
         return target.spec.extract

@@ -29,10 +29,13 @@ QUERIES = [
         "event.*o*: CreateAccessKey",
         "event.a*: CreateAccessKey",
         "user.name: (alice or Alice) and aws.cloudtrail.user_identity.type: IAMUser",
+        "aws.cloudtrail.user_identity.type: IAMUser and user.name: BedrockAPIKey-*"
+        " and not event.provider: bedrock.amazonaws.com",
+        "user.name.text: alice or user.name: bob",
     )
 ]
 PAIRS = [(query, Prefilter.for_query(query)) for query in QUERIES]
-COMBINED = CombinedPrefilter.for_queries(QUERIES[:5])
+COMBINED = CombinedPrefilter.for_queries([*QUERIES[:5], *QUERIES[12:14]])
 
 
 @settings(max_examples=400, deadline=None)
@@ -54,7 +57,7 @@ def test_prefilter_never_skips_a_record_a_kql_rule_matches(
         for compiled, prefilter in PAIRS:
             if compiled.matches(decoded):
                 assert prefilter.may_match(payload, text_format), compiled.query
-        if any(compiled.matches(decoded) for compiled in QUERIES[:5]):
+        if any(compiled.matches(decoded) for compiled in [*QUERIES[:5], *QUERIES[12:14]]):
             assert COMBINED.may_match(payload, text_format)
 
 
@@ -80,7 +83,9 @@ def test_generated_records_include_kql_matches_so_the_property_is_not_vacuous() 
         (9, ((b"Create*Key", b"Create?Key"),)),  # escaped * and KQL's ? are literal
         (10, ()),  # event.*o* also reaches event.outcome, which has no raw bytes
         (11, ((b"CreateAccessKey",),)),  # event.a* is event.action alone
-        (12, ()),  # neither field copies a top-level string
+        (12, ((b"Alice", b"alice"), (b"IAMUser",))),  # userIdentity strings are verbatim too
+        (13, ((b"IAMUser",), (b"BedrockAPIKey-",))),
+        (14, ()),  # the analysed text multi-field implies no literal
     ],
 )
 def test_literals_come_from_exact_and_wildcard_tests_on_raw_keywords(
