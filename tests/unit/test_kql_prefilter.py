@@ -74,7 +74,7 @@ def test_generated_records_include_kql_matches_so_the_property_is_not_vacuous() 
 @pytest.mark.parametrize(
     ("index", "groups"),
     [
-        (0, ((b"iam.amazonaws.com",), (b"CreateAccessKey", b"UpdateAccessKey"))),
+        (0, ((b"CreateAccessKey", b"UpdateAccessKey"), (b"iam.amazonaws.com",))),  # action 1st
         (1, ((b"Create",), (b"Key",))),
         (3, ((b"iam.amazonaws.com", b"sts.amazonaws.com"), (b"Access",))),
         (5, ()),  # a negation implies no literal
