@@ -811,6 +811,12 @@ class _Compiler:
             name = prefix + field.text
             target = self.target(name)
             if target is None:
+                spec = self.fields.get(name)
+                if spec is not None:
+                    raise self.unsupported(
+                        f"field '{name}' has type {spec.type}, which KQL cannot match here",
+                        field.pos,
+                    )
                 raise self.unsupported(f"field '{name}' is not derived from CloudTrail", field.pos)
             return [target]
         pattern = _wildcard_regex((prefix + field.segments[0], *field.segments[1:]))
@@ -1165,8 +1171,12 @@ def compile_kql(
     return with_index(result, index) if index else result
 
 
-CLOUDTRAIL_DATA_STREAM = "logs-aws.cloudtrail-default"
-"""The data stream Elastic's AWS integration writes CloudTrail events to (default namespace)."""
+def cloudtrail_data_stream() -> str:
+    """The data stream Elastic's AWS integration writes CloudTrail events to: its namespace is
+    the registry's `data_stream.namespace` (a setting, "default" unless configured)."""
+    spec = ECS_FIELDS.get("data_stream.namespace")
+    namespace = spec.extract({}) if spec is not None else None
+    return f"logs-aws.cloudtrail-{namespace if isinstance(namespace, str) else 'default'}"
 
 
 def with_index(query: CompiledQuery, index: Sequence[str]) -> CompiledQuery:
@@ -1180,13 +1190,14 @@ def with_index(query: CompiledQuery, index: Sequence[str]) -> CompiledQuery:
     included = [p for p in patterns if not p.startswith("-")]
     excluded = [p[1:] for p in patterns if p.startswith("-")]
 
+    stream = cloudtrail_data_stream()
+
     def covers(pattern: str) -> bool:
-        return _wildcard_regex(pattern.split("*")).fullmatch(CLOUDTRAIL_DATA_STREAM) is not None
+        return _wildcard_regex(pattern.split("*")).fullmatch(stream) is not None
 
     if not any(map(covers, included)) or any(map(covers, excluded)):
         raise UnsupportedKqlError(
-            f"index {list(patterns)} does not cover CloudTrail's data stream "
-            f"{CLOUDTRAIL_DATA_STREAM}",
+            f"index {list(patterns)} does not cover CloudTrail's data stream {stream}",
             1,
             1,
         )

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from consumer.event import CloudTrailRecord
-from consumer.normalize import EcsField, EcsType
+from consumer.normalize import EcsField, EcsType, configure_enrichment
 from consumer.rules.kql import (
     KqlAnd,
     KqlError,
@@ -361,3 +361,14 @@ def test_compiled_query_reads_each_field_once_in_order() -> None:
     assert compiled.fields_read == ("user.name", "event.action", "tags")
     assert set(compiled.field_specs) == set(compiled.fields_read)
     assert compiled.keep_fields == ()
+
+
+def test_the_data_stream_a_rule_must_cover_follows_the_configured_namespace() -> None:
+    compiled = compile_kql("event.action:x", FIELDS)
+    configure_enrichment("prod", None, None)
+    try:
+        assert with_index(compiled, ["logs-aws.cloudtrail-prod"]).index_patterns
+        with pytest.raises(UnsupportedKqlError, match=r"logs-aws\.cloudtrail-prod"):
+            with_index(compiled, ["logs-aws.cloudtrail-default"])
+    finally:
+        configure_enrichment("default", None, None)

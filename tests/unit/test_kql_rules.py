@@ -3,16 +3,22 @@ for 25 of them hand-written CloudTrail events that must alert and near misses th
 
 from __future__ import annotations
 
+import shutil
 import tomllib
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from consumer.alert import alert_for
+from consumer.decode import Decoder, JsonDecoder, SchemalessAvroDecoder
+from consumer.detector import Detector
 from consumer.record import json_to_avro
+from consumer.replay import avro_encoder, json_encoder
 from consumer.rules.kql import compile_kql, parse_kql
-from consumer.rules.loader import LoadedRule, parse_rule
+from consumer.rules.loader import LoadedRule, load_rule_set, parse_rule
 from tests.conftest import shared_path
 from tests.support.events import ACCOUNTS, event
 
@@ -305,3 +311,38 @@ def test_at_least_twenty_rules_have_alerting_and_near_miss_cases() -> None:
     alerting = {case[0] for case in CASES if case[3]}
     missing = {case[0] for case in CASES if not case[3]}
     assert len(alerting & missing) >= 20
+
+
+@pytest.mark.parametrize("wire", ["avro", "json"])
+def test_detector_with_every_kql_rule_gives_the_rules_verdicts_through_the_prefilter(
+    tmp_path: Path, wire: str
+) -> None:
+    for path in query_rule_files():
+        shutil.copy(path, tmp_path / path.name)
+    rules = [rule for rule in load_rule_set(tmp_path).rules
+             if rule.source.startswith(str(tmp_path))]
+    assert len(rules) == 85
+    decoder: Decoder = SchemalessAvroDecoder() if wire == "avro" else JsonDecoder()
+    encode = avro_encoder() if wire == "avro" else json_encoder()
+    detector = Detector(decoder, rules)
+    records = [case[2] for case in CASES] + [event(event_id=f"read-{i}") for i in range(20)]
+    payloads = [encode(record) for record in records]
+    screened = set(detector.screen(payloads, [len(payload) for payload in payloads]))
+    for index, (record, payload) in enumerate(zip(records, payloads, strict=True)):
+        expected = {rule.name for rule in rules if rule.query.matches(json_to_avro(record))}
+        verdict = detector.inspect(payload)
+        matched = set() if verdict is None else {rule.name for rule in verdict.matched}
+        assert matched == expected, record["eventName"]
+        assert index in screened or not expected
+    assert len(screened) < len(payloads), "the screen narrows the batch"
+
+
+def test_an_alert_of_a_kql_rule_carries_the_fields_its_query_read() -> None:
+    loaded = rule("credential_access_credentials_in_s3_bucket.toml")
+    record = json_to_avro(CASES[2][2])
+    alert = alert_for(loaded, record, detected_at=datetime(2026, 12, 1, tzinfo=UTC), original=None)
+    document = alert.document
+    assert document["aws"]["cloudtrail"]["flattened"]["request_parameters"]["key"] == (
+        "home/dev/.aws/credentials"
+    )
+    assert document["kibana"]["alert"]["rule"]["rule_id"] == loaded.rule_id
