@@ -4,6 +4,16 @@ An alert is an ECS document (nested JSON objects) that also carries Elastic Secu
 `kibana.alert.*` fields, so the topic can be indexed straight into Elastic. Its id is derived from
 (rule_id, source event id), so a replayed or retried detection always carries the same id and a
 SIEM can drop duplicates.
+
+Like Elastic's alert for a non-aggregating rule, it carries the source document: every ECS and
+`aws.cloudtrail.*` field Elastic's pipeline derives from the event, as the stored document holds
+it (so `aws.cloudtrail.response_elements` names a new access key even without event.original),
+and the rule's own output columns. Its size is bounded:
+- a string longer than FIELD_LIMIT characters is cut there, and its field named in
+  `detector.truncated_fields`;
+- the event's fields take at most EVENT_FIELDS_LIMIT bytes of JSON; past it the largest fields
+  the rule neither read nor kept, nor CONTEXT_FIELDS, are left out, largest first, and named in
+  `detector.omitted_fields`.
 """
 
 from __future__ import annotations
@@ -13,11 +23,11 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from consumer.event import CloudTrailRecord, EcsValue
-from consumer.normalize import normalize
+from consumer.normalize import FLATTENED_LIMIT, INGESTED_MS, normalize
 from consumer.rules.loader import LoadedRule
 from consumer.rules.model import RuleDefinition
 
@@ -43,7 +53,15 @@ CONTEXT_FIELDS = (
     "aws.cloudtrail.user_identity.arn",
     "aws.cloudtrail.user_identity.access_key_id",
 )
-"""ECS fields every alert carries besides those its rule read: who, from where, which account."""
+"""ECS fields an alert always keeps, whatever its size: who, from where, which account."""
+
+FIELD_LIMIT = FLATTENED_LIMIT
+"""Longest string an alert carries, in characters: Lucene's longest term (32,766 bytes), the bound
+Elastic's own pipeline puts on the flattened copies; longer is beyond what Elastic can index."""
+
+EVENT_FIELDS_LIMIT = 256 * 1024
+"""Bytes of JSON the event's fields may take: a quarter of Kafka's default 1 MiB message limit,
+which the alert shares with event.original (the whole record, often the largest part)."""
 
 _ACTION_PHRASES = {
     "CreateAccessKey": "created an access key for",
@@ -85,13 +103,50 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return document
 
 
-def _actor(ecs: Mapping[str, EcsValue]) -> str:
+def _subject(ecs: Mapping[str, EcsValue]) -> str:
+    """A short name of the actor, for the alert's Kafka key."""
     for field in ("user.name", "service.name", "aws.cloudtrail.user_identity.arn"):
         value = ecs.get(field)
         if isinstance(value, str):
             return value
     identity_type = ecs.get("aws.cloudtrail.user_identity.type")
     return f"an unnamed {identity_type} identity" if identity_type else "an unknown identity"
+
+
+def _session(arn: EcsValue, kind: str) -> tuple[str | None, str | None]:
+    """(role or user, session) named in an STS ARN such as `...:assumed-role/Role/Session`."""
+    if not isinstance(arn, str) or f":{kind}/" not in arn:
+        return None, None
+    name, _, session = arn.partition(f":{kind}/")[2].partition("/")
+    return name or None, session or None
+
+
+def _actor(ecs: Mapping[str, EcsValue]) -> str:
+    """Who acted, saying what kind of identity: a role session is not the role's own user."""
+    identity_type = ecs.get("aws.cloudtrail.user_identity.type")
+    name = ecs.get("user.name")
+    service = ecs.get("service.name")
+    arn = ecs.get("aws.cloudtrail.user_identity.arn")
+    if isinstance(service, str):
+        return f"AWS service {service}"
+    if identity_type == "AssumedRole":
+        role, session = _session(arn, "assumed-role")
+        role = name if isinstance(name, str) else role
+        if role is not None:
+            return f"role {role} (session {session})" if session else f"role {role}"
+    if identity_type == "FederatedUser":
+        federated, _ = _session(arn, "federated-user")
+        if federated is not None:
+            via = f" (via IAM user {name})" if isinstance(name, str) else ""
+            return f"federated user {federated}{via}"
+    if identity_type == "Root":
+        alias = f" ({name})" if isinstance(name, str) else ""
+        return f"the root user{alias}"
+    if identity_type == "IAMUser" and isinstance(name, str):
+        return f"IAM user {name}"
+    if identity_type == "IdentityCenterUser":
+        return "an IAM Identity Center user"
+    return _subject(ecs)
 
 
 def reason(rule: RuleDefinition, ecs: Mapping[str, EcsValue]) -> str:
@@ -102,7 +157,7 @@ def reason(rule: RuleDefinition, ecs: Mapping[str, EcsValue]) -> str:
     where = f" in account {account}" if account else ""
     phrase = _ACTION_PHRASES.get(action) if isinstance(action, str) else None
     if phrase and target:
-        return f"{_actor(ecs)} {phrase} {target}{where}"
+        return f"{_actor(ecs)} {phrase} IAM user {target}{where}"
     return f"{rule.name}: {_actor(ecs)} called {action}{where}"
 
 
@@ -156,8 +211,63 @@ def _iso(moment: datetime) -> str:
 
 
 def _canonical(record: CloudTrailRecord) -> bytes:
-    """The record's content, independent of key order, input format and event.original."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    """The record's content, independent of key order, input format, event.original and of when
+    it was read (a replayed event gets the alert id it had)."""
+    content = {key: value for key, value in record.items() if key != INGESTED_MS}
+    return json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _json_size(value: object) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+
+
+def _cut(value: Any) -> tuple[Any, bool]:
+    """The value with every string cut to FIELD_LIMIT characters, and whether one was."""
+    if isinstance(value, str):
+        return (value[:FIELD_LIMIT], True) if len(value) > FIELD_LIMIT else (value, False)
+    if isinstance(value, list):
+        items = [_cut(item) for item in value]
+        return [item for item, _ in items], any(cut for _, cut in items)
+    if isinstance(value, dict):
+        entries = {key: _cut(item) for key, item in value.items()}
+        return {key: item for key, (item, _) in entries.items()}, any(
+            cut for _, cut in entries.values()
+        )
+    return value, False
+
+
+def _event_fields(
+    record: CloudTrailRecord, kept: Iterable[str]
+) -> tuple[dict[str, EcsValue], list[str], list[str]]:
+    """The event's fields as Elastic stores them, bounded: (fields, truncated, omitted)."""
+    fields: dict[str, EcsValue] = {}
+    truncated: list[str] = []
+    for name, value in normalize(record, stored=True).items():
+        fields[name], was_cut = _cut(value)
+        if was_cut:
+            truncated.append(name)
+    protected = {*CONTEXT_FIELDS, *kept}
+    for name in protected.difference(fields):
+        if name.startswith("aws.cloudtrail.flattened."):
+            continue  # a sub-field of a flattened object: the alert holds the whole object
+        try:
+            value = normalize(record, [name], stored=True).get(name)
+        except KeyError:
+            continue
+        if value is not None:
+            fields[name], was_cut = _cut(value)
+            if was_cut:
+                truncated.append(name)
+    sizes = {name: _json_size(value) + len(name) for name, value in fields.items()}
+    total = sum(sizes.values())
+    omitted: list[str] = []
+    for name in sorted(set(fields) - protected, key=lambda name: -sizes[name]):
+        if total <= EVENT_FIELDS_LIMIT:
+            break
+        del fields[name]
+        total -= sizes[name]
+        omitted.append(name)
+    return fields, truncated, omitted
 
 
 def build_alert(
@@ -168,28 +278,35 @@ def build_alert(
     fields_read: Iterable[str],
     detected_at: datetime,
     original: str | None,
+    row: Mapping[str, Any] | None = None,
 ) -> Alert:
-    """The alert for one match: the rule's fields, context, rule metadata and a reason."""
-    ecs = normalize(record, dict.fromkeys((*CONTEXT_FIELDS, *fields_read)))
+    """The alert for one match: the event's fields, the rule's output row (EVAL and GROK columns
+    of an ES|QL rule, when the engine hands one over), rule metadata and a reason."""
+    ecs, truncated, omitted = _event_fields(record, fields_read)
     event_id = ecs.get("event.id")
     identifier = alert_id(
         rule.rule_id, event_id if isinstance(event_id, str) else None, _canonical(record)
     )
+    columns = {name: _cut(value)[0] for name, value in (row or {}).items() if value is not None}
+    text = reason(rule, {**ecs, **columns})
     flat: dict[str, Any] = {
         **ecs,
+        **columns,
         "@timestamp": _iso(detected_at),
         "event.kind": "alert",
-        "message": reason(rule, ecs),
+        "message": text,
         **_rule_fields(rule, ruleset),
         "kibana.alert.uuid": identifier,
-        "kibana.alert.reason": reason(rule, ecs),
+        "kibana.alert.reason": text,
+        "detector.truncated_fields": truncated or None,
+        "detector.omitted_fields": omitted or None,
     }
     if "@timestamp" in ecs:
         flat["kibana.alert.original_time"] = ecs["@timestamp"]
     if original is not None:
         flat["event.original"] = original
     account = ecs.get("cloud.account.id") or ""
-    subject = ecs.get("user.target.name") or _actor(ecs)
+    subject = ecs.get("user.target.name") or _subject(ecs)
     return Alert(
         alert_id=identifier,
         # A name from a \u-escaped JSON string may hold a lone surrogate, which UTF-8 cannot
@@ -201,9 +318,15 @@ def build_alert(
 
 
 def alert_for(
-    rule: LoadedRule, record: CloudTrailRecord, *, detected_at: datetime, original: str | None
+    rule: LoadedRule,
+    record: CloudTrailRecord,
+    *,
+    detected_at: datetime,
+    original: str | None,
+    row: Mapping[str, Any] | None = None,
 ) -> Alert:
-    """The alert for a match of a loaded rule: it carries every field the query read or KEEPs."""
+    """The alert for a match of a loaded rule: the event's fields, those the query read or KEEPs
+    always among them, and the query's output row when the engine gives one."""
     return build_alert(
         rule=rule.definition.rule,
         ruleset=rule.source,
@@ -211,7 +334,21 @@ def alert_for(
         fields_read=rule.query.fields_read + rule.query.keep_fields,
         detected_at=detected_at,
         original=original,
+        row=row,
     )
+
+
+def _duration(interval: timedelta) -> str:
+    """'5 minutes', '1 hour 30 minutes', '90 seconds' rather than timedelta's '0:05:00'."""
+    seconds = int(interval.total_seconds())
+    if seconds == 0:
+        return f"{round(interval.total_seconds() * 1000)} ms"
+    parts = []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count} {unit}{'s' if count != 1 else ''}")
+    return " ".join(parts)
 
 
 def build_throttle_summary(
@@ -230,7 +367,7 @@ def build_throttle_summary(
     text = (
         f"{suppressed} further matches of {rule.name!r} between {_iso(window_start)} and "
         f"{_iso(window_end)} were not sent as alerts (max_signals {rule.max_signals} per "
-        f"{rule.interval}); search the source topic for them"
+        f"{_duration(rule.interval)}); search the source topic for them"
     )
     flat: dict[str, Any] = {
         "@timestamp": _iso(window_end),

@@ -643,9 +643,20 @@ def _unique_resources(record: CloudTrailRecord) -> list[Mapping[str, Any]]:
     return [unique[keys[index]] for index in _hash_map_order(keys)]
 
 
-def _resource_values(key: str) -> tuple[Extractor, Extractor]:
-    """(as a query reads them: sorted and unique like doc values; as the document holds them)."""
+def _doc_values(extract: Extractor) -> Extractor:
+    """A multi-valued keyword as a query reads it: from doc values, sorted and de-duplicated."""
 
+    def read(record: CloudTrailRecord) -> EcsValue:
+        values = extract(record)
+        if not isinstance(values, list):
+            return values
+        unique = sorted(set(values), key=lambda text: str(text).encode("utf-8", "surrogatepass"))
+        return unique[0] if len(unique) == 1 else unique
+
+    return read
+
+
+def _resource_values(key: str) -> Extractor:
     def stored(record: CloudTrailRecord) -> EcsValue:
         values = [
             value for resource in _unique_resources(record)
@@ -653,14 +664,7 @@ def _resource_values(key: str) -> tuple[Extractor, Extractor]:
         ]
         return values or None
 
-    def read(record: CloudTrailRecord) -> EcsValue:
-        values = stored(record)
-        if not isinstance(values, list):
-            return None
-        unique = sorted(set(values), key=lambda text: text.encode("utf-8", "surrogatepass"))
-        return unique[0] if len(unique) == 1 else unique
-
-    return read, stored
+    return stored
 
 
 def _event_category_text(record: CloudTrailRecord) -> EcsValue:
@@ -941,6 +945,11 @@ _PAYLOADS: Final = (
 _FLATTENED_PREFIX: Final = "aws.cloudtrail.flattened."
 
 
+def _multi_keyword(name: str, extract: Extractor, derivation: str) -> EcsField:
+    return EcsField(name, "keyword", _doc_values(extract), None,
+                    derivation + "; a query reads the values sorted and unique", extract)
+
+
 def _static_fields() -> Iterator[EcsField]:
     yield EcsField("@timestamp", "date", _timestamp, derivation="eventTime, UTC, milliseconds")
     yield EcsField("event.provider", "keyword", _event_provider, "eventSource",
@@ -951,10 +960,10 @@ def _static_fields() -> Iterator[EcsField]:
                    " its responseElements.ConsoleLogin, lower-cased")
     yield _keyword("event.id", _event_id, "eventID", raw_source="eventID")
     yield _keyword("event.kind", _event_kind, 'always "event"')
-    yield _keyword("event.category", _event_category,
-                   "Elastic's table of categorised API calls (eventName)")
-    yield _keyword("event.type", _event_type,
-                   'Elastic\'s table of categorised API calls, else ["info"]')
+    yield _multi_keyword("event.category", _event_category,
+                         "Elastic's table of categorised API calls (eventName)")
+    yield _multi_keyword("event.type", _event_type,
+                         'Elastic\'s table of categorised API calls, else ["info"]')
     yield _keyword("event.dataset", _constant("aws.cloudtrail"),
                    '"aws.cloudtrail" (constant_keyword of the data stream)')
     yield _keyword("event.module", _constant("aws"), '"aws" (constant_keyword)')
@@ -973,7 +982,7 @@ def _static_fields() -> Iterator[EcsField]:
     yield _keyword("user.target.name", _user_target_name, "requestParameters.userName")
     yield _keyword("user.target.id", _user_target_id, "responseElements.user.userId")
     yield _keyword("user.changes.name", _user_changes_name, "requestParameters.newUserName")
-    yield _keyword("related.user", _related_user, "the actor, target and new user names")
+    yield _multi_keyword("related.user", _related_user, "the actor, target and new user names")
     yield _keyword("group.id", _group_id, "responseElements.group.groupId")
     yield _keyword("group.name", _group_name, "requestParameters.groupName")
     yield _keyword("service.name", _service_name,
@@ -1065,10 +1074,8 @@ def _static_fields() -> Iterator[EcsField]:
                        " reads as keyword text")
     resource = "aws.cloudtrail.resources."
     for name, key in (("arn", "ARN"), ("account_id", "accountId"), ("type", "type")):
-        read, stored = _resource_values(key)
-        yield EcsField(resource + name, "keyword", read, None,
-                       f"resources[].{key}, de-duplicated as Elastic does; a query reads them"
-                       " sorted and unique", stored)
+        yield _multi_keyword(resource + name, _resource_values(key),
+                             f"resources[].{key}, de-duplicated as Elastic does")
     console = "aws.cloudtrail.console_login.additional_eventdata."
     yield _keyword(console + "login_to", _console_login("LoginTo"),
                    "ConsoleLogin: additionalEventData.LoginTo")

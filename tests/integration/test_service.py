@@ -11,6 +11,7 @@ import random
 import threading
 import uuid
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,7 @@ def test_ten_thousand_mixed_events_give_exactly_the_known_alerts_in_key_order(
     broker: Broker, topics: Topics, run_dir: Path, detectors: list[DetectorProcess]
 ) -> None:
     events, matches = mixed_workload(10_000, every=100)
+    produced_from = datetime.now(UTC).replace(microsecond=0)
     produce(broker.bootstrap_servers, topics.input, events)
     new_detector(broker, topics, run_dir, detectors, group=f"g-{uuid.uuid4().hex}").start()
 
@@ -91,6 +93,9 @@ def test_ten_thousand_mixed_events_give_exactly_the_known_alerts_in_key_order(
     document = json.loads(alerts[0].value() or b"")
     assert document["kibana"]["alert"]["rule"]["rule_id"] == "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
     assert document["user"]["name"] == "mallory"
+    # event.ingested is the input message's Kafka timestamp, not the event's own (older) time.
+    ingested = datetime.fromisoformat(document["event"]["ingested"])
+    assert produced_from <= ingested <= datetime.now(UTC)
     assert dict(alerts[0].headers() or []) == {
         "rule.id": b"696015ef-718e-40ff-ac4a-cc2ba88dbeeb",
         "rule.severity": b"medium",

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from consumer.alert import (
     ALERT_NAMESPACE,
+    EVENT_FIELDS_LIMIT,
+    FIELD_LIMIT,
     Alert,
     alert_id,
     build_alert,
@@ -23,6 +25,7 @@ from consumer.alert import (
     reason,
 )
 from consumer.event import EcsValue
+from consumer.normalize import INGESTED_MS
 from consumer.record import json_to_avro
 from consumer.rules.loader import LoadedRule, load_rules
 from consumer.rules.model import RuleDefinition
@@ -125,39 +128,67 @@ def key_creation(**fields: EcsValue) -> dict[str, EcsValue]:
     }
 
 
+ROLE_ARN = f"arn:aws:sts::{ACCOUNT}:assumed-role/backup-operator/nightly-job"
+
+
 @pytest.mark.parametrize(
     ("ecs", "expected"),
     [
         (
-            key_creation(**{"user.name": "alice", "service.name": "ignored"}),
-            "alice created an access key for bob in account 123456789012",
+            key_creation(**{"user.name": "alice", "aws.cloudtrail.user_identity.type": "IAMUser"}),
+            "IAM user alice created an access key for IAM user bob in account 123456789012",
         ),
         (
-            key_creation(**{"service.name": "cloudformation.amazonaws.com"}),
-            "cloudformation.amazonaws.com created an access key for bob in account 123456789012",
+            key_creation(**{"user.name": "backup-operator", "user.target.name": "backup-operator",
+                            "aws.cloudtrail.user_identity.type": "AssumedRole",
+                            "aws.cloudtrail.user_identity.arn": ROLE_ARN}),
+            "role backup-operator (session nightly-job) created an access key for IAM user "
+            "backup-operator in account 123456789012",
+        ),
+        (
+            key_creation(**{"service.name": "cloudformation.amazonaws.com",
+                            "aws.cloudtrail.user_identity.type": "AWSService"}),
+            "AWS service cloudformation.amazonaws.com created an access key for IAM user bob in "
+            "account 123456789012",
         ),
         (
             key_creation(**{"aws.cloudtrail.user_identity.arn": "arn:aws:iam::123456789012:root",
                             "aws.cloudtrail.user_identity.type": "Root"}),
-            "arn:aws:iam::123456789012:root created an access key for bob in account "
+            "the root user created an access key for IAM user bob in account 123456789012",
+        ),
+        (
+            key_creation(**{"user.name": "corp-alias",
+                            "aws.cloudtrail.user_identity.type": "Root"}),
+            "the root user (corp-alias) created an access key for IAM user bob in account "
             "123456789012",
         ),
         (
-            key_creation(**{"aws.cloudtrail.user_identity.type": "Root"}),
-            "an unnamed Root identity created an access key for bob in account 123456789012",
+            key_creation(**{
+                "user.name": "sso-broker", "aws.cloudtrail.user_identity.type": "FederatedUser",
+                "aws.cloudtrail.user_identity.arn":
+                    f"arn:aws:sts::{ACCOUNT}:federated-user/carol",
+            }),
+            "federated user carol (via IAM user sso-broker) created an access key for IAM user "
+            "bob in account 123456789012",
         ),
-        (key_creation(), "an unknown identity created an access key for bob in account "
+        (
+            key_creation(**{"aws.cloudtrail.user_identity.type": "SAMLUser"}),
+            "an unnamed SAMLUser identity created an access key for IAM user bob in account "
+            "123456789012",
+        ),
+        (key_creation(), "an unknown identity created an access key for IAM user bob in account "
                          "123456789012"),
         (
             {"event.action": "CreateAccessKey", "user.name": "alice", "user.target.name": "bob"},
-            "alice created an access key for bob",
+            "alice created an access key for IAM user bob",
         ),
         (
             key_creation(**{"user.name": "alice", "event.action": "AttachUserPolicy"}),
-            "alice attached a policy to bob in account 123456789012",
+            "alice attached a policy to IAM user bob in account 123456789012",
         ),
     ],
-    ids=["user", "service", "arn", "identity-type", "unknown", "no-account", "other-phrase"],
+    ids=["iam-user", "role-session", "service", "root", "root-alias", "federated",
+         "identity-type", "unknown", "no-account", "other-phrase"],
 )
 def test_reason_says_who_did_what_to_whom_where(
     seed: LoadedRule, ecs: Mapping[str, EcsValue], expected: str
@@ -176,7 +207,7 @@ def test_reason_for_an_action_without_a_phrase_names_the_rule_and_the_call(
     )
 
 
-def test_alert_document_carries_event_context_and_the_fields_the_rule_read(
+def test_alert_document_carries_the_events_fields_as_elastic_derives_them(
     seed: LoadedRule,
 ) -> None:
     record = alice_creates_key_for_bob()
@@ -190,21 +221,126 @@ def test_alert_document_carries_event_context_and_the_fields_the_rule_read(
         "action": "CreateAccessKey",
         "provider": "iam.amazonaws.com",
         "outcome": "success",
+        "category": ["iam"],
+        "type": ["user", "change"],
+        "dataset": "aws.cloudtrail",
+        "module": "aws",
+        "ingested": "2026-11-29T10:00:00Z",
     }
-    assert document["user"] == {"name": "alice", "target": {"name": "bob"}}
+    assert document["data_stream"] == {
+        "type": "logs", "dataset": "aws.cloudtrail", "namespace": "default"
+    }
+    assert document["user"] == {
+        "name": "alice", "id": record["userIdentity"]["principalId"], "target": {"name": "bob"}
+    }
     assert document["source"] == {"ip": "198.51.100.7", "address": "198.51.100.7"}
-    assert document["user_agent"] == {"original": "aws-cli/2.15.0 Python/3.11.6"}
+    assert document["user_agent"] == {
+        "original": "aws-cli/2.15.0 Python/3.11.6", "name": "aws-cli", "version": "2.15.0",
+        "device": {"name": "Other"},
+    }
     assert document["cloud"] == {
         "provider": "aws",
         "account": {"id": ACCOUNT},
         "region": "us-east-1",
     }
-    assert document["aws"]["cloudtrail"]["user_identity"] == {
+    cloudtrail = document["aws"]["cloudtrail"]
+    assert cloudtrail["user_identity"] == {
         "type": "IAMUser",
         "arn": "arn:aws:iam::123456789012:user/alice",
         "access_key_id": "AKIAIOSFODNN7EXAMPLE",
     }
-    assert document["message"] == "alice created an access key for bob in account 123456789012"
+    assert cloudtrail["request_parameters"] == "{userName=bob}"
+    assert cloudtrail["flattened"] == {"request_parameters": {"userName": "bob"}}
+    assert document["message"] == (
+        "IAM user alice created an access key for IAM user bob in account 123456789012"
+    )
+    assert "detector" not in document
+
+
+def with_new_key(record: dict[str, Any]) -> dict[str, Any]:
+    record["responseElements"] = {"accessKey": {
+        "accessKeyId": "AKIAEXAMPLENEWKEY123", "status": "Active", "userName": "bob",
+        "createDate": "Nov 29, 2026, 10:00:00 AM",
+    }}
+    return record
+
+
+def test_the_new_access_key_id_is_in_the_alert_without_event_original(seed: LoadedRule) -> None:
+    document = alert_for(seed, with_new_key(alice_creates_key_for_bob()), original=None).document
+
+    cloudtrail = document["aws"]["cloudtrail"]
+    assert "original" not in document["event"]
+    assert cloudtrail["response_elements"] == (
+        "{accessKey={accessKeyId=AKIAEXAMPLENEWKEY123, userName=bob, status=Active,"
+        " createDate=Nov 29, 2026, 10:00:00 AM}}"
+    )
+    assert cloudtrail["flattened"]["response_elements"]["accessKey"]["accessKeyId"] == (
+        "AKIAEXAMPLENEWKEY123"
+    )
+
+
+def test_a_string_past_the_field_limit_is_cut_and_named(seed: LoadedRule) -> None:
+    record = alice_creates_key_for_bob()
+    record["userAgent"] = "x" * (FIELD_LIMIT + 10)
+
+    document = alert_for(seed, record).document
+
+    assert document["user_agent"]["original"] == "x" * FIELD_LIMIT
+    assert document["detector"]["truncated_fields"] == ["user_agent.original"]
+
+
+def test_past_the_alert_limit_the_largest_unread_fields_are_left_out_and_named(
+    seed: LoadedRule,
+) -> None:
+    record = with_new_key(alice_creates_key_for_bob())
+    # Many mid-sized values: the text form (32,765 characters) stays under every field limit.
+    record["requestParameters"] = {"userName": "bob", **{f"k{i:03}": "v" * 300 for i in range(105)}}
+    record["additionalEventData"] = {f"k{i:03}": "w" * 300 for i in range(105)}
+    record["serviceEventDetails"] = {f"k{i:03}": "z" * 300 for i in range(105)}
+    record["responseElements"]["padding"] = "p" * 30000
+    record["resources"] = [{"ARN": f"arn:aws:s3:::b/{i}{'r' * 1000}"} for i in range(30)]
+
+    alert = alert_for(seed, record)
+    document = alert.document
+
+    omitted = document["detector"]["omitted_fields"]
+    assert len(encode_json(alert)) < EVENT_FIELDS_LIMIT + 16 * 1024
+    assert omitted[0] in {
+        "aws.cloudtrail.flattened.request_parameters",
+        "aws.cloudtrail.flattened.additional_eventdata",
+        "aws.cloudtrail.flattened.service_event_details",
+    }
+    # The rule read user.target.name, and the context fields stay whatever the size.
+    assert document["user"]["target"]["name"] == "bob"
+    assert document["aws"]["cloudtrail"]["user_identity"]["arn"].endswith(":user/alice")
+
+
+def test_the_rules_output_row_is_carried_beside_the_events_fields(seed: LoadedRule) -> None:
+    row = {"Esql.access_key_id": "AKIAEXAMPLENEWKEY123", "Esql.empty": None}
+
+    document = build_alert(
+        rule=seed.definition.rule, ruleset=seed.source,
+        record=json_to_avro(alice_creates_key_for_bob()),
+        fields_read=seed.query.fields_read, detected_at=DETECTED_AT, original=None, row=row,
+    ).document
+
+    assert document["Esql"] == {"access_key_id": "AKIAEXAMPLENEWKEY123"}
+
+
+def test_the_alert_id_does_not_depend_on_when_the_event_was_read(seed: LoadedRule) -> None:
+    record = json_to_avro(alice_creates_key_for_bob())
+    del record["eventID"]
+
+    def alert_read_at(millis: int) -> Alert:
+        return build_alert(
+            rule=seed.definition.rule, ruleset=seed.source,
+            record={**record, INGESTED_MS: millis}, fields_read=(), detected_at=DETECTED_AT,
+            original=None,
+        )
+
+    first, replayed = alert_read_at(1_000), alert_read_at(9_000_000)
+    assert first.alert_id == replayed.alert_id
+    assert first.document["event"]["ingested"] != replayed.document["event"]["ingested"]
 
 
 def test_alert_document_carries_the_ecs_rule_fields(seed: LoadedRule) -> None:
@@ -252,7 +388,7 @@ def test_alert_document_carries_elastic_security_kibana_alert_fields(seed: Loade
         },
         "severity": "medium",
         "risk_score": 47,
-        "reason": "alice created an access key for bob in account 123456789012",
+        "reason": "IAM user alice created an access key for IAM user bob in account 123456789012",
         "original_time": "2026-11-29T10:00:00.000Z",
         "workflow_status": "open",
     }
@@ -310,7 +446,8 @@ def test_encoded_alert_is_ascii_json_that_round_trips_any_user_name(
     assert encoded.isascii()
     assert b"\n" not in encoded
     assert json.loads(encoded) == alert.document
-    assert json.loads(encoded)["user"] == {"name": "alice", "target": {"name": name}}
+    assert json.loads(encoded)["user"]["name"] == "alice"
+    assert json.loads(encoded)["user"]["target"] == {"name": name}
     assert alert.key.decode("utf-8").startswith(f"{ACCOUNT}/")
 
 
@@ -356,7 +493,7 @@ def test_throttle_summary_reports_the_suppressed_matches_and_their_window(
     assert document["message"].startswith(
         "7 further matches of 'AWS IAM User Created Access Keys For Another User' between "
         "2026-11-29T10:00:00.000Z and 2026-11-29T10:05:00.000Z were not sent as alerts "
-        "(max_signals 100 per 0:05:00)"
+        "(max_signals 100 per 5 minutes)"
     )
     assert document["kibana"]["alert"]["rule"]["rule_id"] == SEED_ID
     assert document["kibana"]["alert"]["uuid"] == alert.alert_id

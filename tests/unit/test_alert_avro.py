@@ -70,3 +70,23 @@ def test_a_throttle_summary_encodes_without_source_event_fields() -> None:
     assert decoded["event_id"] is None
     assert "7 further matches" in str(decoded["reason"])
     assert json.loads(str(decoded["document"]))["detector"]["throttle"]["suppressed"] == 7
+
+
+def test_the_avro_document_carries_the_response_elements_without_event_original() -> None:
+    client = SchemaRegistryClient.new_client({"url": "mock://"})
+    rule = seed_rule()
+    source = create_access_key(event_id="e-2", caller="alice", target="bob")
+    source["responseElements"] = {"accessKey": {"accessKeyId": "AKIAEXAMPLENEWKEY123"}}
+    alert = build_alert(
+        rule=rule.definition.rule, ruleset=rule.source, record=json_to_avro(source),
+        fields_read=rule.query.fields_read, detected_at=datetime(2026, 11, 29, tzinfo=UTC),
+        original=None,
+    )
+
+    decoded = decode_wire(client, RegistryAlertEncoder(client, "alerts-value")(alert))
+
+    assert decoded["event_original"] is None
+    document = json.loads(str(decoded["document"]))
+    assert document["aws"]["cloudtrail"]["response_elements"] == (
+        "{accessKey={accessKeyId=AKIAEXAMPLENEWKEY123}}"
+    )

@@ -6,8 +6,11 @@ included; other fields match as the pipeline version that wrote the vector set t
 that version differs from ours on purpose the divergence is listed below with its reason.
 """
 
+import fnmatch
 import gzip
 import json
+import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import pytest
 
 from consumer.event import CloudTrailRecord, EcsValue
 from consumer.normalize import ECS_FIELDS, normalize
+from tests.conftest import shared_path
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 VECTORS = SHARED / "conformance" / "elastic-pipeline" / "vectors.jsonl"
@@ -149,7 +153,7 @@ def test_rule_fields_match_elastic(vector: dict[str, Any], shape: str) -> None:
 
 @pytest.mark.parametrize("vector", vector_params())
 def test_stable_fields_match_elastic(vector: dict[str, Any]) -> None:
-    document = normalize(vector["input"])
+    document = normalize(vector["input"], stored=True)
 
     for name in STABLE_FIELDS:
         assert document.get(name) == vector["expected"].get(name), name
@@ -162,7 +166,7 @@ def test_stable_fields_match_elastic(vector: dict[str, Any]) -> None:
 def test_informative_fields_match_elastic_or_a_documented_divergence(
     vector: dict[str, Any],
 ) -> None:
-    document = normalize(vector["input"])
+    document = normalize(vector["input"], stored=True)
 
     for name in INFORMATIVE_FIELDS:
         divergence = KNOWN_DIVERGENCES.get((vector["name"], name))
@@ -241,3 +245,36 @@ def test_seed_rule_on_our_fields_gives_elastics_verdict(
 
     verdict = "alert" if elastic_rule_alerts(document) else "no_alert"
     assert verdict == label["elastic_verdict"]
+
+
+SOURCE_FIELD = re.compile(
+    r"(?<![\w.`])`?(@timestamp|(?:aws|source|user_agent|user|event|cloud|data_stream|related"
+    r"|service|tls|group|host)\.[\w@.\-*]*[\w*])`?"
+)
+
+
+def fields_named(query: str) -> set[str]:
+    """Source field names in an ES|QL query, outside strings, comments and its FROM command."""
+    query = re.sub(r'"""[\s\S]*?"""|"(?:\\.|[^"\\])*"|//[^\n]*', '""', query)
+    query = re.sub(r"(?i)^\s*from\s[^|]*", "", query)
+    return set(SOURCE_FIELD.findall(query))
+
+
+def derived(name: str) -> bool:
+    """A field we derive, or a KEEP pattern (`source.geo.*`) matching at least one."""
+    if "*" in name:
+        return any(fnmatch.fnmatchcase(known, name) for known in ECS_FIELDS)
+    return name in ECS_FIELDS
+
+
+def test_every_field_elastics_aws_esql_rules_read_is_derived() -> None:
+    """Rules over CloudTrail only (one rule reads .alerts-security.*, Kibana's own alerts)."""
+    read: dict[str, set[str]] = {}
+    for path in sorted(shared_path("elastic-rules", "aws").glob("*.toml")):
+        rule = tomllib.loads(path.read_text(encoding="utf-8"))["rule"]
+        if rule.get("language") == "esql" and "logs-aws.cloudtrail" in rule["query"]:
+            read[path.name] = fields_named(rule["query"])
+
+    assert len(read) >= 20
+    underived = {name: sorted(f for f in fields if not derived(f)) for name, fields in read.items()}
+    assert {name: fields for name, fields in underived.items() if fields} == {}

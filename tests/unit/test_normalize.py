@@ -419,10 +419,26 @@ def test_timestamp_is_utc_with_milliseconds(event_time: str, expected: str | Non
 def test_event_categorization_by_action(
     action: str, category: list[str] | None, event_type: list[str]
 ) -> None:
-    document = normalize(make_record(eventName=action), ["event.category", "event.type"])
+    document = normalize(make_record(eventName=action), ["event.category", "event.type"],
+                         stored=True)
 
     assert document.get("event.category") == category
     assert document["event.type"] == event_type
+
+
+def test_a_query_reads_multi_valued_keywords_sorted_and_unique_as_doc_values_hold_them() -> None:
+    record = make_record(
+        userIdentity=iam_user("zed"),
+        requestParameters=json.dumps({"userName": "Bob", "newUserName": "alice"}),
+    )
+    names = ["event.type", "related.user"]
+
+    assert normalize(record, names, stored=True) == {
+        "event.type": ["user", "change"], "related.user": ["zed", "Bob", "alice"]
+    }
+    assert normalize(record, names) == {
+        "event.type": ["change", "user"], "related.user": ["Bob", "alice", "zed"]
+    }
 
 
 def test_rename_names_old_and_new_user_once_each_in_related_user() -> None:
