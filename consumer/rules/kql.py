@@ -45,7 +45,7 @@ from __future__ import annotations
 import calendar
 import ipaddress
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -598,8 +598,8 @@ def analyze(text: str) -> list[str]:
     return tokens
 
 
-def _wildcard_regex(segments: Sequence[str], flags: int = 0) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in segments), re.DOTALL | flags)
+def _wildcard_regex(segments: Sequence[str]) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in segments), re.DOTALL)
 
 
 def _ip_key(text: str) -> int | None:
@@ -1133,20 +1133,6 @@ def _text_query_string(
         return False
 
     return query_string
-
-
-def fields_of(node: KqlNode) -> Iterator[KqlLiteral]:
-    """Every field name literal in a syntax tree, in order."""
-    if isinstance(node, KqlAnd | KqlOr):
-        for item in node.items:
-            yield from fields_of(item)
-    elif isinstance(node, KqlNot):
-        yield from fields_of(node.item)
-    elif isinstance(node, KqlNested):
-        yield node.path
-        yield from fields_of(node.query)
-    elif isinstance(node, KqlIs | KqlRange) and node.field is not None:
-        yield node.field
 
 
 def compile_kql(
