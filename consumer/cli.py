@@ -21,6 +21,7 @@ from consumer import __version__
 from consumer.app import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, load_enabled_rules, registry_client
 from consumer.app import run as run_service
 from consumer.config import ConfigError, Settings, load_settings
+from consumer.normalize import configure_enrichment
 from consumer.replay import ReplayOptions, avro_encoder, json_encoder, registry_encoder, replay
 from consumer.rules.loader import RuleLoadError, check_paths, list_rules
 from consumer.scan import scan
@@ -117,6 +118,9 @@ def _scan(args: argparse.Namespace) -> int:
         raise ConfigError(f"no such file or directory: {', '.join(missing)}")
     settings = load_settings(None, rules_dir=args.rules_dir, enable_rules=args.enable_rules,
                              input_format="json")
+    configure_enrichment(
+        settings.data_stream_namespace, settings.geoip_city_database, settings.geoip_asn_database
+    )
     rules = load_enabled_rules(settings)
     output = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
     try:

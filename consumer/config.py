@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BeforeValidator,
     Field,
+    FilePath,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -127,10 +128,10 @@ class Settings(BaseSettings):
         pattern=r"^[a-z0-9_]{1,100}$",
         description="data_stream.namespace of the events, as Elastic's integration policy sets it.",
     )
-    geoip_city_database: Path | None = Field(
+    geoip_city_database: FilePath | None = Field(
         None, description="A MaxMind-format City database (GeoLite2-City.mmdb) for source.geo.*."
     )
-    geoip_asn_database: Path | None = Field(
+    geoip_asn_database: FilePath | None = Field(
         None, description="A MaxMind-format ASN database (e.g. GeoLite2-ASN.mmdb) for source.as.*."
     )
     delivery: Literal["exactly-once", "at-least-once"] = "exactly-once"

@@ -11,8 +11,9 @@ Keys are CloudTrail's own camelCase names. The free-form objects (`requestParame
 as the Avro schema carries them, so a decoder never parses what no rule reads.
 """
 
-EcsValue: TypeAlias = str | int | float | bool | list[Any] | None
-"""An ECS field's value; a list is a multi-valued field, None an absent one."""
+EcsValue: TypeAlias = str | int | float | bool | list[Any] | dict[str, Any] | None
+"""An ECS field's value; a list is a multi-valued field, a dict an object (flattened, geo_point),
+None an absent one."""
 
 Extractor: TypeAlias = Callable[[CloudTrailRecord], EcsValue]
 """Derives one ECS field from a record, the way Elastic's AWS integration pipeline does."""

@@ -36,6 +36,7 @@ from typing import Any, Final, Literal
 
 import maxminddb
 import ua_parser
+from ua_parser.loaders import load_builtins
 
 from consumer.event import CloudTrailRecord, EcsValue, Extractor
 from consumer.times import parse_iso_utc
@@ -248,10 +249,7 @@ def _event_type(record: CloudTrailRecord) -> EcsValue:
 
 def _timestamp(record: CloudTrailRecord) -> EcsValue:
     """eventTime as Elastic stores it: UTC, millisecond precision, `Z` suffix."""
-    moment = parse_iso_utc(_text(record.get("eventTime")))
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+    return _iso_millis(parse_iso_utc(_text(record.get("eventTime"))))
 
 
 def _user_name(record: CloudTrailRecord) -> EcsValue:
@@ -834,7 +832,7 @@ def _geo_location(record: CloudTrailRecord) -> EcsValue:
     lat, lon = location.get("latitude"), location.get("longitude")
     if not isinstance(lat, int | float) or not isinstance(lon, int | float):
         return None
-    return {"lat": lat, "lon": lon}  # type: ignore[return-value]
+    return {"lat": lat, "lon": lon}
 
 
 def _as(record: CloudTrailRecord) -> Mapping[str, Any]:
@@ -856,15 +854,29 @@ def _as_organization(record: CloudTrailRecord) -> EcsValue:
 # --- user agent --------------------------------------------------------------------------------
 
 
+_AGENT_PARSER: Final = ua_parser.Parser(ua_parser.BasicResolver(load_builtins()))
+"""ua-parser over the uap-core regexes, which Elastic's user_agent processor also uses; the plain
+`re` resolver whatever else is installed, so results do not depend on optional packages."""
+
+AGENT_PARSE_LIMIT: Final = KEYWORD_IGNORE_ABOVE
+"""Characters of userAgent the parser sees. Its regexes backtrack: 1 MB of crafted text takes
+seconds, 1,024 characters (user_agent.original's ignore_above) milliseconds. Past it a query
+cannot read user_agent.original anyway; the product token the rules look for comes first."""
+
+
 @lru_cache(maxsize=4096)
-def _parsed_agent(agent: str) -> ua_parser.Result:
-    """ua-parser over the uap-core regexes, which Elastic's user_agent processor also uses."""
-    return ua_parser.parse(agent)
+def _agent_family(agent: str) -> ua_parser.UserAgent | None:
+    return _AGENT_PARSER.parse_user_agent(agent[:AGENT_PARSE_LIMIT])
 
 
-def _agent(record: CloudTrailRecord) -> ua_parser.Result | None:
-    agent = _text(record.get("userAgent"))
-    return None if agent is None else _parsed_agent(agent)
+@lru_cache(maxsize=4096)
+def _agent_os(agent: str) -> ua_parser.OS | None:
+    return _AGENT_PARSER.parse_os(agent[:AGENT_PARSE_LIMIT])
+
+
+@lru_cache(maxsize=4096)
+def _agent_device(agent: str) -> ua_parser.Device | None:
+    return _AGENT_PARSER.parse_device(agent[:AGENT_PARSE_LIMIT])
 
 
 def _version(*parts: str | None) -> str | None:
@@ -878,28 +890,30 @@ def _version(*parts: str | None) -> str | None:
 
 
 def _agent_name(record: CloudTrailRecord) -> EcsValue:
-    parsed = _agent(record)
-    if parsed is None:
+    agent = _text(record.get("userAgent"))
+    if agent is None:
         return None
-    return parsed.user_agent.family if parsed.user_agent else "Other"
+    found = _agent_family(agent)
+    return "Other" if found is None else found.family
 
 
 def _agent_version(record: CloudTrailRecord) -> EcsValue:
-    parsed = _agent(record)
-    found = None if parsed is None else parsed.user_agent
+    agent = _text(record.get("userAgent"))
+    found = None if agent is None else _agent_family(agent)
     if found is None:
         return None
     return _version(found.major, found.minor, found.patch, found.patch_minor)
 
 
 def _os_name(record: CloudTrailRecord) -> EcsValue:
-    parsed = _agent(record)
-    return None if parsed is None or parsed.os is None else parsed.os.family
+    agent = _text(record.get("userAgent"))
+    found = None if agent is None else _agent_os(agent)
+    return None if found is None else found.family
 
 
 def _os_version(record: CloudTrailRecord) -> EcsValue:
-    parsed = _agent(record)
-    found = None if parsed is None else parsed.os
+    agent = _text(record.get("userAgent"))
+    found = None if agent is None else _agent_os(agent)
     if found is None:
         return None
     return _version(found.major, found.minor, found.patch, found.patch_minor)
@@ -911,10 +925,11 @@ def _os_full(record: CloudTrailRecord) -> EcsValue:
 
 
 def _device_name(record: CloudTrailRecord) -> EcsValue:
-    parsed = _agent(record)
-    if parsed is None:
+    agent = _text(record.get("userAgent"))
+    if agent is None:
         return None
-    return parsed.device.family if parsed.device else "Other"
+    found = _agent_device(agent)
+    return "Other" if found is None else found.family
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -1008,7 +1023,8 @@ def _static_fields() -> Iterator[EcsField]:
     yield _keyword("user_agent.original", _user_agent, "userAgent", raw_source="userAgent",
                    ignore_above=KEYWORD_IGNORE_ABOVE)
     yield _keyword("user_agent.name", _agent_name,
-                   'userAgent parsed by ua-parser (uap-core regexes); "Other" when unknown')
+                   'userAgent (its first 1,024 characters) parsed by ua-parser with the uap-core'
+                   ' regexes; "Other" when unknown')
     yield _keyword("user_agent.version", _agent_version, "userAgent parsed by ua-parser")
     yield _keyword("user_agent.os.name", _os_name, "userAgent parsed by ua-parser")
     yield _keyword("user_agent.os.version", _os_version, "userAgent parsed by ua-parser")

@@ -249,3 +249,14 @@ def test_the_data_stream_namespace_follows_elastics_naming_rules(
     message = config_error()
 
     assert "DETECTOR_DATA_STREAM_NAMESPACE" in message
+
+
+def test_a_geoip_database_that_does_not_exist_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DETECTOR_INPUT_FORMAT", "json")
+    monkeypatch.setenv("DETECTOR_GEOIP_CITY_DATABASE", str(tmp_path / "GeoLite2-City.mmdb"))
+
+    message = config_error()
+
+    assert "DETECTOR_GEOIP_CITY_DATABASE" in message

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from mmdb_writer import MmdbU32, MMDBWriter
 from netaddr import IPSet
 
+from consumer.cli import main
 from consumer.event import CloudTrailRecord
 from consumer.normalize import (
     ECS_FIELDS,
@@ -18,6 +19,7 @@ from consumer.normalize import (
     fields_table,
     normalize,
 )
+from tests.support.events import create_access_key
 
 RULE_FIELDS = ("event.provider", "event.action", "event.outcome", "user.name", "user.target.name")
 ACCOUNT = "111122223333"
@@ -842,3 +844,36 @@ def test_docs_list_every_field_as_the_registry_has_it() -> None:
     doc = Path(__file__).resolve().parents[2] / "docs" / "ecs-fields.md"
 
     assert doc.read_text(encoding="utf-8") == fields_table()
+
+
+def test_the_user_agent_parser_sees_only_the_first_1024_characters() -> None:
+    padded = make_record(userAgent="aws-cli/2.18.17 " + "x" * 2_000_000)
+    late = make_record(userAgent="x" * 1024 + " aws-cli/2.18.17")
+
+    assert normalize(padded, ["user_agent.name", "user_agent.original"]) == {
+        "user_agent.name": "aws-cli"
+    }
+    assert normalize(late, ["user_agent.name"]) == {"user_agent.name": "Other"}
+
+
+def test_scan_takes_namespace_and_geoip_from_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    city, asn = write_geoip_databases(tmp_path)
+    events = tmp_path / "events.json"
+    events.write_text(json.dumps({"Records": [create_access_key(
+        event_id="e-1", caller="mallory", target="bob"
+    )]}))
+    output = tmp_path / "alerts.jsonl"
+    monkeypatch.setenv("DETECTOR_GEOIP_CITY_DATABASE", str(city))
+    monkeypatch.setenv("DETECTOR_GEOIP_ASN_DATABASE", str(asn))
+    monkeypatch.setenv("DETECTOR_DATA_STREAM_NAMESPACE", "prod")
+    try:
+        assert main(["scan", str(events), "--output", str(output)]) == 0
+    finally:
+        configure_enrichment()
+
+    alert = json.loads(output.read_text().splitlines()[0])
+    assert alert["source"]["geo"]["city_name"] == "Milton"
+    assert alert["source"]["as"]["number"] == 64500
+    assert alert["data_stream"]["namespace"] == "prod"
