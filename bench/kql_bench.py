@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rules_bench import DATASETS, avro_payload, best_per_event, decode, realistic_mix
+from rules_bench import SHARED, avro_payload, best_per_event, decode, realistic_mix
 
 from consumer.record import NotCloudTrailError, json_to_avro
 from consumer.rules import CombinedPrefilter
 from consumer.rules.loader import load_rule_set
 
-RULES_DIR = DATASETS.parent / "elastic-rules" / "aws"
+RULES_DIR = SHARED / "elastic-rules" / "aws"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     rng = random.Random(20250115)
     records = []
-    for original in realistic_mix(args.events, rng):
+    for original in realistic_mix(args.events, rng, SHARED / "datasets"):
         try:
             records.append(json_to_avro(original))
         except NotCloudTrailError:
