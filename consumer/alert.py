@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -222,7 +223,12 @@ def _json_size(value: object) -> int:
 
 
 def _cut(value: Any) -> tuple[Any, bool]:
-    """The value with every string cut to FIELD_LIMIT characters, and whether one was."""
+    """The value with every string cut to FIELD_LIMIT characters, and whether one was.
+
+    A number JSON cannot hold (1e400 in a payload reads as infinity) becomes Java's text for it,
+    as in the payload's text form, so the alert stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ("NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"), False
     if isinstance(value, str):
         return (value[:FIELD_LIMIT], True) if len(value) > FIELD_LIMIT else (value, False)
     if isinstance(value, list):

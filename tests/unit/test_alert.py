@@ -510,3 +510,18 @@ def test_throttle_summary_id_is_stable_per_worker_and_window(seed: LoadedRule) -
     assert summary(rule).alert_id == summary(rule).alert_id
     assert summary(rule).alert_id != summary(rule, worker="host-1").alert_id
     assert summary(rule).alert_id != summary(rule, minute=5).alert_id
+
+
+def test_numbers_json_cannot_hold_become_text_and_the_alert_still_encodes(
+    seed: LoadedRule,
+) -> None:
+    record = json_to_avro(alice_creates_key_for_bob())
+    record["requestParameters"] = '{"userName":"bob","n":1e400,"m":-1e400,"x":NaN}'
+
+    alert = build_alert(rule=seed.definition.rule, ruleset=seed.source, record=record,
+                        fields_read=(), detected_at=DETECTED_AT, original=None)
+
+    flattened = json.loads(encode_json(alert))["aws"]["cloudtrail"]["flattened"]
+    assert flattened["request_parameters"] == {
+        "userName": "bob", "n": "Infinity", "m": "-Infinity", "x": "NaN"
+    }
