@@ -252,18 +252,8 @@ def _event_fields(
         fields[name], was_cut = _cut(value)
         if was_cut:
             truncated.append(name)
+    # Every field a rule may read is among them, or inside a flattened object they hold.
     protected = {*CONTEXT_FIELDS, *kept}
-    for name in protected.difference(fields):
-        if name.startswith("aws.cloudtrail.flattened."):
-            continue  # a sub-field of a flattened object: the alert holds the whole object
-        try:
-            value = normalize(record, [name], stored=True).get(name)
-        except KeyError:
-            continue
-        if value is not None:
-            fields[name], was_cut = _cut(value)
-            if was_cut:
-                truncated.append(name)
     sizes = {name: _json_size(value) + len(name) for name, value in fields.items()}
     total = sum(sizes.values())
     omitted: list[str] = []
