@@ -1,11 +1,20 @@
-"""Rule evaluation cost per event, with and without the byte prefilter.
+"""Rule evaluation cost per event, with and without the byte prefilter, and the batch screen's
+cost with 1, 23 and 100+ rules loaded.
 
-Run: .venv/bin/python bench/rules_bench.py [--events N] [--repeats N]
+Run: .venv/bin/python bench/rules_bench.py [--events N] [--repeats N] [--shared DIR]
 
 Data: real CloudTrail records from ../shared/datasets (mostly non-IAM traffic) with the real
 CreateAccessKey records mixed in at 0.1%; generated records when ../shared is absent. Each
-record is Avro-encoded with the project schema, as the service receives it. Prints a markdown
-table of mean microseconds per event (best of `--repeats` passes).
+record is Avro-encoded with the project schema, as the service receives it. Prints markdown
+tables of mean microseconds per event (best of `--repeats` passes).
+
+The rule-count table screens the same events for the literal sets of Elastic's AWS rules
+(../shared/elastic-rules/aws: each rule's `event.provider` and `event.action` values, read from
+its query whatever its language, as the prefilter would derive them; rules without an action
+literal are left out, since one unconstrained rule turns the screen off): the seed rule alone,
+the seed with 22 more (the ES|QL rules first), and the seed with all of them. Each matcher
+screens with the same anchors: `bytes.find` per literal (the screen before it had a
+multi-pattern matcher), Aho-Corasick (ahocorasick-rs), Hyperscan, and the one the detector picks.
 """
 
 import argparse
@@ -13,8 +22,12 @@ import gzip
 import io
 import json
 import random
+import re
 import time
+import tomllib
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +35,17 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from consumer.event import CloudTrailRecord
 from consumer.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
-from consumer.rules import CombinedPrefilter, CompiledQuery, load_rules
+from consumer.rules import CombinedPrefilter, CompiledQuery, Prefilter, load_rules
+from consumer.rules.screen import (
+    HAVE_HYPERSCAN,
+    MULTI_PATTERN,
+    AhoCorasick,
+    BatchScreen,
+    Hyperscan,
+    MultiPattern,
+)
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
 HARDENED_ID = "32403725-2adc-4bc1-a434-02793697b9bd"
 CREATE_KEY_SHARE = 0.001
@@ -82,8 +103,8 @@ def _generated(count: int, rng: random.Random) -> list[dict[str, Any]]:
     return records
 
 
-def _create_key_records() -> list[dict[str, Any]]:
-    path = DATASETS / "createaccesskey-real-events" / "events.jsonl.gz"
+def _create_key_records(datasets: Path) -> list[dict[str, Any]]:
+    path = datasets / "createaccesskey-real-events" / "events.jsonl.gz"
     if path.exists():
         return list(_records_in(path))
     return [
@@ -97,17 +118,17 @@ def _create_key_records() -> list[dict[str, Any]]:
     ]
 
 
-def realistic_mix(events: int, rng: random.Random) -> list[dict[str, Any]]:
+def realistic_mix(events: int, rng: random.Random, datasets: Path) -> list[dict[str, Any]]:
     """Mostly everyday traffic, with CreateAccessKey at CREATE_KEY_SHARE of the events."""
     background: list[dict[str, Any]] = []
-    if DATASETS.is_dir():
-        for path in sorted(DATASETS.rglob("*.json*")):
+    if datasets.is_dir():
+        for path in sorted(datasets.rglob("*.json*")):
             background.extend(
                 record for record in _records_in(path) if record["eventName"] != "CreateAccessKey"
             )
     if not background:
         background = _generated(5000, rng)
-    create_keys = _create_key_records()
+    create_keys = _create_key_records(datasets)
     mix = [rng.choice(background) for _ in range(events)]
     for position in range(0, events, round(1 / CREATE_KEY_SHARE)):
         mix[position] = rng.choice(create_keys)
@@ -135,16 +156,133 @@ def best_per_event(run: Callable[[], object], events: int, repeats: int) -> floa
     return best / events * 1e6
 
 
+class FindEachScreen:
+    """The batch screen before the multi-pattern matcher: one `bytes.find` pass over the joined
+    batch per anchor literal, jumping to the next message after each hit (consumer/rules/
+    prefilter.py at c6ddab1, kept here as the baseline)."""
+
+    REVIEW_EVERY = 500
+
+    def __init__(self, groups_per_prefilter: Sequence[tuple[tuple[bytes, ...], ...]],
+                 always: tuple[bytes, ...] = ()) -> None:
+        self._groups = groups_per_prefilter
+        self._always = always
+        self.anchors: tuple[bytes, ...] = ()
+        self._until_review = 0
+
+    def candidates(self, payloads: Sequence[bytes], sizes: Sequence[int]) -> list[int]:
+        joined = b"".join(payloads)
+        if not self._until_review:
+            chosen = (min(groups, key=lambda group: sum(map(joined.count, group)))
+                      for groups in self._groups)
+            self.anchors = tuple(dict.fromkeys([*self._always, *(x for g in chosen for x in g)]))
+            self._until_review = self.REVIEW_EVERY
+        self._until_review -= 1
+        ends = list(accumulate(sizes))
+        found: set[int] = set()
+        for literal in self.anchors:
+            start = joined.find(literal)
+            while start >= 0:
+                index = bisect_right(ends, start)
+                found.add(index)
+                start = joined.find(literal, ends[index])
+        return sorted(found)
+
+
+_LITERAL_FIELD = re.compile(
+    r'event\.(action|provider)\s*(?:==|:|\bin\b|\bIN\b)\s*(\([^)]*\)|"[^"]*"|[\w.-]+)'
+)
+
+
+def rule_literals(query: str) -> tuple[tuple[bytes, ...], ...]:
+    """The (provider, action) literal groups a query's equality and IN tests on those fields
+    require, in any of Elastic's query languages; wildcard values are left out."""
+    groups: dict[str, set[str]] = {}
+    for match in _LITERAL_FIELD.finditer(query):
+        quoted = re.findall(r'"([^"]+)"', match[2])
+        words = quoted or [w for w in re.findall(r"[\w.-]+", match[2]) if w.lower() not in
+                           ("or", "and")]
+        values = {word for word in words if "*" not in word and "?" not in word}
+        if values:
+            groups.setdefault(match[1], set()).update(values)
+    if "action" not in groups:
+        return ()
+    return tuple(tuple(sorted(value.encode() for value in values)) for values in groups.values())
+
+
+def elastic_literal_sets(rules_dir: Path) -> list[tuple[tuple[bytes, ...], ...]]:
+    """Each Elastic rule's literal groups, the ES|QL rules first."""
+    found: list[tuple[bool, str, tuple[tuple[bytes, ...], ...]]] = []
+    for path in sorted(rules_dir.glob("*.toml")):
+        rule = tomllib.loads(path.read_text(encoding="utf-8"))["rule"]
+        groups = rule_literals(rule.get("query") or "")
+        if groups:
+            found.append((rule.get("language") != "esql", path.name, groups))
+    return [groups for _, _, groups in sorted(found)]
+
+
+def screen_table(
+    payloads: list[bytes], texts: list[bytes], seed: CompiledQuery, rules_dir: Path, repeats: int
+) -> None:
+    """The batch screen's cost per event by number of rules and by matcher."""
+    seed_prefilter = Prefilter.for_query(seed)
+    elastic = [Prefilter(groups, groups) for groups in elastic_literal_sets(rules_dir)]
+    rule_sets = {1: [seed_prefilter], 23: [seed_prefilter, *elastic[:22]]}
+    rule_sets[1 + len(elastic)] = [seed_prefilter, *elastic]
+    matchers: dict[str, MultiPattern] = {"ahocorasick-rs": AhoCorasick}
+    if HAVE_HYPERSCAN:
+        matchers["hyperscan"] = Hyperscan
+    picked = "hyperscan" if MULTI_PATTERN is Hyperscan else "ahocorasick-rs"
+    print(f"\nBatch screen by rules loaded, 1,000 messages per batch (the detector uses {picked}):"
+          "\n")
+    print("| rules | format | anchor literals | candidates | may match | "
+          "bytes.find each µs/event | "
+          + " | ".join(f"{name} µs/event" for name in matchers) + " |")
+    print("|---:|---|---:|---:|---:|---:|" + "---:|" * len(matchers))
+    for count, prefilters in rule_sets.items():
+        combined = CombinedPrefilter(prefilters)
+        for messages, text_format in ((payloads, False), (texts, True)):
+            batches = [messages[start : start + 1000] for start in range(0, len(messages), 1000)]
+            sizes = [list(map(len, batch)) for batch in batches]
+            kept = sum(combined.may_match(m, text_format) for m in messages)
+            cells = []
+            anchors = candidates = 0
+            groups = [p.text_groups if text_format else p.binary_groups for p in prefilters]
+            always = (b"\\u",) if text_format else ()
+            screens: list[BatchScreen | FindEachScreen] = [FindEachScreen(groups, always)]
+            screens += [BatchScreen(groups, always, matcher) for matcher in matchers.values()]
+            for screen in screens:
+
+                def run(
+                    screen: BatchScreen | FindEachScreen = screen,
+                    batches: list[list[bytes]] = batches,
+                    sizes: list[list[int]] = sizes,
+                ) -> int:
+                    return sum(len(screen.candidates(batch, lengths))
+                               for batch, lengths in zip(batches, sizes, strict=True))
+
+                candidates = run()
+                assert candidates >= kept, "the batch screen dropped a message the prefilter kept"
+                anchors = len(screen.anchors)
+                cells.append(f"{best_per_event(run, len(messages), repeats):.3f}")
+            print(f"| {count} | {'JSON' if text_format else 'Avro'} | {anchors} | "
+                  f"{candidates / len(messages):.2%} | {kept / len(messages):.2%} | "
+                  + " | ".join(cells) + " |")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--shared", type=Path, default=SHARED,
+                        help="the datasets and Elastic rules beside the repo (default ../shared)")
     args = parser.parse_args(argv)
+    datasets = args.shared / "datasets"
 
     rng = random.Random(20250115)
     records: list[CloudTrailRecord] = []
     texts: list[bytes] = []
-    for original in realistic_mix(args.events, rng):
+    for original in realistic_mix(args.events, rng, datasets):
         try:
             records.append(json_to_avro(original))
         except NotCloudTrailError:
@@ -227,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     mean_text = sum(map(len, texts)) / count
     create_keys = sum(record["eventName"] == "CreateAccessKey" for record in records)
     print(
-        f"{count} events ({'../shared datasets' if DATASETS.is_dir() else 'generated'}), "
+        f"{count} events ({'../shared datasets' if datasets.is_dir() else 'generated'}), "
         f"{create_keys} CreateAccessKey, mean payload {mean_bytes:.0f} B Avro, "
         f"{mean_text:.0f} B JSON, "
         f"prefilter passes {len(passing)} ({len(passing) / count:.2%}), "
@@ -237,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("|---|---:|")
     for name, run in measure.items():
         print(f"| {name} | {best_per_event(run, count, args.repeats):.3f} |")
+    rules_dir = args.shared / "elastic-rules" / "aws"
+    if rules_dir.is_dir():
+        screen_table(payloads, texts, seed, rules_dir, args.repeats)
 
 
 if __name__ == "__main__":

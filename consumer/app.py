@@ -27,7 +27,7 @@ from consumer.http import serve
 from consumer.metrics import Metrics
 from consumer.normalize import configure_enrichment
 from consumer.rules.exceptions import ExceptionWatcher
-from consumer.rules.loader import LoadedRule, load_rules
+from consumer.rules.loader import LoadedRule, RuleSet, load_rule_set, log_rule_set
 from consumer.service import RETRY_LATER_BACKOFF_S, Health, Service, install_signal_handlers
 from consumer.sink import FatalSinkError
 
@@ -89,10 +89,17 @@ def alert_encoder(settings: Settings) -> Callable[[Alert], bytes]:
     return encode_json
 
 
-def load_enabled_rules(settings: Settings) -> list[LoadedRule]:
+def load_rule_set_for(settings: Settings) -> RuleSet:
+    """The configured rules, with each replaced built-in and skipped rule logged."""
     overrides = dict.fromkeys(settings.enable_rules, True)
     overrides |= dict.fromkeys(settings.disable_rules, False)
-    return load_rules(settings.rules_dir, overrides)
+    rule_set = load_rule_set(settings.rules_dir, overrides)
+    log_rule_set(rule_set)
+    return rule_set
+
+
+def load_enabled_rules(settings: Settings) -> list[LoadedRule]:
+    return load_rule_set_for(settings).rules
 
 
 def configure_logging(level: str) -> None:
@@ -109,10 +116,14 @@ def run_worker(settings: Settings, worker: int) -> int:
     configure_enrichment(
         settings.data_stream_namespace, settings.geoip_city_database, settings.geoip_asn_database
     )
-    rules = load_enabled_rules(settings)
+    rule_set = load_rule_set_for(settings)
+    rules = rule_set.rules
     registry = CollectorRegistry(auto_describe=True)
     metrics = Metrics(registry)
     enabled = [rule for rule in rules if rule.enabled]
+    metrics.rules_loaded.set(len(enabled))
+    for kind, count in rule_set.skipped_by_kind().items():
+        metrics.rules_skipped.labels(kind).set(count)
     metrics.build.info(
         {
             "version": __version__,

@@ -47,7 +47,7 @@ from consumer.rules.exceptions import (
     load_exceptions,
     rule_links,
 )
-from consumer.rules.loader import LoadedRule, RuleLoadError, list_rules, validate_paths
+from consumer.rules.loader import LoadedRule, RuleLoadError, check_paths, list_rules
 from consumer.scan import scan
 
 SETTING_HELP = {
@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = rule_commands.add_parser("validate", help="check rule files")
     validate.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                           help="rule files, or directories of them")
+    validate.add_argument("--skip-unsupported", action="store_true",
+                          help="accept rules the detector cannot run yet (it skips them)")
     exceptions = commands.add_parser("exceptions", help="check exception lists on events")
     exception_commands = exceptions.add_subparsers(dest="exceptions_command", required=True)
     test = exception_commands.add_parser(
@@ -442,13 +444,17 @@ def _replay(args: argparse.Namespace) -> int:
 def _rules(args: argparse.Namespace) -> int:
     if args.rules_command == "list":
         for rule in list_rules(args.rules_dir):
-            state = "on " if rule.enabled else "off"
-            print(f"{state}  {rule.rule_id}  {rule.severity:<8}  {rule.name}  [{rule.source}]")
+            state = "skip" if rule.reason else "on" if rule.enabled else "off"
+            line = f"{state:<4} {rule.rule_id}  {rule.severity:<8}  {rule.name}  [{rule.source}]"
+            print(f"{line}  {rule.reason}" if rule.reason else line)
         return EXIT_OK
-    problems = validate_paths(args.paths)
+    validation = check_paths(args.paths)
+    problems = validation.problems + ([] if args.skip_unsupported else validation.skipped)
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
+        for skipped in validation.skipped:
+            print(skipped)
         print(f"{len(args.paths)} path(s) valid")
     return EXIT_CONFIG if problems else EXIT_OK
 

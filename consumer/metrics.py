@@ -1,7 +1,7 @@
 """Prometheus metrics: one prefix, base units, low-cardinality labels only.
 
 Labels never carry user names, event ids or other per-event values: topic, partition, rule id,
-severity and a short decode-error reason are the only dimensions.
+severity, a short decode-error reason and a rule-skip kind are the only dimensions.
 """
 
 from __future__ import annotations
@@ -147,6 +147,15 @@ class Metrics:
         self.ready = Gauge(
             name("ready"), "1 when partitions are assigned and the broker is reachable.",
             registry=registry,
+        )
+        self.rules_loaded = Gauge(
+            name("rules_loaded"), "Enabled rules this worker runs.", registry=registry,
+        )
+        self.rules_skipped = Gauge(
+            name("rules_skipped"),
+            "Valid rules not run because their rule type (rule_type) or something in their "
+            "query (query) is not supported yet; each is named in the start-up log.",
+            ["reason_kind"], registry=registry,
         )
         self.build = Info(
             name("build"), "Version, worker index and enabled rules of this detector.",

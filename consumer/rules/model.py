@@ -1,8 +1,14 @@
 """Pydantic models of detection rule files, laid out as in Elastic's detection-rules repository.
 
 A file has a `[metadata]` table, a `[rule]` table with `[[rule.threat]]` entries, and optionally
-our own `[detector]` table. `[detector]` holds what Elastic's format has no place for: today only
-`enabled` (default true), which says whether the service runs the rule. Keeping it out of
+Elastic's `[transform]` table and our own `[detector]` table. Every key of Elastic's schema
+(detection_rules/rule.py: every rule type) is accepted, so Elastic's files load verbatim: the
+keys we use are typed and checked, the others are dropped unread, and any other key is an error
+(a typo must not pass silently). Defaults are Elastic's: `interval` 5m, `from` now-6m,
+`max_signals` 100; `version` is 1 (Elastic keeps versions in its lock file, not in the rule).
+
+`[detector]` holds what Elastic's format has no place for: `enabled` (default true), which says
+whether the service runs the rule, and `version`, which overrides the rule's. Keeping it out of
 `[rule]` leaves that table exactly as Elastic writes it, so rules copy across unchanged.
 """
 
@@ -11,7 +17,14 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from consumer.times import parse_duration
 
@@ -27,6 +40,11 @@ def _parse_lookback(value: object) -> timedelta:
     if not isinstance(value, str) or not value.startswith("now-"):
         raise ValueError(f"expected 'now-<duration>' such as 'now-6m', got {value!r}")
     return parse_duration(value.removeprefix("now-"))
+
+
+def _as_list(value: object) -> object:
+    """Elastic allows `integration = "aws"` as well as a list."""
+    return [value] if isinstance(value, str) else value
 
 
 def _check_uuid(value: str) -> str:
@@ -52,6 +70,43 @@ RuleId = Annotated[str, AfterValidator(_check_uuid)]
 RuleDate = Annotated[str, AfterValidator(_check_date)]
 Url = Annotated[str, AfterValidator(_check_url)]
 Text = Annotated[str, Field(min_length=1)]
+Integrations = Annotated[list[Text], BeforeValidator(_as_list)]
+
+RuleType = Literal[
+    "query", "saved_query", "machine_learning", "eql", "esql", "threshold", "threat_match",
+    "new_terms",
+]
+Language = Literal["eql", "esql", "kuery", "lucene"]
+
+IGNORED_METADATA_KEYS = frozenset({
+    "bypass_bbr_timing", "comments", "deprecation_date", "extended", "os_type_list", "promotion",
+    "query_schema_validation", "related_endpoint_rules",
+})
+"""Keys of Elastic's `[metadata]` that say nothing about how a rule runs here."""
+
+IGNORED_RULE_KEYS = frozenset({
+    # every rule type (BaseRuleData)
+    "actions", "building_block_type", "enabled", "filters",
+    "investigation_fields", "meta", "related_integrations", "required_fields",
+    "response_actions", "revision", "risk_score_mapping", "rule_name_override",
+    "severity_mapping", "threat_mappings", "throttle", "timeline_id", "timeline_title", "to",
+    # query, eql, esql, threshold, new_terms, threat_match
+    "alert_suppression", "data_view_id",
+    "threshold", "new_terms",
+    "event_category_override", "tiebreaker_field", "timestamp_field",
+    "anomaly_threshold", "machine_learning_job_id",
+    "concurrent_searches", "items_per_search", "threat_filters", "threat_index",
+    "threat_indicator_path", "threat_language", "threat_mapping", "threat_query",
+})
+"""Keys of Elastic's `[rule]` we do not use yet (`enabled` included: our `[detector]` decides).
+The issue that gives one a meaning (exceptions, suppression, ...) moves it into the model."""
+
+
+def _drop(keys: frozenset[str], data: object) -> object:
+    if isinstance(data, dict):
+        return {key: value for key, value in data.items() if key not in keys}
+    return data
+
 
 
 class _Strict(BaseModel):
@@ -61,10 +116,17 @@ class _Strict(BaseModel):
 class RuleMetadata(_Strict):
     creation_date: RuleDate
     updated_date: RuleDate
-    maturity: Literal["production", "development", "deprecated"]
-    integration: list[Text] = Field(min_length=1)
+    maturity: Literal["development", "experimental", "beta", "production", "deprecated"] | None = (
+        None
+    )
+    integration: Integrations = []
     min_stack_version: str | None = None
     min_stack_comments: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ignore(cls, data: object) -> object:
+        return _drop(IGNORED_METADATA_KEYS, data)
 
 
 class Subtechnique(_Strict):
@@ -87,7 +149,7 @@ class Tactic(_Strict):
 
 
 class Threat(_Strict):
-    framework: Text
+    framework: Literal["MITRE ATT&CK", "MITRE ATLAS"]
     tactic: Tactic
     technique: list[Technique] = []
 
@@ -102,26 +164,28 @@ class ExceptionListReference(_Strict):
 
 
 class RuleDefinition(_Strict):
-    """The `[rule]` table. Only ES|QL rules exist here, so `type` and `language` are fixed.
+    """The `[rule]` table of any rule type; whether we can run it is the loader's question.
 
-    `from` (a Python keyword) is the attribute `lookback`.
+    `from` (a Python keyword) is the attribute `lookback`. A machine-learning rule has no query.
     """
 
     rule_id: RuleId
     name: Text
     description: Text
     author: list[Text] = Field(min_length=1)
-    license: Text
-    type: Literal["esql"]
-    language: Literal["esql"]
-    query: Text
+    license: str | None = None
+    type: RuleType
+    language: Language | None = None
+    query: str | None = None
+    index: list[Text] = []
+    """Index patterns a `query` rule searches (ES|QL names its own in FROM)."""
     risk_score: int = Field(ge=0, le=100)
     severity: Literal["low", "medium", "high", "critical"]
     tags: list[Text] = []
-    lookback: Lookback = Field(alias="from")
-    interval: Interval
+    lookback: Lookback = Field(alias="from", default=timedelta(minutes=6))
+    interval: Interval = timedelta(minutes=5)
     max_signals: int = Field(default=100, ge=1)
-    version: int = Field(ge=1)
+    version: int = Field(default=1, ge=1)
     references: list[Url] = []
     note: str | None = None
     setup: str | None = None
@@ -130,12 +194,19 @@ class RuleDefinition(_Strict):
     threat: list[Threat] = []
     exceptions_list: list[ExceptionListReference] = []
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ignore(cls, data: object) -> object:
+        return _drop(IGNORED_RULE_KEYS, data)
+
 
 class DetectorSettings(_Strict):
-    """Our own table: `enabled = false` ships a rule without running it; `[[detector.exceptions]]`
-    items (Elastic's exception item shape) allow a quick tuning without an exception list file."""
+    """Our own table: `enabled = false` ships a rule without running it; `version` sets the
+    rule's version where Elastic's file has none; `[[detector.exceptions]]` items (Elastic's
+    exception item shape) allow a quick tuning without an exception list file."""
 
     enabled: bool = True
+    version: int | None = Field(default=None, ge=1)
     exceptions: list[dict[str, Any]] = []
 
 
@@ -145,3 +216,12 @@ class RuleFile(_Strict):
     metadata: RuleMetadata
     rule: RuleDefinition
     detector: DetectorSettings = DetectorSettings()
+    transform: dict[str, Any] | None = None
+    """Elastic's investigation-guide plugins (osquery, investigate): kept unread."""
+
+    @model_validator(mode="after")
+    def _detector_version(self) -> "RuleFile":
+        if self.detector.version is None or self.detector.version == self.rule.version:
+            return self
+        rule = self.rule.model_copy(update={"version": self.detector.version})
+        return self.model_copy(update={"rule": rule})

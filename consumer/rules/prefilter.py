@@ -20,10 +20,9 @@ Why this is sound:
   call, so a test on it, or on any function of a field, implies nothing.
 """
 
-from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from itertools import accumulate, product
+from itertools import product
 
 from consumer.envelopes import text_forms
 from consumer.rules.esql import (
@@ -37,6 +36,7 @@ from consumer.rules.esql import (
     Match,
     like_literal_chunks,
 )
+from consumer.rules.screen import MULTI_PATTERN, BatchScreen, MultiPattern
 
 Groups = tuple[frozenset[str], ...]
 _MAX_GROUPS = 16
@@ -192,7 +192,9 @@ class CombinedPrefilter:
                 return present
         return lambda payload: self.may_match(payload, text_format)
 
-    def batch_screen(self, text_format: bool) -> "BatchScreen | None":
+    def batch_screen(
+        self, text_format: bool, multi_pattern: MultiPattern = MULTI_PATTERN
+    ) -> BatchScreen | None:
         """The screen for whole batches; None when some rule may match any message."""
         prefilters = self._text if text_format else self._binary
         if prefilters is None:
@@ -200,56 +202,8 @@ class CombinedPrefilter:
         return BatchScreen(
             [p.text_groups if text_format else p.binary_groups for p in prefilters],
             always=(_UNICODE_ESCAPE,) if text_format else (),
+            multi_pattern=multi_pattern,
         )
-
-
-class BatchScreen:
-    """The prefilter over a whole batch: which messages may match, found with a few C-level
-    scans of the joined payloads instead of a Python call per message.
-
-    Every prefilter needs one literal of each of its groups, so a message that may match holds
-    a literal of one chosen group per prefilter (its anchor): the screen reports the messages in
-    which an anchor literal (or an `always` literal) starts, and `may_match` then judges each of
-    those as usual. A literal that only exists across the join of two messages adds a candidate,
-    never loses one. The anchor is the group found least often in a recent batch, re-chosen every
-    `REVIEW_EVERY` batches, so the few scans land on few messages whatever the traffic mix.
-    """
-
-    REVIEW_EVERY = 500
-
-    def __init__(
-        self,
-        groups_per_prefilter: Sequence[tuple[tuple[bytes, ...], ...]],
-        always: tuple[bytes, ...] = (),
-    ) -> None:
-        self._groups = groups_per_prefilter
-        self._always = always
-        self._literals: tuple[bytes, ...] = ()
-        self._until_review = 0
-
-    def candidates(self, payloads: Sequence[bytes], sizes: Sequence[int]) -> list[int]:
-        """Indices, ascending, of the payloads that may match; `sizes` are their lengths."""
-        joined = b"".join(payloads)
-        if not self._until_review:
-            self._choose_anchors(joined)
-        self._until_review -= 1
-        ends = list(accumulate(sizes))
-        found: set[int] = set()
-        for literal in self._literals:
-            start = joined.find(literal)
-            while start >= 0:
-                index = bisect_right(ends, start)
-                found.add(index)
-                start = joined.find(literal, ends[index])
-        return sorted(found)
-
-    def _choose_anchors(self, sample: bytes) -> None:
-        anchors = (
-            min(groups, key=lambda group: sum(map(sample.count, group))) for groups in self._groups
-        )
-        chosen = [literal for anchor in anchors for literal in anchor]
-        self._literals = tuple(dict.fromkeys([*self._always, *chosen]))
-        self._until_review = self.REVIEW_EVERY
 
 
 def _anything(payload: bytes) -> bool:

@@ -32,9 +32,10 @@ from tests.support.metrics import scrape
 
 SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
 THROTTLED_ID = "7d3c2b1a-0f9e-4d8c-b7a6-5e4d3c2b1a09"
+SKIPPED_ID = "2b1a0f9e-7d3c-4d8c-b7a6-5e4d3c2b1a10"
 ALLOWED_LABELS = {
     "topic", "partition", "rule_id", "severity", "reason", "outcome", "kind", "error", "le",
-    "version", "worker", "rules",
+    "version", "worker", "rules", "reason_kind",
 }
 """Every label name the detector may export: none of them carries a per-event value."""
 
@@ -113,6 +114,8 @@ def test_metrics_count_exactly_what_a_known_workload_did(
     assert [s.labels for s in metrics.matching("build_info")] == [
         {"version": __version__, "worker": "0", "rules": SEED_ID}
     ]
+    assert metrics.value("rules_loaded") == 1
+    assert metrics.by_label("rules_skipped", "reason_kind") == {"rule_type": 0, "query": 0}
 
     latency = metrics.bucket_bounds("processing_latency_seconds")
     assert latency[0] <= 0.0001
@@ -149,7 +152,8 @@ RULE_TEXT = (
 
 
 def throttled_rule_dir(tmp_path: Path) -> Path:
-    """The seed rule under another rule_id, allowed 5 alerts per 2-second interval."""
+    """The seed rule under another rule_id, allowed 5 alerts per 2-second interval, and a rule
+    of a type the detector skips."""
     text = RULE_TEXT.replace(SEED_ID, THROTTLED_ID)
     for old, new in (('interval = "5m"', 'interval = "2s"'), ("max_signals = 100",
                                                                "max_signals = 5")):
@@ -158,6 +162,8 @@ def throttled_rule_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "rules"
     folder.mkdir()
     (folder / "throttled.toml").write_text(text)
+    eql = RULE_TEXT.replace(SEED_ID, SKIPPED_ID).replace('language = "esql"', 'language = "eql"')
+    (folder / "eql.toml").write_text(eql.replace('type = "esql"', 'type = "eql"'))
     return folder
 
 
@@ -193,6 +199,8 @@ def test_matches_above_max_signals_become_one_summary_alert_after_the_window(
     assert metrics.value("alerts_throttled_total", rule_id=THROTTLED_ID) == 7
     assert metrics.value("rule_evaluations_total", rule_id=SEED_ID) == 0
     assert [s.labels["rules"] for s in metrics.matching("build_info")] == [THROTTLED_ID]
+    assert metrics.value("rules_loaded") == 1
+    assert metrics.by_label("rules_skipped", "reason_kind") == {"rule_type": 1, "query": 0}
     assert len(documents) == 6, "no summary alert was committed after the window ended"
     summary = documents[5]
     assert summary["event"]["action"] == "throttled-matches"

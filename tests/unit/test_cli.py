@@ -131,14 +131,48 @@ def test_rules_validate_exits_2_naming_the_file_and_the_field(
     assert captured.err.startswith(f"{path}: {field}: ")
 
 
-def test_rules_validate_reports_a_rule_id_clashing_with_a_builtin(
+def test_rules_validate_accepts_a_file_replacing_a_builtin_and_reports_a_duplicate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = custom_rule(tmp_path, (f'rule_id = "{CUSTOM_ID}"', f'rule_id = "{SEED_ID}"'))
 
+    assert main(["rules", "validate", str(path.parent)]) == 0
+    (path.parent / "copy.toml").write_text(path.read_text())
     assert main(["rules", "validate", str(path.parent)]) == 2
 
-    assert capsys.readouterr().err.startswith(f"{path}: rule.rule_id: {SEED_ID} is already used")
+    assert capsys.readouterr().err.startswith(
+        f"{path}: rule.rule_id: {SEED_ID} is already used by {path.parent / 'copy.toml'}"
+    )
+
+
+def unsupported_rule(tmp_path: Path) -> Path:
+    return custom_rule(tmp_path, ('type = "esql"\nlanguage = "esql"\n',
+                                  'type = "eql"\nlanguage = "eql"\n'))
+
+
+def test_rules_validate_reports_an_unsupported_rule_unless_told_to_skip_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = unsupported_rule(tmp_path)
+    line = f"{path}: skipped: rule type eql (language eql) is not supported yet\n"
+
+    assert main(["rules", "validate", str(path)]) == 2
+    assert capsys.readouterr().err == line
+    assert main(["rules", "validate", "--skip-unsupported", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == (line + "1 path(s) valid\n", "")
+
+
+def test_rules_list_marks_a_skipped_rule_with_its_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = unsupported_rule(tmp_path)
+
+    assert main(["rules", "list", "--rules-dir", str(path.parent)]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == (f"skip {CUSTOM_ID}  medium    Custom copy  [{path}]  "
+                        "rule type eql (language eql) is not supported yet")
 
 
 def test_an_invalid_rules_directory_is_a_configuration_error(

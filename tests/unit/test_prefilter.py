@@ -5,6 +5,7 @@ import json
 import random
 from typing import Any
 
+import pytest
 from fastavro import schemaless_reader, schemaless_writer
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,7 @@ from consumer.event import CloudTrailRecord
 from consumer.record import READER_SCHEMA, json_to_avro
 from consumer.rules import CombinedPrefilter, CompiledQuery, Prefilter, compile_query, load_rules
 from consumer.rules.prefilter import BatchScreen
+from consumer.rules.screen import HAVE_HYPERSCAN, AhoCorasick, Hyperscan
 
 RULES = {rule.name: rule.query for rule in load_rules()}
 SEED = RULES["AWS IAM User Created Access Keys For Another User"]
@@ -290,6 +292,12 @@ def test_combined_prefilter_without_rules_skips_everything() -> None:
 
 
 BATCH_PREFILTERS = [COMBINED, SEED_ONLY, *(CombinedPrefilter([p]) for _, p in PAIRS)]
+MULTI_PATTERNS = [AhoCorasick, *([Hyperscan] if HAVE_HYPERSCAN else [])]
+"""Every multi-pattern matcher this machine has: each must be as sound as the other."""
+MANY_RULES = CombinedPrefilter.for_queries(
+    [*COMBINED_QUERIES, *(query(f'event.action == "{a}"') for a in ACTIONS if '"' not in a)]
+)
+"""More anchor literals than one `bytes.find` pass each would search: the multi-pattern path."""
 
 
 @settings(max_examples=300, deadline=None)
@@ -305,15 +313,61 @@ def test_the_batch_screen_hands_back_every_message_the_prefilter_lets_through(
     text = [json_text(record, rnd, escape_rate, False).encode() for record in records]
     for payloads, text_format in ((binary, False), (text, True)):
         sizes = [len(payload) for payload in payloads]
-        for combined in BATCH_PREFILTERS:
-            screen = combined.batch_screen(text_format)
+        for combined in [*BATCH_PREFILTERS, MANY_RULES]:
             may_match = [i for i, p in enumerate(payloads) if combined.may_match(p, text_format)]
-            if screen is None:  # some rule is unconstrained: every message may match
+            if combined.batch_screen(text_format) is None:  # a rule may match any message
                 assert may_match == list(range(len(payloads)))
                 continue
-            candidates = screen.candidates(payloads, sizes)
-            assert candidates == sorted(set(candidates))
-            assert set(may_match) <= set(candidates)
+            for screen in screens_of(combined, text_format):
+                candidates = screen.candidates(payloads, sizes)
+                assert candidates == sorted(set(candidates))
+                assert set(may_match) <= set(candidates)
+
+
+def screens_of(combined: CombinedPrefilter, text_format: bool) -> list[BatchScreen]:
+    """The prefilter's batch screen once per multi-pattern matcher."""
+    screens = [combined.batch_screen(text_format, matcher) for matcher in MULTI_PATTERNS]
+    return [screen for screen in screens if screen is not None]
+
+
+LITERALS = st.sampled_from(
+    [b"Create", b"Key", b"AccessKey", b"\\u", b"\x00a", b"\x00", b"\xc3\xa9", b"ab", b"b", b""]
+)
+"""Literals as the prefilter derives them: UTF-8 (never 0xFF), NUL and the empty one included."""
+GROUPS = st.lists(st.lists(LITERALS, min_size=1, max_size=3).map(tuple), min_size=1, max_size=3)
+PAYLOAD = st.lists(LITERALS | st.just(b"\xff") | st.binary(max_size=6), max_size=6).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prefilters=st.lists(GROUPS.map(tuple), min_size=1, max_size=6),
+    payloads=st.lists(PAYLOAD, max_size=10),
+    review=st.integers(1, 3),
+)
+def test_any_literal_groups_screen_soundly_with_every_matcher(
+    prefilters: list[tuple[tuple[bytes, ...], ...]], payloads: list[bytes], review: int
+) -> None:
+    """Arbitrary payload bytes (0xFF, NUL, split UTF-8), NUL and empty literals, anchors re-chosen
+    on the way: a message in which every group of some prefilter has a literal is a candidate."""
+    for matcher in MULTI_PATTERNS:
+        screen = BatchScreen(prefilters, multi_pattern=matcher)
+        screen.REVIEW_EVERY = review
+        for batch in (payloads, payloads[::-1], payloads[1:]):
+            expected = {
+                index for index, payload in enumerate(batch)
+                if any(all(any(lit in payload for lit in group) for group in groups)
+                       for groups in prefilters)
+            }
+            assert expected <= set(screen.candidates(batch, sizes_of(batch)))
+
+
+def test_every_matcher_finds_the_same_candidates_on_many_rules() -> None:
+    payloads = [f"iam.amazonaws.com {action} {n}".encode() for n in range(30) for action in ACTIONS]
+    screens = [MANY_RULES.batch_screen(False, matcher) for matcher in MULTI_PATTERNS]
+    found = [screen.candidates(payloads, sizes_of(payloads)) for screen in screens if screen]
+    expected = [i for i, p in enumerate(payloads) if MANY_RULES.may_match(p, text_format=False)]
+    assert found == [expected] * len(MULTI_PATTERNS)
+    assert expected, "the workload holds matches"
 
 
 def seed_screen() -> BatchScreen:
@@ -326,11 +380,11 @@ def sizes_of(payloads: list[bytes]) -> list[int]:
     return [len(payload) for payload in payloads]
 
 
-def test_a_literal_across_two_joined_messages_adds_a_candidate_and_hides_none() -> None:
+def test_a_literal_split_across_two_messages_is_no_candidate_and_hides_none() -> None:
     payloads = [
         b"..iam.amazonaws.com..CreateAcc", b"essKey..", b"iam.amazonaws.com CreateAccessKey"
     ]
-    assert seed_screen().candidates(payloads, sizes_of(payloads)) == [0, 2]
+    assert seed_screen().candidates(payloads, sizes_of(payloads)) == [2]
     assert [SEED_ONLY.may_match(p, text_format=False) for p in payloads] == [False, False, True]
 
 
@@ -371,3 +425,6 @@ def test_a_renamed_source_column_still_derives_its_literals() -> None:
 def test_a_column_copied_from_a_field_derives_nothing() -> None:
     assert Prefilter.for_query(QUERIES[13]).binary_groups == ()
     assert Prefilter.for_query(QUERIES[12]).binary_groups == ()
+def test_a_literal_holding_the_separator_byte_is_refused() -> None:
+    with pytest.raises(ValueError, match="0xFF"):
+        BatchScreen([((b"a\xffb",),)])
