@@ -115,9 +115,10 @@ def test_rules_validate_accepts_a_valid_rule_file(
         (('severity = "medium"', 'severity = "extreme"'), "rule.severity"),
         (('interval = "5m"', 'interval = "often"'), "rule.interval"),
         (("risk_score = 47", "risk_score = 470"), "rule.risk_score"),
-        (('user.name != user.target.name', 'user.nickname != user.target.name'), "rule.query"),
+        (('user.name != user.target.name', 'user.name !=! user.target.name'), "rule.query"),
+        (('user.name != user.target.name', 'user.nickname != user.target.name'), "skipped"),
     ],
-    ids=["severity", "interval", "risk-score", "unknown-field"],
+    ids=["severity", "interval", "risk-score", "syntax-error", "underived-field"],
 )
 def test_rules_validate_exits_2_naming_the_file_and_the_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], replacement: tuple[str, str], field: str
