@@ -106,6 +106,8 @@ def run_worker(settings: Settings, worker: int) -> int:
             "rules": ",".join(rule.rule_id for rule in enabled),
         }
     )
+    for rule in enabled:
+        metrics.rule.labels(rule.rule_id).info({"rule_name": rule.name, "severity": rule.severity})
     health = Health()
     detector = Detector(make_decoder(settings), rules, use_prefilter=settings.prefilter)
     service = Service(

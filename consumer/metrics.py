@@ -130,4 +130,9 @@ class Metrics:
             name("build"), "Version, worker index and enabled rules of this detector.",
             registry=registry,
         )
+        self.rule = Info(
+            name("rule"),
+            "Name and severity of each enabled rule, joined on rule_id for readable legends.",
+            ["rule_id"], registry=registry,
+        )
 
