@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +54,22 @@ class LocalElasticsearch(ServerProcess):
         super().__init__(workdir)
         self.port = free_port()
         self.transport_port = free_port()
+        self._home: Path | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def _prepare_home(self) -> Path:
-        """The distribution, hard-linked, with its own writable config, logs, data and tmp."""
-        home = self.workdir / "home"
-        if home.exists():
-            return home
+        """The distribution, hard-linked, with its own writable config, logs, data and tmp, in
+        a directory of its own under the system's temp directory: the work directory's parents
+        may be closed to the unprivileged user."""
+        if self._home is not None:
+            return self._home
         distribution = fetch_elasticsearch()
+        base = Path(tempfile.mkdtemp(prefix="elasticsearch-home-"))
+        base.chmod(0o755)
+        home = self._home = base / "home"
         subprocess.run(["cp", "-al", str(distribution), str(home)], check=True)
         shutil.rmtree(home / "config")
         shutil.copytree(distribution / "config", home / "config")
@@ -79,7 +85,6 @@ class LocalElasticsearch(ServerProcess):
                 "cluster.routing.allocation.disk.threshold_enabled: false\n"
             )
         give_to_unprivileged(*(home / name for name in ("config", "logs", "data", "tmp")))
-        self.workdir.chmod(0o755)
         return home
 
     def start(self, timeout: float = 120.0) -> None:
@@ -106,6 +111,13 @@ class LocalElasticsearch(ServerProcess):
             raise RuntimeError(f"{method} {path}: {status} {answer}")
         return answer
 
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server and drop its data (a restart starts an empty cluster)."""
+        super().stop(timeout)
+        if self._home is not None:
+            shutil.rmtree(self._home.parent, ignore_errors=True)
+            self._home = None
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -118,7 +130,7 @@ def main() -> int:
     try:
         server.start()
         print(f"Elasticsearch {ELASTICSEARCH_VERSION} ready at {server.url} "
-              f"(log: {server.workdir / 'home' / 'logs'}); Ctrl-C stops it", flush=True)
+              f"(log: {server.log_path}); Ctrl-C stops it", flush=True)
         stop_signals = {signal.SIGINT, signal.SIGTERM}
         signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         signal.sigwait(stop_signals)
