@@ -28,6 +28,7 @@ DEBIAN_SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
 """What the Dockerfile needs of its base: `python`, `python -m venv`, and TLS roots for pip."""
 BASE_TAG = "cloudtrail-detector-base:debian-python"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 def base_tarball() -> Path:
@@ -77,11 +78,20 @@ class LocalDocker(ServerProcess):
         self.spawn([
             "dockerd", f"--host={self.host}", f"--data-root={self.workdir / 'data'}",
             f"--exec-root={self.workdir / 'exec'}", f"--pidfile={self.workdir / 'docker.pid'}",
-            "--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
+            "--iptables=false", "--ip6tables=false", "--bridge=none",
         ])
         self.wait_until(
             lambda: self.docker("info", check=False, capture=True).returncode == 0, timeout
         )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop dockerd, then unmount what it left mounted under the work directory (its
+        network namespace, overlay layers), deepest first, so the directory can be removed."""
+        super().stop(timeout)
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(f"{self.workdir}/")),
+                            key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], check=False)
 
     def docker(self, *args: str, check: bool = True, capture: bool = False,
                timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -93,10 +103,21 @@ class LocalDocker(ServerProcess):
         )
 
     def base_image(self) -> str:
-        """The local Debian-with-Python image, imported from the cached tarball."""
-        if self.docker("image", "inspect", BASE_TAG, check=False, capture=True).returncode:
-            self.docker("import", "--change", "CMD [\"python3\"]", str(base_tarball()), BASE_TAG,
-                        capture=True)
+        """The local Debian-with-Python image, imported from the cached tarball, trusting the
+        certificate authorities this host trusts (pip in a build reaches PyPI through them)."""
+        if not self.docker("image", "inspect", BASE_TAG, check=False, capture=True).returncode:
+            return BASE_TAG
+        imported = f"{BASE_TAG}-debootstrap"
+        self.docker("import", "--change", "CMD [\"python3\"]", str(base_tarball()), imported,
+                    capture=True)
+        with tempfile.TemporaryDirectory(prefix="base-image-") as context:
+            shutil.copy(HOST_CA_BUNDLE, Path(context) / "ca-certificates.crt")
+            (Path(context) / "Dockerfile").write_text(
+                f"FROM {imported}\n"
+                "COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt\n"
+                "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt\n"
+            )
+            self.docker("build", "--network", "host", "-t", BASE_TAG, context, capture=True)
         return BASE_TAG
 
 
