@@ -55,3 +55,31 @@ def elasticsearch(run_dir: Path) -> Iterator[LocalElasticsearch]:
 @pytest.fixture(scope="session")
 def docker_engine(run_dir: Path) -> Iterator[LocalDocker]:
     yield from started(LocalDocker(run_dir / "docker"), LocalDocker.start)
+
+
+_real_server_reports: list[pytest.TestReport] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the outcome of each test against a real server (tests/integration/test_real_*)."""
+    if "/test_real_" in report.nodeid.replace("\\", "/") and (
+        report.when == "call" or report.outcome == "skipped"
+    ):
+        _real_server_reports.append(report)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """A closing list of what ran against real servers, what skipped and why, with times."""
+    if not _real_server_reports:
+        return
+    terminalreporter.section("real servers")
+    for report in _real_server_reports:
+        outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+        reason = ""
+        if report.outcome == "skipped" and isinstance(report.longrepr, tuple):
+            reason = f": {report.longrepr[2]}"
+        elif hasattr(report, "wasxfail"):
+            reason = f": {report.wasxfail}"
+        terminalreporter.write_line(
+            f"{outcome:8} {report.duration:6.1f}s  {report.nodeid.split('::')[-1]}{reason}"
+        )
