@@ -52,7 +52,7 @@ def run_detector(broker: Broker, topics: Topics, run_dir: Path, detectors: list[
     # The sample holds four matches besides the workload's.
     alerts = read_all(broker.bootstrap_servers, topics.alerts, wanted=len(matches) + 4)
     detector.stop()
-    return [message.value() for message in alerts]
+    return [message.value() or b"" for message in alerts]
 
 
 EXPECTED_TYPES: dict[type, set[str | None]] = {
