@@ -43,11 +43,17 @@ def base_tarball() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="debootstrap-", dir=target.parent) as work:
         root = Path(work) / "root"
-        subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-             DEBIAN_SUITE, str(root)],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        try:
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                 DEBIAN_SUITE, str(root)],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+        except subprocess.CalledProcessError as error:
+            raise ServerUnavailableError(
+                f"debootstrap {DEBIAN_SUITE} failed (is Debian's mirror reachable?): "
+                f"{error.stderr.decode(errors='replace')[-500:]}"
+            ) from None
         shutil.rmtree(root / "var" / "cache" / "apt" / "archives", ignore_errors=True)
         partial = target.with_suffix(".partial")
         subprocess.run(["tar", "-C", str(root), "-cf", str(partial), "."], check=True)
@@ -80,9 +86,12 @@ class LocalDocker(ServerProcess):
             f"--exec-root={self.workdir / 'exec'}", f"--pidfile={self.workdir / 'docker.pid'}",
             "--iptables=false", "--ip6tables=false", "--bridge=none",
         ])
-        self.wait_until(
-            lambda: self.docker("info", check=False, capture=True).returncode == 0, timeout
-        )
+        try:
+            self.wait_until(
+                lambda: self.docker("info", check=False, capture=True).returncode == 0, timeout
+            )
+        except RuntimeError as error:  # dockerd exited: this machine cannot run it
+            raise ServerUnavailableError(str(error)) from None
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop dockerd, then unmount what it left mounted under the work directory (its
