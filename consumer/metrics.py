@@ -1,7 +1,8 @@
 """Prometheus metrics: one prefix, base units, low-cardinality labels only.
 
 Labels never carry user names, event ids or other per-event values: topic, partition, rule id,
-severity and a short decode-error reason are the only dimensions.
+severity and a short decode-error reason are the only dimensions (rule_info adds the rule's name,
+one per rule id, for readable dashboard legends).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
 THROTTLED_ID = "7d3c2b1a-0f9e-4d8c-b7a6-5e4d3c2b1a09"
 ALLOWED_LABELS = {
     "topic", "partition", "rule_id", "severity", "reason", "outcome", "kind", "error", "le",
-    "version", "worker", "rules",
+    "version", "worker", "rules", "rule_name",
 }
 """Every label name the detector may export: none of them carries a per-event value."""
 
