@@ -58,18 +58,23 @@ def docker_engine(run_dir: Path) -> Iterator[LocalDocker]:
 
 
 _real_server_reports: list[pytest.TestReport] = []
+_setup_seconds: dict[str, float] = {}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Collect the outcome of each test against a real server (tests/integration/test_real_*)."""
-    if "/test_real_" in report.nodeid.replace("\\", "/") and (
-        report.when == "call" or report.outcome == "skipped"
-    ):
+    """Collect the outcome of each test against a real server (tests/integration/test_real_*),
+    and its set-up time, which includes starting a session's server for its first test."""
+    if "/test_real_" not in report.nodeid.replace("\\", "/"):
+        return
+    if report.when == "setup":
+        _setup_seconds[report.nodeid] = report.duration
+    if report.when == "call" or report.outcome == "skipped":
         _real_server_reports.append(report)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """A closing list of what ran against real servers, what skipped and why, with times."""
+    """A closing list of what ran against real servers, what skipped and why, with times
+    (set-up, which starts the servers, plus the test itself)."""
     if not _real_server_reports:
         return
     terminalreporter.section("real servers")
@@ -80,6 +85,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             reason = f": {report.longrepr[2]}"
         elif hasattr(report, "wasxfail"):
             reason = f": {report.wasxfail}"
+        seconds = report.duration + (
+            _setup_seconds.get(report.nodeid, 0.0) if report.when == "call" else 0.0
+        )
         terminalreporter.write_line(
-            f"{outcome:8} {report.duration:6.1f}s  {report.nodeid.split('::')[-1]}{reason}"
+            f"{outcome:8} {seconds:6.1f}s  {report.nodeid.split('::')[-1]}{reason}"
         )
