@@ -131,6 +131,8 @@ def run_worker(settings: Settings, worker: int) -> int:
             "rules": ",".join(rule.rule_id for rule in enabled),
         }
     )
+    for rule in enabled:
+        metrics.rule.labels(rule.rule_id).info({"rule_name": rule.name, "severity": rule.severity})
     health = Health()
     exceptions = ExceptionWatcher(settings.exceptions_dir, enabled, settings.exceptions_reload_s)
     metrics.exception_items.set(exceptions.current.item_count)

@@ -165,7 +165,9 @@ class Settings(BaseSettings):
     )
     enable_rules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     disable_rules: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    metrics_host: str = Field("0.0.0.0", description="Bind address of /metrics, /healthz, /readyz.")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Bind address of /metrics, /healthz, /readyz (loopback: no auth)."
+    )
     metrics_port: int = Field(9464, ge=0, le=65535)
     shutdown_timeout_s: PositiveFloat = 10.0
     workers: PositiveInt = 1

@@ -1,7 +1,9 @@
 """Prometheus metrics: one prefix, base units, low-cardinality labels only.
 
 Labels never carry user names, event ids or other per-event values: topic, partition, rule id,
-severity, a short decode-error reason and a rule-skip kind are the only dimensions.
+severity, a short decode-error reason, a rule-skip kind, an input shape and an exception list and
+item id are the only dimensions (rule_info adds the rule's name, one per rule id, for readable
+dashboard legends).
 """
 
 from __future__ import annotations
@@ -160,5 +162,10 @@ class Metrics:
         self.build = Info(
             name("build"), "Version, worker index and enabled rules of this detector.",
             registry=registry,
+        )
+        self.rule = Info(
+            name("rule"),
+            "Name and severity of each enabled rule, joined on rule_id for readable legends.",
+            ["rule_id"], registry=registry,
         )
 

@@ -15,6 +15,9 @@ from confluent_kafka.cimpl import NewTopic
 
 from scripts.kafka_local import LocalKafka
 
+pytest_plugins = ["tests.support.servers"]
+"""The real servers' session fixtures (Schema Registry, Elasticsearch, Docker engine)."""
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 

@@ -35,7 +35,7 @@ THROTTLED_ID = "7d3c2b1a-0f9e-4d8c-b7a6-5e4d3c2b1a09"
 SKIPPED_ID = "2b1a0f9e-7d3c-4d8c-b7a6-5e4d3c2b1a10"
 ALLOWED_LABELS = {
     "topic", "partition", "rule_id", "severity", "reason", "outcome", "kind", "error", "le",
-    "version", "worker", "rules", "reason_kind",
+    "version", "worker", "rules", "reason_kind", "rule_name", "shape", "list_id", "item_id",
 }
 """Every label name the detector may export: none of them carries a per-event value."""
 
