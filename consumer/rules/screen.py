@@ -11,7 +11,7 @@ The payloads are joined with 0xFF, a byte no UTF-8 literal contains, so no liter
 across two messages. The search is Hyperscan's literal matcher where its wheel exists (x86-64
 Linux, macOS) and Aho-Corasick (`ahocorasick-rs`) elsewhere: bench/rules_bench.py measures both
 against one `bytes.find` pass per literal, which they beat from one literal on and by far with
-many rules.
+many rules. `LiteralIndex` does the same for the per-message check of many rules.
 """
 
 from bisect import bisect_right
@@ -204,13 +204,10 @@ class BatchScreen:
         )
         if any(SEPARATOR in literal for literal in self._literals):
             raise ValueError("a literal holds 0xFF, the byte that separates the batch's messages")
-        self._counter = self._matcher(self._literals)
+        self._counter = matcher_for(self._literals, multi_pattern)
         self._anchors: tuple[bytes, ...] = ()
         self._search = self._counter
         self._until_review = 0
-
-    def _matcher(self, literals: Sequence[bytes]) -> Matcher:
-        return matcher_for(literals, self._multi_pattern)
 
     @property
     def anchors(self) -> tuple[bytes, ...]:
@@ -242,5 +239,5 @@ class BatchScreen:
         )
         if chosen != self._anchors:
             self._anchors = chosen
-            self._search = self._matcher(chosen)
+            self._search = matcher_for(chosen, self._multi_pattern)
         self._until_review = self.REVIEW_EVERY
