@@ -36,12 +36,14 @@ from consumer.rules.esql import (
     Match,
     like_literal_chunks,
 )
-from consumer.rules.screen import MULTI_PATTERN, BatchScreen, MultiPattern
+from consumer.rules.screen import MULTI_PATTERN, BatchScreen, LiteralIndex, MultiPattern
 
 Groups = tuple[frozenset[str], ...]
 _MAX_GROUPS = 16
 _JSON_ESCAPED = frozenset('"\\/') | {chr(code) for code in range(0x20)}
 _UNICODE_ESCAPE = b"\\u"
+INDEX_FROM = 8
+"""Above this many prefilters, `checker` finds all their literals in one scan (LiteralIndex)."""
 
 
 def _raw_keyword(node: Expr, query: CompiledQuery) -> bool:
@@ -190,6 +192,11 @@ class CombinedPrefilter:
                 if text_format:
                     return lambda payload: _UNICODE_ESCAPE in payload or present(payload)
                 return present
+        if len(prefilters) > INDEX_FROM:
+            return LiteralIndex(
+                [p.text_groups if text_format else p.binary_groups for p in prefilters],
+                always=(_UNICODE_ESCAPE,) if text_format else (),
+            ).may_match
         return lambda payload: self.may_match(payload, text_format)
 
     def batch_screen(

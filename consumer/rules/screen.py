@@ -11,7 +11,7 @@ The payloads are joined with 0xFF, a byte no UTF-8 literal contains, so no liter
 across two messages. The search is Hyperscan's literal matcher where its wheel exists (x86-64
 Linux, macOS) and Aho-Corasick (`ahocorasick-rs`) elsewhere: bench/rules_bench.py measures both
 against one `bytes.find` pass per literal, which they beat from one literal on and by far with
-many rules.
+many rules. `LiteralIndex` does the same for the per-message check of many rules.
 """
 
 from bisect import bisect_right
@@ -44,6 +44,9 @@ class Matcher(Protocol):
     def counts(self, sample: bytes) -> list[int]:
         """Occurrences of each literal (by position in the literal list) in `sample`."""
 
+    def present(self, payload: bytes) -> set[int]:
+        """The positions in the literal list of every literal `payload` holds."""
+
 
 class AhoCorasick:
     """All literals in one automaton pass (`ahocorasick-rs`, Rust)."""
@@ -61,6 +64,10 @@ class AhoCorasick:
             index for index, _, _ in self._automaton.find_matches_as_indexes(sample, True)
         )
         return [found[index] for index in range(self._size)]
+
+    def present(self, payload: bytes) -> set[int]:
+        # Overlapping: a literal inside another ("Key" in "AccessKey") must be seen too.
+        return {index for index, _, _ in self._automaton.find_matches_as_indexes(payload, True)}
 
 
 class Hyperscan:
@@ -93,6 +100,15 @@ class Hyperscan:
         self._database.scan(sample, match_event_handler=on_match)
         return found
 
+    def present(self, payload: bytes) -> set[int]:
+        found: set[int] = set()
+
+        def on_match(literal: int, start: int, end: int, flags: int, context: object) -> None:
+            found.add(literal)
+
+        self._database.scan(payload, match_event_handler=on_match)
+        return found
+
 
 class _NoLiterals:
     """No rule loaded: nothing to find."""
@@ -103,10 +119,64 @@ class _NoLiterals:
     def counts(self, sample: bytes) -> list[int]:
         return []
 
+    def present(self, payload: bytes) -> set[int]:
+        return set()
+
 
 MultiPattern = Callable[[Sequence[bytes]], Matcher]
 MULTI_PATTERN: MultiPattern = Hyperscan if HAVE_HYPERSCAN else AhoCorasick
 """The fastest multi-pattern matcher installed."""
+
+
+def matcher_for(literals: Sequence[bytes], multi_pattern: MultiPattern = MULTI_PATTERN) -> Matcher:
+    """A matcher of `literals`: Aho-Corasick for a literal Hyperscan cannot take (a NUL byte)."""
+    if not literals:
+        return _NoLiterals()
+    if multi_pattern is Hyperscan and any(b"\0" in literal for literal in literals):
+        return AhoCorasick(literals)
+    return multi_pattern(literals)
+
+
+class LiteralIndex:
+    """`may_match` of many prefilters on one message at once: one scan finds which of all their
+    literals it holds, then only the prefilters holding one of those are checked, by set
+    intersection, instead of each prefilter searching the message for each of its literals."""
+
+    def __init__(
+        self,
+        groups_per_prefilter: Sequence[Groups],
+        always: tuple[bytes, ...] = (),
+        multi_pattern: MultiPattern = MULTI_PATTERN,
+    ) -> None:
+        # A group holding the empty literal is satisfied by any message.
+        needed = [tuple(group for group in groups if b"" not in group)
+                  for groups in groups_per_prefilter]
+        literals = list(dict.fromkeys(
+            literal for groups in needed for group in groups for literal in group
+        ))
+        position = {literal: index for index, literal in enumerate(literals)}
+        self._prefilters = [
+            tuple(frozenset(position[literal] for literal in group) for group in groups)
+            for groups in needed
+        ]
+        self._everything = any(not groups for groups in self._prefilters)
+        self._by_literal: dict[int, list[int]] = {}
+        for index, groups in enumerate(self._prefilters):
+            for literal in groups[0] if groups else ():
+                self._by_literal.setdefault(literal, []).append(index)
+        self._always = always
+        self._matcher = matcher_for(literals, multi_pattern)
+
+    def may_match(self, payload: bytes) -> bool:
+        if self._everything or any(literal in payload for literal in self._always):
+            return True
+        present = self._matcher.present(payload)
+        prefilters = self._prefilters
+        for literal in present:
+            for index in self._by_literal.get(literal, ()):
+                if all(not group.isdisjoint(present) for group in prefilters[index]):
+                    return True
+        return False
 
 
 class BatchScreen:
@@ -134,17 +204,10 @@ class BatchScreen:
         )
         if any(SEPARATOR in literal for literal in self._literals):
             raise ValueError("a literal holds 0xFF, the byte that separates the batch's messages")
-        self._counter = self._matcher(self._literals)
+        self._counter = matcher_for(self._literals, multi_pattern)
         self._anchors: tuple[bytes, ...] = ()
         self._search = self._counter
         self._until_review = 0
-
-    def _matcher(self, literals: Sequence[bytes]) -> Matcher:
-        if not literals:
-            return _NoLiterals()
-        if self._multi_pattern is Hyperscan and any(b"\0" in literal for literal in literals):
-            return AhoCorasick(literals)
-        return self._multi_pattern(literals)
 
     @property
     def anchors(self) -> tuple[bytes, ...]:
@@ -176,5 +239,5 @@ class BatchScreen:
         )
         if chosen != self._anchors:
             self._anchors = chosen
-            self._search = self._matcher(chosen)
+            self._search = matcher_for(chosen, self._multi_pattern)
         self._until_review = self.REVIEW_EVERY

@@ -14,7 +14,7 @@ from consumer.event import CloudTrailRecord
 from consumer.record import READER_SCHEMA, json_to_avro
 from consumer.rules import CombinedPrefilter, CompiledQuery, Prefilter, compile_query, load_rules
 from consumer.rules.prefilter import BatchScreen
-from consumer.rules.screen import HAVE_HYPERSCAN, AhoCorasick, Hyperscan
+from consumer.rules.screen import HAVE_HYPERSCAN, AhoCorasick, Hyperscan, LiteralIndex
 
 RULES = {rule.name: rule.query for rule in load_rules()}
 SEED = RULES["AWS IAM User Created Access Keys For Another User"]
@@ -167,7 +167,9 @@ def test_prefilter_never_skips_a_record_a_rule_matches(
                 assert prefilter.may_match(payload, text_format), compiled.query
         if any(compiled.matches(decoded) for compiled in COMBINED_QUERIES):
             assert COMBINED.may_match(payload, text_format)
-        for combined in (COMBINED, SEED_ONLY):
+        if any(compiled.matches(decoded) for compiled in MANY_QUERIES):
+            assert MANY_RULES.checker(text_format)(payload)
+        for combined in (COMBINED, SEED_ONLY, MANY_RULES):
             assert combined.checker(text_format)(payload) == combined.may_match(
                 payload, text_format
             )
@@ -294,10 +296,14 @@ def test_combined_prefilter_without_rules_skips_everything() -> None:
 BATCH_PREFILTERS = [COMBINED, SEED_ONLY, *(CombinedPrefilter([p]) for _, p in PAIRS)]
 MULTI_PATTERNS = [AhoCorasick, *([Hyperscan] if HAVE_HYPERSCAN else [])]
 """Every multi-pattern matcher this machine has: each must be as sound as the other."""
-MANY_RULES = CombinedPrefilter.for_queries(
-    [*COMBINED_QUERIES, *(query(f'event.action == "{a}"') for a in ACTIONS if '"' not in a)]
-)
-"""More anchor literals than one `bytes.find` pass each would search: the multi-pattern path."""
+MANY_QUERIES = [
+    *COMBINED_QUERIES[:3],  # the fourth has no JSON-safe literal, which would constrain nothing
+    *(query(f'event.action == "{a}"') for a in ACTIONS if '"' not in a),
+    *(query(f'event.provider == "{s}" AND event.action IN ("{a}", "Key")')
+      for s in SOURCES for a in ("Create", "AccessKey")),
+]
+MANY_RULES = CombinedPrefilter.for_queries(MANY_QUERIES)
+"""More rules than `checker` tests one by one: it finds all their literals in one scan."""
 
 
 @settings(max_examples=300, deadline=None)
@@ -359,6 +365,31 @@ def test_any_literal_groups_screen_soundly_with_every_matcher(
                        for groups in prefilters)
             }
             assert expected <= set(screen.candidates(batch, sizes_of(batch)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prefilters=st.lists(GROUPS.map(tuple), min_size=1, max_size=12),
+    payload=PAYLOAD,
+    text_format=st.booleans(),
+)
+def test_the_literal_index_judges_a_message_as_the_prefilters_do(
+    prefilters: list[tuple[tuple[bytes, ...], ...]], payload: bytes, text_format: bool
+) -> None:
+    always = (b"\\u",) if text_format else ()
+    expected = any(literal in payload for literal in always) or any(
+        all(any(literal in payload for literal in group) for group in groups)
+        for groups in prefilters
+    )
+    for matcher in MULTI_PATTERNS:
+        assert LiteralIndex(prefilters, always, matcher).may_match(payload) is expected
+
+
+def test_the_checker_properties_cover_the_literal_index() -> None:
+    """MANY_RULES has more than INDEX_FROM prefilters, so the properties above test the index."""
+    for text_format in (False, True):
+        checker = MANY_RULES.checker(text_format)
+        assert isinstance(getattr(checker, "__self__", None), LiteralIndex)
 
 
 def test_every_matcher_finds_the_same_candidates_on_many_rules() -> None:
