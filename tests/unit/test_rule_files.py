@@ -177,8 +177,8 @@ INVALID: list[tuple[str, tuple[tuple[str, str], ...], str]] = [
     ),
     (
         "bad query",
-        (("| where event.provider ==", "| where event.provder =="),),
-        "rule.query: line 2, column 9: field 'event.provder' is not derived",
+        (("| where event.provider ==", "| where event.provider = ="),),
+        "rule.query: line 2, column 24: ",
     ),
     (
         "unknown detector key",
