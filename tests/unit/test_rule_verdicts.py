@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from consumer.event import CloudTrailRecord
 from consumer.record import READER_SCHEMA, avro_to_json, json_to_avro
 from consumer.rules import CombinedPrefilter, load_rules
+from consumer.rules.loader import LoadedRule, parse_rule
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 RULES = {rule.rule_id: rule.query for rule in load_rules()}
@@ -21,6 +22,18 @@ SEED = RULES["696015ef-718e-40ff-ac4a-cc2ba88dbeeb"]
 HARDENED = RULES["32403725-2adc-4bc1-a434-02793697b9bd"]
 PREFILTER = CombinedPrefilter.for_queries([SEED, HARDENED])
 ACCOUNT = "111122223333"
+ELASTIC_SEED_FILE = SHARED.joinpath(
+    "elastic-rules", "aws", "persistence_iam_user_created_access_keys_for_another_user.toml"
+)
+
+
+def elastic_seed() -> LoadedRule:
+    """Elastic's current file for the seed rule (severity high, METADATA, a long KEEP)."""
+    if not ELASTIC_SEED_FILE.is_file():
+        pytest.skip(f"{ELASTIC_SEED_FILE} is absent")
+    rule = parse_rule(ELASTIC_SEED_FILE.read_text(encoding="utf-8"), str(ELASTIC_SEED_FILE))
+    assert isinstance(rule, LoadedRule), f"Elastic's seed file is skipped: {rule}"
+    return rule
 
 
 def labelled_events() -> list[Any]:
@@ -233,6 +246,15 @@ def test_edge_case_verdicts(
 ) -> None:
     assert SEED.matches(record) is seed_alerts
     assert HARDENED.matches(record) is hardened_alerts
+
+
+def test_elastics_current_seed_file_gives_the_builtins_verdict_on_every_case() -> None:
+    current = elastic_seed().query
+    cases = [json_to_avro(event) for event, _ in (p.values for p in labelled_events())
+             if event is not None]
+    cases += [record for _, record, _, _ in EDGE_CASES]
+    assert len(cases) > len(EDGE_CASES)
+    assert [current.matches(record) for record in cases] == [SEED.matches(r) for r in cases]
 
 
 @pytest.mark.parametrize(
