@@ -17,6 +17,7 @@ from consumer.normalize import INGESTED_MS
 from consumer.rules.exceptions import NO_EXCEPTIONS, CompiledItem, ExceptionSet
 from consumer.rules.loader import LoadedRule
 from consumer.rules.prefilter import CombinedPrefilter
+from consumer.times import parse_iso_utc
 
 
 class RuleEvaluationError(Exception):
@@ -108,6 +109,11 @@ class Detector:
         return self.judge(record)
 
     def _judge_all(self, events: Events, ingested_ms: int | None) -> EventsVerdict:
+        """A shipper's own `event.ingested` (Filebeat, Elastic Agent) is carried over; else
+        the message's timestamp is when its events reached us."""
+        shipped = parse_iso_utc(events.context.get("event.ingested"))
+        if shipped is not None:
+            ingested_ms = int(shipped.timestamp() * 1000)
         verdicts: list[tuple[int, Verdict]] = []
         failures: list[tuple[int, DecodeError | RuleEvaluationError]] = []
         for index, item in enumerate(events.items):
