@@ -64,6 +64,7 @@ from consumer.rules.esql import (
     Not,
     UnsupportedEsqlError,
 )
+from consumer.rules.esql.values import as_float
 from consumer.times import parse_iso_utc
 
 Predicate = Callable[[CloudTrailRecord], bool]
@@ -674,19 +675,6 @@ def _record_date(value: Any) -> int | None:
     return calendar.timegm(moment.utctimetuple()) * 1000 + moment.microsecond // 1000
 
 
-def _record_number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
 def _record_boolean(value: Any) -> bool | None:
     if isinstance(value, bool):
         return value
@@ -957,7 +945,7 @@ class _Compiler:
         text = value.text
         parsed: Any = None
         if target.kind == "number" and not isinstance(value.value, bool):
-            parsed = _record_number(text)
+            parsed = as_float(text)
         elif target.kind == "date":
             if text.startswith("now"):
                 raise self.unsupported("date math ('now...') is not supported", value.pos)
@@ -996,7 +984,7 @@ class _Compiler:
                 for item in _values(extract(record))
             )
         wanted = self.parse_typed(value, target, False)
-        convert = _record_number if target.kind == "number" else _record_boolean
+        convert = as_float if target.kind == "number" else _record_boolean
         return lambda record: any(convert(item) == wanted for item in _values(extract(record)))
 
     def range(
@@ -1022,7 +1010,7 @@ class _Compiler:
         else:
             bound = self.parse_typed(node.value, target, round_up=node.op in ("gt", "lte"))
             convert = {
-                "number": _record_number,
+                "number": as_float,
                 "date": _record_date,
                 "boolean": _record_boolean,
                 "ip": lambda item: _ip_key(item) if isinstance(item, str) else None,

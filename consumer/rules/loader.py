@@ -52,8 +52,27 @@ class RuleLoadError(ValueError):
         self.problems = problems
 
 
+class _RuleFacts:
+    """What every loaded rule file tells, whether it runs or not."""
+
+    __slots__ = ()
+    definition: RuleFile
+
+    @property
+    def rule_id(self) -> str:
+        return self.definition.rule.rule_id
+
+    @property
+    def name(self) -> str:
+        return self.definition.rule.name
+
+    @property
+    def severity(self) -> str:
+        return self.definition.rule.severity
+
+
 @dataclass(frozen=True, slots=True)
-class LoadedRule:
+class LoadedRule(_RuleFacts):
     """A validated rule file with its compiled query."""
 
     definition: RuleFile
@@ -62,39 +81,15 @@ class LoadedRule:
     """`builtin:<file name>` or the path of the file it came from."""
     enabled: bool
 
-    @property
-    def rule_id(self) -> str:
-        return self.definition.rule.rule_id
-
-    @property
-    def name(self) -> str:
-        return self.definition.rule.name
-
-    @property
-    def severity(self) -> str:
-        return self.definition.rule.severity
-
 
 @dataclass(frozen=True, slots=True)
-class SkippedRule:
+class SkippedRule(_RuleFacts):
     """A valid rule file we cannot run yet, and why."""
 
     definition: RuleFile
     source: str
     kind: SkipKind
     reason: str
-
-    @property
-    def rule_id(self) -> str:
-        return self.definition.rule.rule_id
-
-    @property
-    def name(self) -> str:
-        return self.definition.rule.name
-
-    @property
-    def severity(self) -> str:
-        return self.definition.rule.severity
 
 
 @dataclass(frozen=True, slots=True)

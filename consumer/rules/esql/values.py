@@ -87,7 +87,8 @@ def _as_int(value: object) -> int | None:
     return None
 
 
-def _as_float(value: object) -> float | None:
+def as_float(value: object) -> float | None:
+    """A stored value as a double, as Elasticsearch coerces numbers and numeric strings."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -118,7 +119,7 @@ def _as_text(value: object) -> str | None:
 
 NORMALIZERS: Mapping[str, Callable[[object], Any]] = {
     "keyword": _as_text, "text": _as_text, "integer": _as_int, "long": _as_int,
-    "double": _as_float, "boolean": _as_bool, "date": date_key, "ip": ip_key,
+    "double": as_float, "boolean": _as_bool, "date": date_key, "ip": ip_key,
 }  # fmt: skip
 """Source value -> engine value for each type; None where the value does not fit the type."""
 
