@@ -910,9 +910,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rules_dir = write_bench_rules(work / "rules")
     aws_rules_dir = write_aws_rules(work / "aws-rules")
     sources = load_sources(seed_query())
-    every_rule = aws_rules_dir is not None and any(key in args.variants for key in "hi")
-    oracle = (rule_oracle([rule for rule in load_rules(aws_rules_dir) if rule.enabled])
-              if every_rule and aws_rules_dir is not None else None)
+    oracle = None
+    if aws_rules_dir is not None and any(key in args.variants for key in "hi"):
+        oracle = rule_oracle([rule for rule in load_rules(aws_rules_dir) if rule.enabled])
     quix_python, quix_version = find_quix_python(args.quix_python)
     args.quix_why = quix_version
     if quix_python is None and "c" in args.variants:
