@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/pipeline_bench.py [--quick] [--events N] [--partitions P]
          [--format avro|avro-registry] [--latency-rate R] [--latency-seconds S]
-         [--quix-python PATH] [--variants abcdefg] [--workers N] [--no-latency] [--rounds N]
+         [--quix-python PATH] [--variants abcdefghi] [--workers N] [--no-latency] [--rounds N]
 
 On one broker ($KAFKA_BOOTSTRAP_SERVERS, else a local KRaft broker from scripts/kafka_local.py)
 it loads one input topic with a realistic CloudTrail mix (bench/pipeline_workload.py: the alerts
@@ -17,6 +17,14 @@ consumer group, one at a time, each in its own process:
     f  the detector, --workers = CPU count, exactly-once
     g  the raw ceiling again, in --workers processes (each assigned its share of partitions):
        what more consumers can get out of this broker on this machine at all
+    h  the detector, 1 worker, exactly-once, with every rule of ../shared/elastic-rules/aws it
+       runs (the rules directory pointed at a copy of that folder: Elastic's seed file replaces
+       the built-in, the ES|QL and KQL `query` rules load, the other rule types are skipped)
+    i  naive as b, evaluating every one of h's rules on every message
+
+h and i are skipped when ../shared is absent. Their rules are copied with a max_signals that
+never throttles, as is the seed rule's copy the others run; their known alerts are one per
+(rule, event) that the detector's own decode and `Detector.judge` give each source record offline.
 
 Each variant is timed from its first consumed message (so process start-up is left out; for
 the detector, from when every worker has consumed one, seen on /metrics every 20 ms) until its
@@ -26,10 +34,10 @@ them all). CPU is the utime+stime delta of the variant's process tree over that 
 tree. Every variant's alerts are read back read_committed and must be exactly the known ones,
 or the run fails (exit status 1).
 
-The fast variants (a, d, e, f, g) run --rounds times, interleaved (a d e f g a d e f g ...), since
-this machine's raw ceiling alone moves by a third from one run to the next: the table gives each
-variant's median round and its range, and every ratio is the median of ratios taken within a
-round (b and c, which take minutes, run once and are compared with the first round).
+The fast variants (a, d, e, f, g, h) run --rounds times, interleaved (a d e f g a d e f g ...),
+since this machine's raw ceiling alone moves by a third from one run to the next: the table gives
+each variant's median round and its range, and every ratio is the median of ratios taken within a
+round (b, c and i, which take minutes, run once and are compared with the first round).
 
 Then a latency run: the exactly-once detector on a fresh topic fed at --latency-rate events/s for
 --latency-seconds, 0.5% of them matching; each alert's latency is the time from producing its
@@ -72,13 +80,16 @@ from pipeline_workload import (
     Mix,
     SourceRecords,
     load_sources,
+    rule_oracle,
     seed_query,
+    write_aws_rules,
     write_bench_rules,
 )
 
 from consumer.record import SCHEMA_TEXT
+from consumer.rules import load_rules
 from scripts.kafka_local import KAFKA_VERSION, LocalKafka
-from tests.support.kafka import alert_event_ids, read_all
+from tests.support.kafka import read_all
 
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
@@ -235,6 +246,9 @@ def schema_registry() -> Iterator[str]:
 class Loaded:
     events: int
     expected_ids: set[str]
+    """The seed rule's alerts, by event id."""
+    expected_rule_alerts: set[str]
+    """The alerts of the Mix's rule set, as alert_keys(by_rule=True) names them."""
     seconds: float
     payload_bytes: int
 
@@ -251,12 +265,14 @@ def load(
         }
     )
     expected: set[str] = set()
+    expected_rule_alerts: set[str] = set()
     size = 0
     started = time.monotonic()
     for index in range(events):
         event = next(mix)
         if event.matches:
             expected.add(event.event_id)
+        expected_rule_alerts.update(f"{rule_id} {event.event_id}" for rule_id in event.rules)
         payload = framing + event.payload
         size += len(payload)
         while True:
@@ -269,7 +285,7 @@ def load(
             producer.poll(0)
     if producer.flush(120):
         raise SystemExit("the input topic could not be loaded")
-    return Loaded(events, expected, time.monotonic() - started, size)
+    return Loaded(events, expected, expected_rule_alerts, time.monotonic() - started, size)
 
 
 # --- running one variant ----------------------------------------------------------------------
@@ -285,6 +301,8 @@ class Variant:
     """The detector's /metrics ports; empty for variants that report on stdout."""
     reads_only: bool = False
     """True for the raw ceiling: it reports when it has read everything and commits nothing."""
+    by_rule: bool = False
+    """True when it runs several rules: its alerts are told apart by (rule, event)."""
 
 
 @dataclass
@@ -298,6 +316,7 @@ class Measurement:
     """Events read between the start and the end of the measurement."""
     broker_cpu_s: float | None = None
     alerts: int | None = None
+    expected_alerts: int = 0
     commits: int | None = None
     commit_wait_s: float = 0.0
     """The detector's commits over its whole run, and the time its loop spent waiting on them."""
@@ -311,8 +330,8 @@ class Measurement:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-REPEATED = "adefg"
-"""The variants that take seconds, run once per round; b and c take minutes and run once."""
+REPEATED = "adefgh"
+"""The variants that take seconds, run once per round; b, c and i take minutes and run once."""
 
 
 @dataclass
@@ -371,6 +390,17 @@ def _consumed(ports: list[int]) -> list[int]:
     """Messages each detector worker has consumed so far."""
     consumed = _metric_totals(ports, "cloudtrail_detector_messages_consumed_total")
     return [int(total) for total in consumed]
+
+
+def alert_keys(messages: Sequence[confluent_kafka.Message], by_rule: bool) -> list[str]:
+    """Each alert's event id, or `<rule_id> <event id>` when `by_rule`."""
+    keys = []
+    for message in messages:
+        document = json.loads(message.value() or b"{}")
+        event_id = document["event"]["id"]
+        keys.append(f"{document['kibana']['alert']['rule']['rule_id']} {event_id}" if by_rule
+                    else event_id)
+    return keys
 
 
 class StdoutReports:
@@ -445,8 +475,10 @@ def measure(
         stop(process)
         watcher.close()
     if alerts_topic is not None:
-        ids = alert_event_ids(read_all(bootstrap, alerts_topic, wanted=len(expected)))
+        ids = alert_keys(read_all(bootstrap, alerts_topic, wanted=len(expected)),
+                         variant.by_rule)
         result.alerts = len(ids)
+        result.expected_alerts = len(expected)
         if len(ids) != len(expected) or set(ids) != expected:
             result.problem = (
                 f"{len(ids)} alerts ({len(set(ids))} distinct) where {len(expected)} were known: "
@@ -499,6 +531,8 @@ class Setup:
     partitions: int
     events: int
     rules_dir: Path
+    aws_rules_dir: Path | None
+    """The copy of ../shared/elastic-rules/aws that h and i run; None when it is absent."""
     input_format: str
     registry_url: str | None
     quix_python: Path | None
@@ -510,8 +544,10 @@ class Setup:
 
 def detector_variant(
     setup: Setup, key: str, label: str, *, delivery: str, workers: int,
-    topics: tuple[str, str, str], group: str,
+    topics: tuple[str, str, str], group: str, aws_rules: bool = False,
 ) -> Variant:
+    """`aws_rules`: the copy of ../shared/elastic-rules/aws as the rules directory, with its
+    seed file in the built-in's place; else the seed rule's copy, the built-in switched off."""
     input_topic, alerts_topic, dlq_topic = topics
     port = free_port_pair()
     env = {
@@ -526,8 +562,8 @@ def detector_variant(
         "DETECTOR_START_FROM": "earliest",
         "DETECTOR_DELIVERY": delivery,
         "DETECTOR_WORKERS": str(workers),
-        "DETECTOR_RULES_DIR": str(setup.rules_dir),
-        "DETECTOR_DISABLE_RULES": SEED_RULE_ID,
+        "DETECTOR_RULES_DIR": str(setup.aws_rules_dir if aws_rules else setup.rules_dir),
+        "DETECTOR_DISABLE_RULES": "" if aws_rules else SEED_RULE_ID,
         "DETECTOR_METRICS_HOST": "127.0.0.1",
         "DETECTOR_METRICS_PORT": str(port),
         "DETECTOR_LOG_LEVEL": "WARNING",
@@ -535,19 +571,23 @@ def detector_variant(
     if setup.registry_url:
         env["DETECTOR_SCHEMA_REGISTRY_URL"] = setup.registry_url
     return Variant(key, label, [sys.executable, "-m", "consumer", "run"], env,
-                   metrics_ports=[port + worker for worker in range(workers)])
+                   metrics_ports=[port + worker for worker in range(workers)], by_rule=aws_rules)
 
 
 def reference_variant(setup: Setup, key: str, label: str, group: str, alerts_topic: str) -> Variant:
-    kind = {"a": "raw", "b": "naive", "g": "raw-split"}[key]
+    kind = {"a": "raw", "b": "naive", "g": "raw-split", "i": "naive"}[key]
+    rules_dir = setup.aws_rules_dir if key == "i" else setup.rules_dir
     argv = [sys.executable, str(BENCH / "pipeline_variants.py"), kind,
             "--bootstrap", setup.bootstrap, "--topic", setup.topic, "--group", group,
             "--messages", str(setup.events), "--alerts-topic", alerts_topic,
-            "--rules-dir", str(setup.rules_dir), "--partitions", str(setup.partitions),
+            "--rules-dir", str(rules_dir), "--partitions", str(setup.partitions),
             "--processes", str(setup.workers)]
     if setup.input_format == "avro-registry":
         argv.append("--framed")
-    return Variant(key, label, argv, dict(os.environ), reads_only=key != "b")
+    if key == "i":
+        argv.append("--all-rules")
+    return Variant(key, label, argv, dict(os.environ), reads_only=kind != "naive",
+                   by_rule=key == "i")
 
 
 def quix_variant(setup: Setup, group: str, alerts_topic: str) -> Variant | None:
@@ -728,7 +768,7 @@ def environment(setup: Setup, external: bool, quix_version: str) -> list[str]:
     ]
 
 
-def table(summaries: dict[str, Summary], expected: int) -> list[str]:
+def table(summaries: dict[str, Summary]) -> list[str]:
     raw = summaries.get("a")
     lines = [
         "| variant | events/s (median) | range over rounds | x raw (a) | CPU s per 1M events | "
@@ -745,7 +785,7 @@ def table(summaries: dict[str, Summary], expected: int) -> list[str]:
                   if len(summary.rates) > 1 else "one round")
         ratio = summary.ratio_to(raw)
         commits = "—" if row.commits is None else f"{row.commits} ({row.commit_wait_s:.2f})"
-        alerts = "—" if row.alerts is None else f"{row.alerts} of {expected}"
+        alerts = "—" if row.alerts is None else f"{row.alerts} of {row.expected_alerts}"
         problems = [other.problem for other in summary.rows if other.problem]
         if problems:
             alerts += f" **FAILED: {problems[0]}**"
@@ -778,6 +818,10 @@ def targets(summaries: dict[str, Summary], latency: Latency | None) -> list[str]
     check("(d) / (b)", ratio("d", "b"), 5, "x")
     check("(d) / (c)", ratio("d", "c"), 8, "x")
     check("(f) / (d), workers scaling", ratio("f", "d"), 1.7, "x")
+    check("(h) / (i), every AWS rule against naive", ratio("h", "i"), 5, "x")
+    every_rule = ratio("h", "a")
+    if every_rule:
+        lines.append(f"- every AWS rule, (h) / (a): {every_rule:.2f}x the raw ceiling")
     raw_scaling = ratio("g", "a")
     if raw_scaling:
         lines.append(f"- for comparison, the raw ceiling's own scaling (g) / (a): "
@@ -823,7 +867,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="workers of variant f (default: the CPU count)")
     parser.add_argument("--quix-python", help="an interpreter with quixstreams installed "
                         f"(default: this one, else {DEFAULT_QUIX_PYTHON})")
-    parser.add_argument("--variants", default="abcdefg",
+    parser.add_argument("--variants", default="abcdefghi",
                         help="which variants to run, e.g. 'ad' (default: all)")
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--rounds", type=int, default=3,
@@ -864,7 +908,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     rules_dir = write_bench_rules(work / "rules")
+    aws_rules_dir = write_aws_rules(work / "aws-rules")
     sources = load_sources(seed_query())
+    oracle = None
+    if aws_rules_dir is not None and any(key in args.variants for key in "hi"):
+        oracle = rule_oracle([rule for rule in load_rules(aws_rules_dir) if rule.enabled])
     quix_python, quix_version = find_quix_python(args.quix_python)
     args.quix_why = quix_version
     if quix_python is None and "c" in args.variants:
@@ -877,18 +925,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.enter_context(schema_registry()) if args.format == "avro-registry" else None
         )
         setup = Setup(bootstrap, f"bench-input-{run_id}", args.partitions, args.events,
-                      rules_dir, args.format, registry_url, quix_python, args.workers, run_id,
-                      broker_pid)
+                      rules_dir, aws_rules_dir, args.format, registry_url, quix_python,
+                      args.workers, run_id, broker_pid)
         load_average = os.getloadavg()
         create_topics(bootstrap, {setup.topic: args.partitions})
         print(f"loading {args.events:,} events ({sources.origin}) into {setup.topic} ...",
               file=sys.stderr)
-        loaded = load(bootstrap, setup.topic, args.partitions, mix=Mix(sources, seed=20251129),
-                      events=args.events, framing=_framing(args.format))
+        loaded = load(bootstrap, setup.topic, args.partitions,
+                      mix=Mix(sources, seed=20251129, oracle=oracle), events=args.events,
+                      framing=_framing(args.format))
         ends = end_offsets(bootstrap, setup.topic, args.partitions)
         print(f"loaded in {loaded.seconds:.1f} s, {loaded.payload_bytes / args.events:.0f} "
-              f"bytes per event; {len(loaded.expected_ids)} alerts expected", file=sys.stderr)
-        rows = run_variants(setup, args, ends, loaded.expected_ids, work)
+              f"bytes per event; {len(loaded.expected_ids)} alerts expected "
+              f"({len(loaded.expected_rule_alerts)} with every AWS rule)", file=sys.stderr)
+        rows = run_variants(setup, args, ends, loaded, work)
         latency = None
         if not args.no_latency:
             print(f"latency: {args.latency_rate:,.0f} events/s for {args.latency_seconds:.0f} s "
@@ -905,11 +955,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         *environment(setup, external, quix_version),
         f"- data: {sources.origin}; {loaded.payload_bytes / args.events:.0f} bytes per event; "
-        f"{len(loaded.expected_ids)} alerts known up front",
+        f"{len(loaded.expected_ids)} alerts known up front"
+        + (f", {len(loaded.expected_rule_alerts)} with every AWS rule the detector runs "
+           f"({len(oracle.rules)} rules)"
+           if oracle else ""),
         f"- load average (1/5/15 min) before: {' '.join(f'{x:.2f}' for x in load_average)}; "
         f"after: {' '.join(f'{x:.2f}' for x in load_after)}",
         "",
-        *table(summaries, len(loaded.expected_ids)),
+        *table(summaries),
         "",
     ]
     scaling = summaries["f"].ratio_to(summaries.get("d")) if "f" in summaries else None
@@ -936,10 +989,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_variants(
-    setup: Setup, args: argparse.Namespace, ends: list[int], expected: set[str], work: Path
+    setup: Setup, args: argparse.Namespace, ends: list[int], loaded: Loaded, work: Path
 ) -> list[Measurement]:
     rows = []
-    deadline_s = 120 + setup.events / 2000
     schedule = [
         (round_index, key)
         for round_index in range(args.rounds)
@@ -952,6 +1004,10 @@ def run_variants(
         dlq_topic = f"{setup.topic}.dlq-{key}{index}"
         topics = (setup.topic, alerts_topic, dlq_topic)
         variant: Variant | None
+        if key in "hi" and setup.aws_rules_dir is None:
+            rows.append(Measurement(key, "every AWS rule", skipped="../shared/elastic-rules/aws "
+                                    "is absent"))
+            continue
         if key in "abg":
             label = {
                 "a": "raw ceiling: consume() batches",
@@ -973,6 +1029,12 @@ def run_variants(
             variant = detector_variant(
                 setup, key, f"detector, {setup.workers} workers, exactly-once",
                 delivery="exactly-once", workers=setup.workers, topics=topics, group=group)
+        elif key == "h":
+            variant = detector_variant(setup, key, "detector, every AWS rule, 1 worker, "
+                                       "exactly-once", delivery="exactly-once", workers=1,
+                                       topics=topics, group=group, aws_rules=True)
+        elif key == "i":
+            variant = reference_variant(setup, key, "naive, every AWS rule", group, alerts_topic)
         else:
             raise SystemExit(f"unknown variant {key!r}")
         if variant is None:
@@ -982,8 +1044,10 @@ def run_variants(
             create_topics(setup.bootstrap, {alerts_topic: 1, dlq_topic: 1})
         print(f"({key}) {variant.label}, round {round_index + 1} ...", file=sys.stderr)
         row = measure(variant, setup, ends=ends, group=group,
-                      alerts_topic=None if key in "ag" else alerts_topic, expected=expected,
-                      log_dir=work, deadline_s=deadline_s)
+                      alerts_topic=None if key in "ag" else alerts_topic,
+                      expected=loaded.expected_rule_alerts if variant.by_rule
+                      else loaded.expected_ids,
+                      log_dir=work, deadline_s=120 + setup.events / (200 if key == "i" else 2000))
         row.round = round_index
         if row.seconds:
             print(f"    {row.rate:,.0f} events/s, {row.cpu_s:.1f} CPU s, "

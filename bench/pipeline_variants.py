@@ -9,7 +9,9 @@
                (librdkafka's default way, at a shorter interval). Committing each message
                instead is not usable here: synchronously it manages 180 messages/s;
                asynchronously the requests queue up without bound (770 MB after 20 s) until
-               heartbeats time out behind them.
+               heartbeats time out behind them. With --all-rules it evaluates every enabled
+               rule that loading --rules-dir gives (the benchmark's copy of
+               ../shared/elastic-rules/aws), each one on every message.
 
 Each prints JSON lines on stdout for the benchmark to time: `{"first": t}` when the first
 message arrived (t from time.time()), and for `raw` and `raw-split` `{"done": t}` once they read
@@ -158,9 +160,13 @@ def bench_rule(rules_dir: Path) -> LoadedRule:
 
 
 def naive(
-    bootstrap: str, topic: str, group: str, *, alerts_topic: str, rules_dir: Path, framed: bool
+    bootstrap: str, topic: str, group: str, *, alerts_topic: str, rules_dir: Path, framed: bool,
+    all_rules: bool,
 ) -> None:
-    rule = bench_rule(rules_dir)
+    rules = (
+        [rule for rule in load_rules(rules_dir) if rule.enabled] if all_rules
+        else [bench_rule(rules_dir)]
+    )
     stopping = stop_event()
     consumer = new_consumer(bootstrap, topic, group, auto_commit=True)
     producer = Producer({"bootstrap.servers": bootstrap})
@@ -179,12 +185,14 @@ def naive(
         record = schemaless_reader(body, READER_SCHEMA, None)
         assert isinstance(record, dict)
         normalize(record)
-        if rule.query.matches(record):
-            alert = alert_for(
-                rule, record, detected_at=datetime.now(UTC),
-                original=json.dumps(avro_to_json(record), separators=(",", ":")),
-            )
-            producer.produce(alerts_topic, encode_json(alert), alert.key, headers=alert.headers)
+        for rule in rules:
+            if rule.query.matches(record):
+                alert = alert_for(
+                    rule, record, detected_at=datetime.now(UTC),
+                    original=json.dumps(avro_to_json(record), separators=(",", ":")),
+                )
+                producer.produce(alerts_topic, encode_json(alert), alert.key,
+                                 headers=alert.headers)
         producer.poll(0)
     producer.flush(30)
     consumer.close()
@@ -203,6 +211,8 @@ def main() -> None:
     parser.add_argument("--rules-dir", type=Path)
     parser.add_argument("--framed", action="store_true",
                         help="payloads carry the 5-byte Schema Registry header")
+    parser.add_argument("--all-rules", action="store_true",
+                        help="naive: every enabled rule of --rules-dir, not the seed rule's copy")
     args = parser.parse_args()
     if args.variant == "raw":
         raw(args.bootstrap, args.topic, args.group, args.messages)
@@ -210,7 +220,7 @@ def main() -> None:
         raw_split(args.bootstrap, args.topic, args.partitions, args.processes)
     else:
         naive(args.bootstrap, args.topic, args.group, alerts_topic=args.alerts_topic,
-              rules_dir=args.rules_dir, framed=args.framed)
+              rules_dir=args.rules_dir, framed=args.framed, all_rules=args.all_rules)
     sys.exit(0)
 
 

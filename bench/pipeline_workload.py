@@ -5,6 +5,8 @@ Real records from ../shared/datasets are replayed with fresh eventIDs (generated
 creation that the seed rule flags; the rest are near misses (self-created keys, failed calls).
 The expected alerts are found up front by evaluating the compiled seed rule directly on each
 source record, without Kafka, decoder or prefilter, and checked against the datasets' labels.
+For a whole rule set (every rule of ../shared/elastic-rules/aws the detector runs), each source
+record is decoded as the detector decodes it and judged by `Detector.judge`, without prefilter.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from typing import Any
 
 from fastavro import schemaless_writer
 
+from consumer.decode import SchemalessAvroDecoder
+from consumer.detector import Detector, Verdict
 from consumer.event import CloudTrailRecord
 from consumer.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
-from consumer.rules import CompiledQuery, load_rules
+from consumer.rules import CompiledQuery, LoadedRule, load_rules
 from consumer.rules.loader import BUILTIN_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from tests.support.events import ACCOUNTS, event  # noqa: E402
 
 DATASETS = REPO.parent / "shared" / "datasets"
+AWS_RULES = REPO.parent / "shared" / "elastic-rules" / "aws"
 SEED_RULE_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
 SEED_RULE_FILE = "aws_iam_user_created_access_keys_for_another_user.toml"
 BENCH_RULE_ID = "b3f0c1de-0b5e-4c1f-9a55-5e11c0ffee01"
@@ -64,6 +69,28 @@ def write_bench_rules(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "bench_seed_copy.toml"
     path.write_text(text, encoding="utf-8")
+    return directory
+
+
+def write_aws_rules(directory: Path) -> Path | None:
+    """Every rule file of ../shared/elastic-rules/aws with max_signals = BENCH_MAX_SIGNALS, in
+    `directory`; None when ../shared is absent.
+
+    Pointed at it, the detector runs every rule of the folder it can (Elastic's seed file
+    replacing the built-in, the rule types it lacks skipped) and throttles none of them.
+    """
+    if not AWS_RULES.is_dir():
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    cap = f"max_signals = {BENCH_MAX_SIGNALS}"
+    for path in sorted(AWS_RULES.glob("*.toml")):
+        text = path.read_text(encoding="utf-8")
+        text, caps = re.subn(r"(?m)^max_signals = \d+$", cap, text)
+        if not caps:
+            text, caps = re.subn(r"(?m)^\[rule\]$", f"[rule]\n{cap}", text, count=1)
+        if caps != 1:
+            raise RuntimeError(f"{path.name} has no [rule] table or several max_signals lines")
+        (directory / path.name).write_text(text, encoding="utf-8")
     return directory
 
 
@@ -186,6 +213,9 @@ class Event:
     key: bytes | None
     event_id: str
     matches: bool
+    """The seed rule flags it."""
+    rules: tuple[str, ...] = ()
+    """The rule_ids of the Mix's rule set that flag it."""
 
 
 _ID_PLACEHOLDER = "00000000-0000-4000-8000-0000000000ff"
@@ -196,17 +226,33 @@ _ID_PLACEHOLDER = "00000000-0000-4000-8000-0000000000ff"
 class _Template:
     payload: bytes
     key: bytes | None
+    rules: tuple[str, ...] = ()
 
 
-def _template(record: CloudTrailRecord) -> _Template:
-    """The record encoded once, so a million events cost a bytes.replace each, not an encode."""
+def _template(record: CloudTrailRecord, oracle: Detector | None) -> _Template:
+    """The record encoded once, so a million events cost a bytes.replace each, not an encode;
+    with the rule_ids that `oracle` says flag it, judged once (no rule reads event.id, the
+    only field that differs between the events of a template: checked by `rule_oracle`)."""
     buffer = io.BytesIO()
     schemaless_writer(buffer, READER_SCHEMA, {**record, "eventID": _ID_PLACEHOLDER})
     payload = buffer.getvalue()
     if payload.count(_ID_PLACEHOLDER.encode()) != 1:
         raise RuntimeError("the eventID placeholder is not unique in an encoded record")
     account = record.get("recipientAccountId")
-    return _Template(payload, account.encode() if isinstance(account, str) else None)
+    key = account.encode() if isinstance(account, str) else None
+    if oracle is None:
+        return _Template(payload, key)
+    verdict = oracle.inspect(payload)
+    assert isinstance(verdict, Verdict), "a bench record is one event, never skipped"
+    return _Template(payload, key, tuple(rule.rule_id for rule in verdict.matched))
+
+
+def rule_oracle(rules: list[LoadedRule]) -> Detector:
+    """The detector's own decode and judge, without prefilter: what it must alert on."""
+    for rule in rules:
+        if "event.id" in rule.query.fields_read:
+            raise RuntimeError(f"rule {rule.rule_id} reads event.id, which each event changes")
+    return Detector(SchemalessAvroDecoder(), rules, use_prefilter=False)
 
 
 class Mix:
@@ -214,7 +260,8 @@ class Mix:
 
     Event `i` is a CreateAccessKey call when `i % create_key_every == create_key_every // 2`,
     and of those a `matching_share` (drawn at random) is one the rule flags. Every event gets
-    a fresh eventID, so every alert is distinct.
+    a fresh eventID, so every alert is distinct. With `oracle`, each event also names the rules
+    of its rule set that flag it.
     """
 
     def __init__(
@@ -223,10 +270,11 @@ class Mix:
         seed: int,
         create_key_every: int = CREATE_KEY_EVERY,
         matching_share: float = MATCHING_SHARE,
+        oracle: Detector | None = None,
     ) -> None:
-        self._background = [_template(record) for record in sources.background]
-        self._matching = [_template(record) for record in sources.matching]
-        self._near_misses = [_template(record) for record in sources.near_misses]
+        self._background = [_template(record, oracle) for record in sources.background]
+        self._matching = [_template(record, oracle) for record in sources.matching]
+        self._near_misses = [_template(record, oracle) for record in sources.near_misses]
         self._random = random.Random(seed)
         self._id_base = self._random.getrandbits(128) & ~((1 << 64) - 1)
         self._create_key_every = create_key_every
@@ -247,4 +295,4 @@ class Mix:
             template = self._background[index % len(self._background)]
         event_id = str(uuid.UUID(int=self._id_base | index))
         payload = template.payload.replace(_ID_PLACEHOLDER.encode(), event_id.encode(), 1)
-        return Event(payload, template.key, event_id, matches)
+        return Event(payload, template.key, event_id, matches, template.rules)
