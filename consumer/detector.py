@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 from consumer.decode import DecodeError, Decoder, Events
+from consumer.envelopes import MessageHeaders, names_content
 from consumer.event import CloudTrailRecord
 from consumer.normalize import INGESTED_MS
 from consumer.rules.exceptions import NO_EXCEPTIONS, CompiledItem, ExceptionSet
@@ -70,19 +71,29 @@ class Detector:
         self._may_match = prefilter.checker(decoder.text_format) if use_prefilter else None
         self._batch_screen = prefilter.batch_screen(decoder.text_format) if use_prefilter else None
 
-    def screen(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> Sequence[int]:
+    def screen(
+        self, payloads: Sequence[bytes | None], sizes: Sequence[int],
+        headers: Sequence[MessageHeaders | None] | None = None,
+    ) -> Sequence[int]:
         """Indices, ascending, of the payloads `inspect` must see: it would skip every other one.
 
         `sizes` are the payloads' lengths (0 for a missing one). A batch whose framing cannot be
         vouched for at once, or a rule set the prefilter cannot narrow, is inspected whole.
+        `headers`, the messages' (None when none has any), add each message whose headers name
+        its content: its bytes alone do not tell how to read it.
         """
         if self._batch_screen is None or not self.decoder.well_framed(payloads, sizes):
             return range(len(payloads))
         # Well framed: every payload is present.
-        return self._batch_screen.candidates(cast("Sequence[bytes]", payloads), sizes)
+        candidates = self._batch_screen.candidates(cast("Sequence[bytes]", payloads), sizes)
+        if headers is None or not self.decoder.text_format:
+            return candidates
+        declared = [index for index, named in enumerate(headers) if named and names_content(named)]
+        return sorted({*candidates, *declared}) if declared else candidates
 
     def inspect(
-        self, payload: bytes | None, ingested_ms: int | None = None
+        self, payload: bytes | None, ingested_ms: int | None = None,
+        headers: MessageHeaders | None = None,
     ) -> Verdict | EventsVerdict | None:
         """The verdict for one message, or SKIPPED when its bytes rule out every rule.
 
@@ -91,16 +102,20 @@ class Detector:
         and so is one the prefilter cannot judge on its bytes (compressed). A message holding
         several events gets an EventsVerdict. `ingested_ms` (the Kafka message's timestamp)
         becomes each record's event.ingested. Raises DecodeError for undecodable input and
-        RuleEvaluationError when a rule fails on a bare record.
+        RuleEvaluationError when a rule fails on a bare record. `headers` (the message's) that
+        name its content are the decoder's to check and undo, so such a message is decoded.
         """
-        if (
+        if headers and self.decoder.text_format and names_content(headers):
+            record = self.decoder.decode(payload, headers)
+        elif (
             payload is not None
             and self._may_match is not None
             and not self._may_match(payload)
             and self.decoder.check_framing(payload)
         ):
             return SKIPPED
-        record = self.decoder.decode(payload)
+        else:
+            record = self.decoder.decode(payload)
         if type(record) is not dict:
             return self._judge_all(cast(Events, record), ingested_ms)
         if ingested_ms is not None:

@@ -32,7 +32,7 @@ from consumer.alert import Alert, Headers, alert_for, build_throttle_summary, en
 from consumer.config import ConfigError, Settings
 from consumer.decode import DecodeError
 from consumer.detector import Detector, EventsVerdict, RuleEvaluationError, Verdict
-from consumer.envelopes import compressed
+from consumer.envelopes import MessageHeaders, compressed
 from consumer.metrics import Metrics
 from consumer.progress import Progress, ReasonLog, format_hint
 from consumer.record import avro_to_json
@@ -328,14 +328,19 @@ class Service:
         """Partitions to read again from an offset, after a "retry later" decode error."""
         skipped = decoded = 0
         inspect = self.detector.inspect
-        looked_at = self.detector.screen(values, sizes)
+        headers = (  # a consumed message's headers are a list of pairs, or None
+            cast("list[MessageHeaders | None]", list(map(Message.headers, messages)))
+            if any(map(Message.headers, messages)) else None
+        )
+        looked_at = self.detector.screen(values, sizes, headers)
         for index in looked_at:
             message = messages[index]
             topic, partition, offset = _origin(message)
             if blocked and (topic, partition) in blocked:
                 continue
             try:
-                verdict = inspect(values[index], message.timestamp()[1])
+                verdict = inspect(values[index], message.timestamp()[1],
+                                  headers[index] if headers else None)
             except DecodeError as undecodable:
                 if undecodable.retriable:
                     blocked[(topic, partition)] = offset
