@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import compress, islice
 from operator import ne
 from types import FrameType
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -95,6 +95,13 @@ class Health:
 def _rule_lookback(rules: list[LoadedRule]) -> timedelta:
     lookbacks = [rule.definition.rule.lookback for rule in rules if rule.enabled]
     return max(lookbacks, default=timedelta(minutes=6))
+
+
+_NO_FORMAT_HINT: Final = frozenset({
+    "rule-error", "alert-too-large",
+    "unsupported-encoding", "unsupported-content-type", "header-mismatch",
+})
+"""Reasons a wrong input format does not explain: the dead letter says what went wrong."""
 
 
 def _origin(message: Message) -> tuple[str, int, int]:
@@ -555,7 +562,7 @@ class Service:
         """The message, or with `event` (index, JSON) only that event of a multi-event one."""
         topic, partition, offset = _origin(message)
         hint = format_hint(message.value(), self.settings.input_format)
-        if hint is not None and reason not in ("rule-error", "alert-too-large"):
+        if hint is not None and reason not in _NO_FORMAT_HINT:
             detail = f"{detail} ({hint})"
         _, timestamp = message.timestamp()
         headers: Headers = [
