@@ -140,7 +140,8 @@ def declared_codings(headers: MessageHeaders) -> tuple[Coding, ...] | None:
     Header names are case-insensitive; Spring's `contentType` counts as `content-type`, and a
     value quoted as Spring's JSON header mapper writes it is unquoted. A JSON content type
     (CloudEvents' binary mode sets `content-type` to the data's type) or an opaque one claims
-    nothing. Raises EnvelopeError for a coding or content type this reader does not handle.
+    nothing; of several content-encoding headers the last counts. Raises EnvelopeError for a
+    coding or content type this reader does not handle.
     """
     encoded: list[Coding] | None = None
     gzip_type = False
