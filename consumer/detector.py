@@ -63,6 +63,9 @@ class Detector:
         exceptions: ExceptionSet = NO_EXCEPTIONS,
     ):
         self.decoder = decoder
+        self.reads_headers = decoder.text_format
+        """Whether a message's content headers count: JSON input only, Avro goes by its bytes,
+        so an Avro topic's batches need no look at their headers at all."""
         self.rules = tuple(rule for rule in rules if rule.enabled)
         self.exceptions = exceptions
         """Replaced whole between batches when the exception files change; exceptions only
@@ -86,7 +89,7 @@ class Detector:
             return range(len(payloads))
         # Well framed: every payload is present.
         candidates = self._batch_screen.candidates(cast("Sequence[bytes]", payloads), sizes)
-        if headers is None or not self.decoder.text_format:
+        if headers is None or not self.reads_headers:
             return candidates
         declared = [index for index, named in enumerate(headers) if named and names_content(named)]
         return sorted({*candidates, *declared}) if declared else candidates
@@ -105,7 +108,7 @@ class Detector:
         RuleEvaluationError when a rule fails on a bare record. `headers` (the message's) that
         name its content are the decoder's to check and undo, so such a message is decoded.
         """
-        if headers and self.decoder.text_format and names_content(headers):
+        if headers and self.reads_headers and names_content(headers):
             record = self.decoder.decode(payload, headers)
         elif (
             payload is not None

@@ -337,7 +337,7 @@ class Service:
         inspect = self.detector.inspect
         headers = (  # a consumed message's headers are a list of pairs, or None
             cast("list[MessageHeaders | None]", list(map(Message.headers, messages)))
-            if any(map(Message.headers, messages)) else None
+            if self.detector.reads_headers and any(map(Message.headers, messages)) else None
         )
         looked_at = self.detector.screen(values, sizes, headers)
         for index in looked_at:
