@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 from consumer.decode import DecodeError, Decoder, Events
-from consumer.envelopes import MessageHeaders, names_content
+from consumer.envelopes import MessageHeaders, any_content_header, makes_claim
 from consumer.event import CloudTrailRecord
 from consumer.normalize import INGESTED_MS
 from consumer.rules.exceptions import NO_EXCEPTIONS, CompiledItem, ExceptionSet
@@ -82,16 +82,16 @@ class Detector:
 
         `sizes` are the payloads' lengths (0 for a missing one). A batch whose framing cannot be
         vouched for at once, or a rule set the prefilter cannot narrow, is inspected whole.
-        `headers`, the messages' (None when none has any), add each message whose headers name
-        its content: its bytes alone do not tell how to read it.
+        `headers`, the messages' (None when none has any), add each message whose headers claim
+        a coding (see `makes_claim`): its bytes alone do not tell how to read it.
         """
         if self._batch_screen is None or not self.decoder.well_framed(payloads, sizes):
             return range(len(payloads))
         # Well framed: every payload is present.
         candidates = self._batch_screen.candidates(cast("Sequence[bytes]", payloads), sizes)
-        if headers is None or not self.reads_headers:
+        if headers is None or not self.reads_headers or not any_content_header(headers):
             return candidates
-        declared = [index for index, named in enumerate(headers) if named and names_content(named)]
+        declared = [index for index, named in enumerate(headers) if named and makes_claim(named)]
         return sorted({*candidates, *declared}) if declared else candidates
 
     def inspect(
@@ -106,9 +106,9 @@ class Detector:
         several events gets an EventsVerdict. `ingested_ms` (the Kafka message's timestamp)
         becomes each record's event.ingested. Raises DecodeError for undecodable input and
         RuleEvaluationError when a rule fails on a bare record. `headers` (the message's) that
-        name its content are the decoder's to check and undo, so such a message is decoded.
+        claim a coding are the decoder's to check and undo, so such a message is decoded.
         """
-        if headers and self.reads_headers and names_content(headers):
+        if headers and self.reads_headers and makes_claim(headers):
             record = self.decoder.decode(payload, headers)
         elif (
             payload is not None

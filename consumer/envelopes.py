@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import zlib
 from collections.abc import Iterable, Sequence
@@ -128,9 +129,31 @@ _OPAQUE_TYPES: Final = frozenset({"application/octet-stream", "text/plain"})
 """Content types that say nothing about the bytes (Spring's default for byte[] payloads)."""
 
 
-def names_content(headers: MessageHeaders) -> bool:
-    """True when one of the headers is one `declared_codings` reads."""
-    return any(key.lower() in CONTENT_HEADERS for key, _ in headers)
+def any_content_header(batch: Iterable[MessageHeaders | None]) -> bool:
+    """True when a content header is among the headers of a batch's messages: each distinct
+    header name is looked at once, so tracing headers on every message cost a set insert each."""
+    names = {key for headers in batch if headers for key, _ in headers}
+    return not CONTENT_HEADERS.isdisjoint(map(str.lower, names))
+
+
+def makes_claim(headers: MessageHeaders) -> bool:
+    """True when the headers declare a coding, or one `declared_codings` refuses: the message
+    must be decoded with them. A JSON or opaque content type claims nothing, so a topic whose
+    producer sets `content-type: application/json` keeps the prefilter's skips."""
+    return any(
+        not _claims_nothing(key.lower(), raw)
+        for key, raw in headers
+        if key.lower() in CONTENT_HEADERS
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _claims_nothing(name: str, raw: Any) -> bool:
+    """For one content header (its values repeat across a topic, hence the cache)."""
+    try:
+        return not declared_codings(((name, raw),))
+    except EnvelopeError:
+        return False
 
 
 def declared_codings(headers: MessageHeaders) -> tuple[Coding, ...] | None:

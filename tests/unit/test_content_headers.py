@@ -91,14 +91,22 @@ def test_headers_that_claim_no_coding_read_the_bytes_as_without_them(headers: He
     assert decoded(ZIPPED, headers) == RECORD
 
 
-def test_unrelated_headers_change_nothing_and_the_prefilter_still_skips() -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")],
+        [("content-type", b"application/json"), ("ce_specversion", b"1.0")],
+        [("Content-Encoding", b"identity")],
+    ],
+    ids=["tracing", "cloudevents-binary-json", "identity"],
+)
+def test_headers_claiming_no_coding_keep_the_prefilter_skipping(headers: Headers) -> None:
     harmless = json.dumps(HARMLESS).encode()
-    traced: Headers = [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
     found = detector()
 
-    assert decoded(PLAIN, traced) == RECORD
-    assert found.inspect(harmless, headers=traced) is SKIPPED
-    assert list(found.screen([harmless], [len(harmless)], [traced])) == []
+    assert decoded(PLAIN, headers) == RECORD
+    assert found.inspect(harmless, headers=headers) is SKIPPED
+    assert list(found.screen([harmless, harmless], [len(harmless)] * 2, [headers, None])) == []
 
 
 @pytest.mark.parametrize(
