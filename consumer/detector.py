@@ -12,7 +12,12 @@ from datetime import UTC, datetime
 from typing import cast
 
 from consumer.decode import DecodeError, Decoder, Events
-from consumer.envelopes import MessageHeaders, any_content_header, makes_claim
+from consumer.envelopes import (
+    MessageHeaders,
+    any_content_header,
+    claiming_headers,
+    makes_claim,
+)
 from consumer.event import CloudTrailRecord
 from consumer.normalize import INGESTED_MS
 from consumer.rules.exceptions import NO_EXCEPTIONS, CompiledItem, ExceptionSet
@@ -91,8 +96,12 @@ class Detector:
         candidates = self._batch_screen.candidates(cast("Sequence[bytes]", payloads), sizes)
         if headers is None or not self.reads_headers or not any_content_header(headers):
             return candidates
-        declared = [index for index, named in enumerate(headers) if named and makes_claim(named)]
-        return sorted({*candidates, *declared}) if declared else candidates
+        claiming = claiming_headers(headers)
+        if not claiming:
+            return candidates
+        declared = [index for index, named in enumerate(headers)
+                    if named and not claiming.isdisjoint(named)]
+        return sorted({*candidates, *declared})
 
     def inspect(
         self, payload: bytes | None, ingested_ms: int | None = None,

@@ -136,6 +136,16 @@ def any_content_header(batch: Iterable[MessageHeaders | None]) -> bool:
     return not CONTENT_HEADERS.isdisjoint(map(str.lower, names))
 
 
+def claiming_headers(batch: Iterable[MessageHeaders | None]) -> set[tuple[str, Any]]:
+    """The distinct (name, value) headers of a batch that claim a coding: each is judged once,
+    so a content type every message carries costs a set insert a message."""
+    pairs = {pair for headers in batch if headers for pair in headers}
+    return {
+        (key, raw) for key, raw in pairs
+        if key.lower() in CONTENT_HEADERS and not _claims_nothing(key.lower(), raw)
+    }
+
+
 def makes_claim(headers: MessageHeaders) -> bool:
     """True when the headers declare a coding, or one `declared_codings` refuses: the message
     must be decoded with them. A JSON or opaque content type claims nothing, so a topic whose

@@ -179,9 +179,11 @@ def test_a_lying_header_on_a_message_no_rule_matches_is_not_skipped_but_refused(
     harmless = json.dumps(HARMLESS).encode()
     lying: Headers = [("content-encoding", b"gzip")]
     found = detector()
-    payloads = [harmless, harmless]
+    json_typed: Headers = [("content-type", b"application/json")]
+    payloads = [harmless] * 4
 
-    assert list(found.screen(payloads, [len(harmless)] * 2, [None, lying])) == [1]
+    assert list(found.screen(payloads, [len(harmless)] * 4,
+                             [None, lying, json_typed, [*json_typed, *lying]])) == [1, 3]
     assert found.inspect(harmless) is SKIPPED
     with pytest.raises(DecodeError) as caught:
         found.inspect(harmless, headers=lying)
