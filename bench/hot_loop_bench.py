@@ -1,12 +1,14 @@
 """The detector's hot loop in-process, without Kafka: CPU per message, and where it goes.
 
 Run: .venv/bin/python bench/hot_loop_bench.py [--messages N] [--repeats N] [--profile]
+     [--input-format avro|json] [--header NAME=VALUE]
 
 Feeds `Service._handle` (prefilter → decode → rules → alerts, with the per-partition offset and
 metric bookkeeping) batches of real `confluent_kafka.Message` objects carrying the pipeline
 benchmark's mix (bench/pipeline_workload.py), with a sink that only counts what it is given.
 Prints the best mean microseconds per message over `--repeats` passes next to what merely
-touching each message's value costs; `--profile` prints a pyinstrument tree of one pass
+touching each message's value costs. `--input-format json` sends the same records as JSON
+text; `--header` puts a header on every message; `--profile` prints a pyinstrument tree of one pass
 (`pip install pyinstrument`; not a project dependency).
 """
 
@@ -14,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 from confluent_kafka import KafkaError, Message, TopicPartition
+from fastavro import schemaless_reader
 from pipeline_workload import SEED_RULE_ID, Mix, bench_rule_query, load_sources, write_bench_rules
 from prometheus_client import CollectorRegistry
 
@@ -27,7 +33,9 @@ from consumer.alert import Headers
 from consumer.app import load_enabled_rules, make_decoder
 from consumer.config import Settings
 from consumer.detector import Detector
+from consumer.event import CloudTrailRecord
 from consumer.metrics import Metrics
+from consumer.record import READER_SCHEMA, avro_to_json
 from consumer.service import Health, Service
 
 TOPIC = "cloudtrail-events"
@@ -66,11 +74,11 @@ class CountingSink:
         """Nothing to close."""
 
 
-def build_service(rules_dir: Path) -> Service:
+def build_service(rules_dir: Path, input_format: str) -> Service:
     settings = Settings.model_validate(
         {
             "input_topics": [TOPIC],
-            "input_format": "avro",
+            "input_format": input_format,
             "rules_dir": rules_dir,
             "disable_rules": [SEED_RULE_ID],
         }
@@ -82,7 +90,14 @@ def build_service(rules_dir: Path) -> Service:
     return service
 
 
-def batches(rules_dir: Path, count: int) -> tuple[list[list[Message]], int]:
+def as_json(payload: bytes) -> bytes:
+    record = cast(CloudTrailRecord, schemaless_reader(io.BytesIO(payload), READER_SCHEMA, None))
+    return json.dumps(avro_to_json(record), separators=(",", ":")).encode()
+
+
+def batches(
+    rules_dir: Path, count: int, input_format: str, headers: list[tuple[str, bytes]] | None
+) -> tuple[list[list[Message]], int]:
     """`count` messages in consume()-sized batches, spread over partitions like a fetch does,
     and how many of them must alert."""
     mix = Mix(load_sources(bench_rule_query(rules_dir)), seed=7)
@@ -91,9 +106,10 @@ def batches(rules_dir: Path, count: int) -> tuple[list[list[Message]], int]:
     for index in range(count):
         event = next(mix)
         matches += event.matches
+        value = as_json(event.payload) if input_format == "json" else event.payload
         messages.append(
             Message(topic=TOPIC, partition=(index // 250) % PARTITIONS, offset=index,
-                    key=event.key, value=event.payload)
+                    key=event.key, value=value, headers=headers)
         )
     return [messages[start : start + BATCH] for start in range(0, count, BATCH)], matches
 
@@ -112,11 +128,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="pyinstrument tree of one pass")
+    parser.add_argument("--input-format", choices=["avro", "json"], default="avro")
+    parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                        help="a header on every message (repeatable)")
     args = parser.parse_args()
 
+    headers = [(name, value.encode()) for name, _, value in
+               (header.partition("=") for header in args.header)] or None
     rules_dir = write_bench_rules(Path(tempfile.mkdtemp(prefix="hot-loop-rules-")))
-    service = build_service(rules_dir)
-    work, matches = batches(rules_dir, args.messages)
+    service = build_service(rules_dir, args.input_format)
+    work, matches = batches(rules_dir, args.messages, args.input_format, headers)
 
     def handle_all() -> None:
         for batch in work:

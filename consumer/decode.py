@@ -27,7 +27,16 @@ from fastavro import parse_schema, schemaless_reader
 from fastavro.read import SchemaResolutionError
 from fastavro.types import Schema
 
-from consumer.envelopes import EnvelopeError, Shape, compressed, inflate, unwrap
+from consumer.envelopes import (
+    EnvelopeError,
+    MessageHeaders,
+    Shape,
+    compressed,
+    declared_codings,
+    inflate,
+    undo_codings,
+    unwrap,
+)
 from consumer.event import CloudTrailRecord
 from consumer.record import (
     EXTRA_FIELDS,
@@ -51,6 +60,9 @@ DecodeReason = Literal[
     "not-cloudtrail",
     "corrupt-gzip",
     "corrupt-base64",
+    "unsupported-encoding",
+    "unsupported-content-type",
+    "header-mismatch",
 ]
 
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 1024 * 1024
@@ -111,7 +123,9 @@ class Decoder(Protocol):
     text_format: bool
     """True when the payload is JSON text, whose strings may be \\u-escaped; False for Avro."""
 
-    def decode(self, payload: bytes | None) -> Decoded: ...
+    def decode(self, payload: bytes | None, headers: MessageHeaders | None = None) -> Decoded:
+        """`headers`, the message's, are passed only when they name its content (see
+        `consumer.envelopes.declared_codings`); Avro decoders go by their bytes alone."""
 
     def check_framing(self, payload: bytes | None) -> bool:
         """Raise DecodeError when the payload's envelope is already wrong, at a tiny fraction of
@@ -157,7 +171,7 @@ class RegistryAvroDecoder:
         self._incompatible: dict[int, str] = {}
         """Schema id -> why its schema cannot be read; ids never change their schema."""
 
-    def decode(self, payload: bytes | None) -> Decoded:
+    def decode(self, payload: bytes | None, headers: MessageHeaders | None = None) -> Decoded:
         data = _bounded(payload, self._max_payload_bytes)
         return _read_avro(data, _HEADER_SIZE, self._reading(data))
 
@@ -265,7 +279,7 @@ class SchemalessAvroDecoder:
                                      parse_schema(reader_schema))
         self._max_payload_bytes = max_payload_bytes
 
-    def decode(self, payload: bytes | None) -> Decoded:
+    def decode(self, payload: bytes | None, headers: MessageHeaders | None = None) -> Decoded:
         data = _bounded(payload, self._max_payload_bytes)
         return _read_avro(data, 0, self._reading)
 
@@ -300,14 +314,29 @@ class JsonDecoder:
         self._max_inflated_bytes = max_inflated_bytes
         self._shape = shape
 
-    def decode(self, payload: bytes | None) -> Decoded:
+    def decode(self, payload: bytes | None, headers: MessageHeaders | None = None) -> Decoded:
+        """`headers` naming a coding (content-encoding gzip...) have it checked and undone
+        first; without them gzip and base64 are found by their first bytes."""
         data = _bounded(payload, self._max_payload_bytes)
+        if headers:
+            data = self._declared(data, headers)
         if compressed(data):
             data = _inflated(data, self._max_inflated_bytes)
         value = _parse_json(data)
         if type(value) is dict and "eventVersion" in value and self._shape in (None, "record"):
             return _to_record(value)  # a bare record: the common case, detected in one lookup
         return from_json_value(value, self._shape)
+
+    def _declared(self, data: bytes, headers: MessageHeaders) -> bytes:
+        try:
+            codings = declared_codings(headers)
+            if codings is None:
+                return data
+            return undo_codings(data, codings, self._max_inflated_bytes)
+        except EnvelopeError as error:
+            raise DecodeError(error.reason, str(error)) from error
+        except ValueError as error:
+            raise DecodeError("too-large", f"the encoded payload {error}") from error
 
     def check_framing(self, payload: bytes | None) -> bool:
         data = _bounded(payload, self._max_payload_bytes)

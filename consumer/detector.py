@@ -12,6 +12,12 @@ from datetime import UTC, datetime
 from typing import cast
 
 from consumer.decode import DecodeError, Decoder, Events
+from consumer.envelopes import (
+    MessageHeaders,
+    any_content_header,
+    claiming_headers,
+    makes_claim,
+)
 from consumer.event import CloudTrailRecord
 from consumer.normalize import INGESTED_MS
 from consumer.rules.exceptions import NO_EXCEPTIONS, CompiledItem, ExceptionSet
@@ -63,6 +69,9 @@ class Detector:
         exceptions: ExceptionSet = NO_EXCEPTIONS,
     ):
         self.decoder = decoder
+        self.reads_headers = decoder.text_format
+        """Whether a message's content headers count: JSON input only, Avro goes by its bytes,
+        so an Avro topic's batches need no look at their headers at all."""
         self.rules = tuple(rule for rule in rules if rule.enabled)
         self.exceptions = exceptions
         """Replaced whole between batches when the exception files change; exceptions only
@@ -71,19 +80,33 @@ class Detector:
         self._may_match = prefilter.checker(decoder.text_format) if use_prefilter else None
         self._batch_screen = prefilter.batch_screen(decoder.text_format) if use_prefilter else None
 
-    def screen(self, payloads: Sequence[bytes | None], sizes: Sequence[int]) -> Sequence[int]:
+    def screen(
+        self, payloads: Sequence[bytes | None], sizes: Sequence[int],
+        headers: Sequence[MessageHeaders | None] | None = None,
+    ) -> Sequence[int]:
         """Indices, ascending, of the payloads `inspect` must see: it would skip every other one.
 
         `sizes` are the payloads' lengths (0 for a missing one). A batch whose framing cannot be
         vouched for at once, or a rule set the prefilter cannot narrow, is inspected whole.
+        `headers`, the messages' (None when none has any), add each message whose headers claim
+        a coding (see `makes_claim`): its bytes alone do not tell how to read it.
         """
         if self._batch_screen is None or not self.decoder.well_framed(payloads, sizes):
             return range(len(payloads))
         # Well framed: every payload is present.
-        return self._batch_screen.candidates(cast("Sequence[bytes]", payloads), sizes)
+        candidates = self._batch_screen.candidates(cast("Sequence[bytes]", payloads), sizes)
+        if headers is None or not self.reads_headers or not any_content_header(headers):
+            return candidates
+        claiming = claiming_headers(headers)
+        if not claiming:
+            return candidates
+        declared = [index for index, named in enumerate(headers)
+                    if named and not claiming.isdisjoint(named)]
+        return sorted({*candidates, *declared})
 
     def inspect(
-        self, payload: bytes | None, ingested_ms: int | None = None
+        self, payload: bytes | None, ingested_ms: int | None = None,
+        headers: MessageHeaders | None = None,
     ) -> Verdict | EventsVerdict | None:
         """The verdict for one message, or SKIPPED when its bytes rule out every rule.
 
@@ -92,16 +115,20 @@ class Detector:
         and so is one the prefilter cannot judge on its bytes (compressed). A message holding
         several events gets an EventsVerdict. `ingested_ms` (the Kafka message's timestamp)
         becomes each record's event.ingested. Raises DecodeError for undecodable input and
-        RuleEvaluationError when a rule fails on a bare record.
+        RuleEvaluationError when a rule fails on a bare record. `headers` (the message's) that
+        claim a coding are the decoder's to check and undo, so such a message is decoded.
         """
-        if (
+        if headers and self.reads_headers and makes_claim(headers):
+            record = self.decoder.decode(payload, headers)
+        elif (
             payload is not None
             and self._may_match is not None
             and not self._may_match(payload)
             and self.decoder.check_framing(payload)
         ):
             return SKIPPED
-        record = self.decoder.decode(payload)
+        else:
+            record = self.decoder.decode(payload)
         if type(record) is not dict:
             return self._judge_all(cast(Events, record), ingested_ms)
         if ingested_ms is not None:

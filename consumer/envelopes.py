@@ -12,18 +12,20 @@ CloudTrail reaches Kafka bare, or wrapped by whatever carried it there:
 - `filebeat`: a Filebeat / Elastic Agent document, the record as JSON text in `message`;
 - `cribl`: a Cribl event, the record as JSON text in `_raw`;
 - `lookup-events`: `aws cloudtrail lookup-events` output, `{"Events": [{"CloudTrailEvent": ...}]}`.
-Any of them may be gzip-compressed, base64 of gzip, or base64 (as Kinesis hands records over).
-Detection looks at the keys only, so it costs a few dict lookups; `unwrap(value, shape)` pins
-one shape instead.
+Any of them may be gzip-compressed, base64 of gzip, or base64 (as Kinesis hands records over),
+found by their first bytes; a producer may say so in a `content-encoding` or `content-type`
+header (`declared_codings`), which is then checked against the bytes. Detection looks at the
+keys only, so it costs a few dict lookups; `unwrap(value, shape)` pins one shape instead.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
@@ -51,11 +53,16 @@ CLOUDTRAIL_DETAIL_TYPES: Final = frozenset(
 _RECORD_KEYS: Final = ("eventVersion", "eventSource", "eventName")
 
 
+EnvelopeReason = Literal[
+    "corrupt-gzip", "corrupt-base64", "invalid-json",
+    "unsupported-encoding", "unsupported-content-type", "header-mismatch",
+]
+
+
 class EnvelopeError(ValueError):
     """A payload that claims a shape it does not hold: corrupt gzip or base64, a bad field."""
 
-    def __init__(self, reason: Literal["corrupt-gzip", "corrupt-base64", "invalid-json"],
-                 message: str) -> None:
+    def __init__(self, reason: EnvelopeReason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -103,6 +110,143 @@ def inflate(data: bytes, limit: int) -> bytes:
     if not inflater.eof:
         raise EnvelopeError("corrupt-gzip", "corrupt gzip: the stream ends early")
     return inflated
+
+
+Coding = Literal["gzip", "base64"]
+MessageHeaders = Sequence[tuple[str, Any]]
+"""A Kafka message's headers as confluent_kafka gives them: (name, bytes or None) pairs."""
+
+CONTENT_HEADERS: Final = frozenset({"content-type", "contenttype", "content-encoding"})
+
+_CODINGS: Final[dict[str, tuple[Coding, ...]]] = {
+    "gzip": ("gzip",), "x-gzip": ("gzip",), "base64": ("base64",), "identity": (),
+}
+"""`content-encoding` tokens: HTTP's gzip (x-gzip its old alias, RFC 9110) and identity, and
+base64, which is no HTTP coding but names what Kinesis and Firehose hand over."""
+
+_GZIP_TYPES: Final = frozenset({"application/gzip", "application/x-gzip"})
+_OPAQUE_TYPES: Final = frozenset({"application/octet-stream", "text/plain"})
+"""Content types that say nothing about the bytes (Spring's default for byte[] payloads)."""
+
+
+def any_content_header(batch: Iterable[MessageHeaders | None]) -> bool:
+    """True when a content header is among the headers of a batch's messages: each distinct
+    header name is looked at once, so tracing headers on every message cost a set insert each."""
+    names = {key for headers in batch if headers for key, _ in headers}
+    return not CONTENT_HEADERS.isdisjoint(map(str.lower, names))
+
+
+def claiming_headers(batch: Iterable[MessageHeaders | None]) -> set[tuple[str, Any]]:
+    """The distinct (name, value) headers of a batch that claim a coding: each is judged once,
+    so a content type every message carries costs a set insert a message."""
+    pairs = {pair for headers in batch if headers for pair in headers}
+    return {
+        (key, raw) for key, raw in pairs
+        if key.lower() in CONTENT_HEADERS and not _claims_nothing(key.lower(), raw)
+    }
+
+
+def makes_claim(headers: MessageHeaders) -> bool:
+    """True when the headers declare a coding, or one `declared_codings` refuses: the message
+    must be decoded with them. A JSON or opaque content type claims nothing, so a topic whose
+    producer sets `content-type: application/json` keeps the prefilter's skips."""
+    return any(
+        not _claims_nothing(key.lower(), raw)
+        for key, raw in headers
+        if key.lower() in CONTENT_HEADERS
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _claims_nothing(name: str, raw: Any) -> bool:
+    """For one content header (its values repeat across a topic, hence the cache)."""
+    try:
+        return not declared_codings(((name, raw),))
+    except EnvelopeError:
+        return False
+
+
+def declared_codings(headers: MessageHeaders) -> tuple[Coding, ...] | None:
+    """The codings a producer's headers say the payload carries, in the order it applied them
+    (`content-encoding: gzip, base64` is base64 of gzip); None when no header makes a claim.
+
+    Header names are case-insensitive; Spring's `contentType` counts as `content-type`, and a
+    value quoted as Spring's JSON header mapper writes it is unquoted. A JSON content type
+    (CloudEvents' binary mode sets `content-type` to the data's type) or an opaque one claims
+    nothing; of several content-encoding headers the last counts. Raises EnvelopeError for a
+    coding or content type this reader does not handle.
+    """
+    encoded: list[Coding] | None = None
+    gzip_type = False
+    for key, raw in headers:
+        name = key.lower()
+        if name == "content-encoding":
+            tokens = [token.strip().lower() for token in _header_text(raw).split(",")]
+            unknown = [token for token in tokens if token not in _CODINGS]
+            if unknown:
+                raise EnvelopeError(
+                    "unsupported-encoding",
+                    f"content-encoding {', '.join(unknown)!r} is not supported (gzip, x-gzip, "
+                    "base64 and identity are)",
+                )
+            encoded = [coding for token in tokens for coding in _CODINGS[token]]
+        elif name in ("content-type", "contenttype"):
+            gzip_type = _gzip_content_type(_header_text(raw).split(";")[0].strip().lower())
+    if gzip_type and "gzip" not in (encoded or ()):
+        return ("gzip", *(encoded or ()))
+    return None if encoded is None else tuple(encoded)
+
+
+def _gzip_content_type(media: str) -> bool:
+    """True for a gzip file's type; False for JSON or a type that claims nothing."""
+    if media in _GZIP_TYPES:
+        return True
+    if media.startswith("application/cloudevents"):
+        raise EnvelopeError(
+            "unsupported-content-type",
+            f"content-type {media!r} is a structured-mode CloudEvent, which this reader does "
+            "not unwrap: have the producer use binary mode (the record as the value)",
+        )
+    if media in _OPAQUE_TYPES or media in ("", "application/json", "text/json") or (
+        media.endswith("+json")
+    ):
+        return False
+    raise EnvelopeError(
+        "unsupported-content-type",
+        f"content-type {media!r} is not JSON, which this input format reads "
+        "(DETECTOR_INPUT_FORMAT chooses Avro)",
+    )
+
+
+def undo_codings(data: bytes, codings: tuple[Coding, ...], limit: int) -> bytes:
+    """The payload with its declared codings undone, last applied first, each checked against
+    the bytes: a header that says gzip over bytes that are not raises "header-mismatch". What is
+    left is read as an undeclared payload is, so a header naming only the outer coding works."""
+    for coding in reversed(codings):
+        if coding == "base64":
+            try:
+                data = base64.b64decode(data.strip(), validate=True)
+            except (binascii.Error, ValueError) as error:
+                raise EnvelopeError(
+                    "header-mismatch",
+                    f"the headers say base64, but the payload is not base64: {error}",
+                ) from error
+        else:
+            if data[:2] != GZIP_MAGIC:
+                raise EnvelopeError(
+                    "header-mismatch",
+                    f"the headers say gzip, but the payload does not start with gzip's magic "
+                    f"bytes 1f 8b (it starts {data[:8]!r})",
+                )
+            data = inflate(data, limit)
+    if len(data) > limit:
+        raise ValueError(f"decodes to more than {limit} bytes")
+    return data
+
+
+def _header_text(raw: Any) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
+    return text.strip().strip('"')
 
 
 def is_record(value: Any) -> bool:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import compress, islice
 from operator import ne
 from types import FrameType
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -32,7 +32,7 @@ from consumer.alert import Alert, Headers, alert_for, build_throttle_summary, en
 from consumer.config import ConfigError, Settings
 from consumer.decode import DecodeError
 from consumer.detector import Detector, EventsVerdict, RuleEvaluationError, Verdict
-from consumer.envelopes import compressed
+from consumer.envelopes import MessageHeaders, compressed
 from consumer.metrics import Metrics
 from consumer.progress import Progress, ReasonLog, format_hint
 from consumer.record import avro_to_json
@@ -95,6 +95,13 @@ class Health:
 def _rule_lookback(rules: list[LoadedRule]) -> timedelta:
     lookbacks = [rule.definition.rule.lookback for rule in rules if rule.enabled]
     return max(lookbacks, default=timedelta(minutes=6))
+
+
+_NO_FORMAT_HINT: Final = frozenset({
+    "rule-error", "alert-too-large",
+    "unsupported-encoding", "unsupported-content-type", "header-mismatch",
+})
+"""Reasons a wrong input format does not explain: the dead letter says what went wrong."""
 
 
 def _origin(message: Message) -> tuple[str, int, int]:
@@ -328,14 +335,19 @@ class Service:
         """Partitions to read again from an offset, after a "retry later" decode error."""
         skipped = decoded = 0
         inspect = self.detector.inspect
-        looked_at = self.detector.screen(values, sizes)
+        headers = (  # a consumed message's headers are a list of pairs, or None
+            cast("list[MessageHeaders | None]", list(map(Message.headers, messages)))
+            if self.detector.reads_headers and any(map(Message.headers, messages)) else None
+        )
+        looked_at = self.detector.screen(values, sizes, headers)
         for index in looked_at:
             message = messages[index]
             topic, partition, offset = _origin(message)
             if blocked and (topic, partition) in blocked:
                 continue
             try:
-                verdict = inspect(values[index], message.timestamp()[1])
+                verdict = inspect(values[index], message.timestamp()[1],
+                                  headers[index] if headers else None)
             except DecodeError as undecodable:
                 if undecodable.retriable:
                     blocked[(topic, partition)] = offset
@@ -550,7 +562,7 @@ class Service:
         """The message, or with `event` (index, JSON) only that event of a multi-event one."""
         topic, partition, offset = _origin(message)
         hint = format_hint(message.value(), self.settings.input_format)
-        if hint is not None and reason not in ("rule-error", "alert-too-large"):
+        if hint is not None and reason not in _NO_FORMAT_HINT:
             detail = f"{detail} ({hint})"
         _, timestamp = message.timestamp()
         headers: Headers = [

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 from fastavro import parse_schema, schemaless_writer
 
 from consumer.envelopes import wrap
@@ -131,6 +132,34 @@ def test_a_non_cloudtrail_eventbridge_event_is_counted_by_shape_when_decoded(
     wait_until(lambda: scrape(detector.port).by_label("messages_without_cloudtrail_total", "shape")
                == {"eventbridge": 1.0}, 30, "the GuardDuty finding counted")
     assert scrape(detector.port).total("dead_letters_total") == 0
+
+
+def test_content_encoding_headers_are_honoured_and_a_contradicting_one_is_dead_lettered(
+    broker: Broker, topics: Topics, run_dir: Path, detectors: list[DetectorProcess]
+) -> None:
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers})
+    producer.produce(topics.input, key=b"k", value=gzip.compress(wrap([match("gz")], "record")),
+                     headers=[("Content-Encoding", b"gzip")])
+    # No rule's literal is in it, so the prefilter would skip it on its bytes but for the header.
+    producer.produce(topics.input, key=b"k", value=json.dumps(harmless(1)).encode(),
+                     headers=[("content-encoding", b"gzip")])
+    producer.produce(topics.input, key=b"k", value=wrap([match("bare")], "record"),
+                     headers=[("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-01")])
+    assert producer.flush(60) == 0
+    detector = start(broker, topics, run_dir, detectors, {"DETECTOR_INPUT_FORMAT": "json"})
+
+    alerts = read_all(broker.bootstrap_servers, topics.alerts, wanted=2)
+    dead = read_all(broker.bootstrap_servers, topics.dlq, wanted=1)
+    wait_all_committed(broker.bootstrap_servers, detector.env["DETECTOR_GROUP_ID"],
+                       topics.input, 1)
+
+    assert sorted(alert_event_ids(alerts)) == ["bare", "gz"]
+    assert len(dead) == 1
+    headers = dict(dead[0].headers() or [])
+    assert headers["dlq.reason"] == b"header-mismatch"
+    assert b"say gzip" in headers["dlq.error"]
+    assert headers["content-encoding"] == b"gzip"
+    assert headers["dlq.source.offset"] == b"1"
 
 
 class Registry:
