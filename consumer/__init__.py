@@ -1,3 +1,3 @@
-"""Streaming detection of IAM access keys created for another user, on CloudTrail in Kafka."""
+"""Elastic's AWS detection rules on CloudTrail in Kafka, as the events arrive, exactly once."""
 
 __version__ = "0.1.0"

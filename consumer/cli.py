@@ -191,7 +191,7 @@ class DefaultsHelp(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloudtrail-detector",
-        description="Detect IAM access keys created for another user, on CloudTrail in Kafka.",
+        description="Run Elastic's AWS detection rules on CloudTrail in Kafka, as events arrive.",
     )
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
