@@ -71,6 +71,15 @@ class _ProducerSink:
             self._metrics.produce_errors.labels(error.name()).inc()
             log.error("delivery to %s failed: %s", message.topic(), error)
 
+    def _fatal(self, exception: KafkaException) -> None:
+        """Re-raise a fatal producer error (fenced by a newer instance, ...) as the sink's own,
+        so the service stops cleanly instead of flushing a dead producer."""
+        error: KafkaError = exception.args[0]
+        if not (error.fatal() or error.code() == KafkaError._FATAL):
+            raise exception
+        self.fatal_error = self.fatal_error or error
+        raise FatalSinkError(f"transactional producer failed: {self.fatal_error}") from None
+
     def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
         while True:
             try:
@@ -80,6 +89,8 @@ class _ProducerSink:
                 return
             except BufferError:
                 self._producer.poll(0.05)
+            except KafkaException as exception:
+                self._fatal(exception)
 
     @property
     def in_batch(self) -> bool:
@@ -90,11 +101,7 @@ class _ProducerSink:
             self._producer.poll(0)
         except KafkaException as exception:
             # A fenced producer raises from poll() too: that is the fatal error, not a crash.
-            error: KafkaError = exception.args[0]
-            if not error.fatal():
-                raise
-            self.fatal_error = error
-            raise FatalSinkError(f"transactional producer failed: {error}") from None
+            self._fatal(exception)
         self._metrics.messages_in_flight.set(len(self._producer))
 
     def close(self, timeout: float) -> None:
