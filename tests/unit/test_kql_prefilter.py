@@ -11,7 +11,11 @@ from hypothesis import strategies as st
 from consumer.record import json_to_avro
 from consumer.rules import CombinedPrefilter, Prefilter
 from consumer.rules.kql import KqlError, compile_kql
-from tests.unit.test_prefilter import RECORDS, avro_bytes, from_avro, from_json, json_text
+from tests.unit.test_prefilter import (
+    RECORDS,
+    assert_each_prefilter_keeps_its_matches,
+    encodings,
+)
 
 QUERIES = [
     compile_kql(text)
@@ -48,15 +52,8 @@ COMBINED = CombinedPrefilter.for_queries([*QUERIES[:5], *QUERIES[12:14]])
 def test_prefilter_never_skips_a_record_a_kql_rule_matches(
     record: dict[str, Any], rnd: random.Random, escape_rate: float, ensure_ascii: bool
 ) -> None:
-    binary = avro_bytes(record)
-    text = json_text(record, rnd, escape_rate, ensure_ascii).encode()
-    for payload, text_format, decoded in (
-        (binary, False, from_avro(binary)),
-        (text, True, from_json(text)),
-    ):
-        for compiled, prefilter in PAIRS:
-            if compiled.matches(decoded):
-                assert prefilter.may_match(payload, text_format), compiled.query
+    for payload, text_format, decoded in encodings(record, rnd, escape_rate, ensure_ascii):
+        assert_each_prefilter_keeps_its_matches(PAIRS, payload, text_format, decoded)
         if any(compiled.matches(decoded) for compiled in [*QUERIES[:5], *QUERIES[12:14]]):
             assert COMBINED.may_match(payload, text_format)
 

@@ -146,6 +146,24 @@ def from_json(payload: bytes) -> CloudTrailRecord:
     return json_to_avro(json.loads(payload.decode("utf-8")))
 
 
+def encodings(
+    record: dict[str, Any], rnd: random.Random, escape_rate: float, ensure_ascii: bool
+) -> list[tuple[bytes, bool, CloudTrailRecord]]:
+    """The record as the service receives it, Avro and JSON: (payload, text_format, decoded)."""
+    binary = avro_bytes(record)
+    text = json_text(record, rnd, escape_rate, ensure_ascii).encode()
+    return [(binary, False, from_avro(binary)), (text, True, from_json(text))]
+
+
+def assert_each_prefilter_keeps_its_matches(
+    pairs: list[tuple[CompiledQuery, Prefilter]],
+    payload: bytes, text_format: bool, decoded: CloudTrailRecord,
+) -> None:
+    for compiled, prefilter in pairs:
+        if compiled.matches(decoded):
+            assert prefilter.may_match(payload, text_format), compiled.query
+
+
 @settings(max_examples=500, deadline=None)
 @given(
     record=RECORDS,
@@ -156,15 +174,8 @@ def from_json(payload: bytes) -> CloudTrailRecord:
 def test_prefilter_never_skips_a_record_a_rule_matches(
     record: dict[str, Any], rnd: random.Random, escape_rate: float, ensure_ascii: bool
 ) -> None:
-    binary = avro_bytes(record)
-    text = json_text(record, rnd, escape_rate, ensure_ascii).encode()
-    for payload, text_format, decoded in (
-        (binary, False, from_avro(binary)),
-        (text, True, from_json(text)),
-    ):
-        for compiled, prefilter in PAIRS:
-            if compiled.matches(decoded):
-                assert prefilter.may_match(payload, text_format), compiled.query
+    for payload, text_format, decoded in encodings(record, rnd, escape_rate, ensure_ascii):
+        assert_each_prefilter_keeps_its_matches(PAIRS, payload, text_format, decoded)
         if any(compiled.matches(decoded) for compiled in COMBINED_QUERIES):
             assert COMBINED.may_match(payload, text_format)
         if any(compiled.matches(decoded) for compiled in MANY_QUERIES):
