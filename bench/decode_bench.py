@@ -7,7 +7,8 @@ decoder it prints the mean cost per event of the raw parser (fastavro.schemaless
 same Avro body, or json.loads on the same text), of the decoder, and of the decoder followed by
 normalizing the seed rule's five ECS fields, as a markdown table. Best of `--repeats` passes, in CPU
 time (process time: the machine may be shared, and waiting for a core is not decode cost).
-A second table gives the same for each shape CloudTrail arrives in (consumer.envelopes) and for
+A second table gives the same for each shape CloudTrail arrives in
+(consumer.cloudtrail.envelopes) and for
 producers' own Avro schemas, per event: the multi-event shapes carry 100 events a message.
 """
 
@@ -25,16 +26,16 @@ from typing import Any
 import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from consumer.decode import (
+from consumer.cloudtrail.decode import (
     Decoder,
     Events,
     JsonDecoder,
     RegistryAvroDecoder,
     SchemalessAvroDecoder,
 )
-from consumer.envelopes import Shape, wrap
-from consumer.event import CloudTrailRecord
-from consumer.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
+from consumer.cloudtrail.envelopes import Shape, wrap
+from consumer.cloudtrail.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
+from consumer.cloudtrail.types import CloudTrailRecord
 
 DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 SEED_RULE_FIELDS = (
@@ -278,9 +279,9 @@ def avro_body(record: CloudTrailRecord) -> bytes:
 
 
 def find_normalize() -> Normalize | None:
-    """`consumer.normalize.normalize`, when that module is there to import."""
+    """`consumer.cloudtrail.normalize.normalize`, when that module is there to import."""
     try:
-        module = importlib.import_module("consumer.normalize")
+        module = importlib.import_module("consumer.cloudtrail.normalize")
     except ImportError:
         return None
     normalize: Normalize | None = getattr(module, "normalize", None)
@@ -330,7 +331,7 @@ def print_table(rows: list[Row], source: str, events: int) -> None:
     )
     print("|---|---:|---|---:|---:|---:|---:|")
     for row in rows:
-        normalized = "n/a (no consumer.normalize.normalize)"
+        normalized = "n/a (no consumer.cloudtrail.normalize.normalize)"
         if row.normalize_us is not None:
             normalized = f"{row.normalize_us:.2f}"
         print(

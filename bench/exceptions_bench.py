@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from consumer.decode import JsonDecoder
-from consumer.detector import Detector
-from consumer.record import json_to_avro
+from consumer.cloudtrail.decode import JsonDecoder
+from consumer.cloudtrail.record import json_to_avro
 from consumer.rules import load_rules
+from consumer.rules.detector import Detector
 from consumer.rules.exceptions import load_exceptions, rule_links
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

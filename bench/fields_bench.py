@@ -13,9 +13,9 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
-from consumer.event import CloudTrailRecord
-from consumer.normalize import ECS_FIELDS, _agent_device, _agent_family, _agent_os
-from consumer.record import NotCloudTrailError, json_to_avro
+from consumer.cloudtrail.normalize import ECS_FIELDS, _agent_device, _agent_family, _agent_os
+from consumer.cloudtrail.record import NotCloudTrailError, json_to_avro
+from consumer.cloudtrail.types import CloudTrailRecord
 
 FIELDS = (
     "event.action",

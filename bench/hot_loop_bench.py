@@ -29,14 +29,14 @@ from fastavro import schemaless_reader
 from pipeline_workload import SEED_RULE_ID, Mix, bench_rule_query, load_sources, write_bench_rules
 from prometheus_client import CollectorRegistry
 
-from consumer.alert import Headers
-from consumer.app import load_enabled_rules, make_decoder
+from consumer.alerts.document import Headers
+from consumer.cloudtrail.record import READER_SCHEMA, avro_to_json
+from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.config import Settings
-from consumer.detector import Detector
-from consumer.event import CloudTrailRecord
-from consumer.metrics import Metrics
-from consumer.record import READER_SCHEMA, avro_to_json
-from consumer.service import Health, Service
+from consumer.rules.detector import Detector
+from consumer.stream.app import load_enabled_rules, make_decoder
+from consumer.stream.metrics import Metrics
+from consumer.stream.service import Health, Service
 
 TOPIC = "cloudtrail-events"
 PARTITIONS = 4

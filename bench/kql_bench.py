@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rules_bench import SHARED, avro_payload, best_per_event, decode, realistic_mix
 
-from consumer.record import NotCloudTrailError, json_to_avro
+from consumer.cloudtrail.record import NotCloudTrailError, json_to_avro
 from consumer.rules import CombinedPrefilter
 from consumer.rules.loader import load_rule_set
 

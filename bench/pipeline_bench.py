@@ -86,7 +86,7 @@ from pipeline_workload import (
     write_bench_rules,
 )
 
-from consumer.record import SCHEMA_TEXT
+from consumer.cloudtrail.record import SCHEMA_TEXT
 from consumer.rules import load_rules
 from scripts.kafka_local import KAFKA_VERSION, LocalKafka
 from tests.support.kafka import read_all

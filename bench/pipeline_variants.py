@@ -37,11 +37,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from fastavro import schemaless_reader
 from pipeline_workload import BENCH_RULE_ID, SEED_RULE_ID
 
-from consumer.alert import alert_for, encode_json
-from consumer.normalize import normalize
-from consumer.record import READER_SCHEMA, avro_to_json
+from consumer.alerts.document import alert_for, encode_json
+from consumer.cloudtrail.normalize import normalize
+from consumer.cloudtrail.record import READER_SCHEMA, avro_to_json
 from consumer.rules import LoadedRule, load_rules
-from consumer.source import FETCH_DEFAULTS
+from consumer.stream.source import FETCH_DEFAULTS
 
 CONFLUENT_HEADER_BYTES = 5
 
@@ -51,7 +51,7 @@ def report(**fields: float) -> None:
 
 
 def new_consumer(bootstrap: str, topic: str, group: str, auto_commit: bool = False) -> Consumer:
-    """The detector's prefetch settings (consumer/source.py), so that the ceiling is not held
+    """The detector's prefetch settings (consumer/stream/source.py), so that the ceiling is not held
     back by librdkafka's 1 s fetch backoff: with the defaults, the raw read of a million events
     took 0.8 s or 2.2 s from one run to the next."""
     consumer = Consumer(

@@ -25,11 +25,11 @@ from typing import Any
 
 from fastavro import schemaless_writer
 
-from consumer.decode import SchemalessAvroDecoder
-from consumer.detector import Detector, Verdict
-from consumer.event import CloudTrailRecord
-from consumer.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
+from consumer.cloudtrail.decode import SchemalessAvroDecoder
+from consumer.cloudtrail.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
+from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.rules import CompiledQuery, LoadedRule, load_rules
+from consumer.rules.detector import Detector, Verdict
 from consumer.rules.loader import BUILTIN_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,8 +28,8 @@ from quixstreams.models.serializers import (  # type: ignore[import-not-found]
 )
 from quixstreams.models.serializers.avro import AvroDeserializer  # type: ignore[import-not-found]
 
-from consumer.alert import Alert, alert_for, encode_json
-from consumer.record import SCHEMA_TEXT, avro_to_json
+from consumer.alerts.document import Alert, alert_for, encode_json
+from consumer.cloudtrail.record import SCHEMA_TEXT, avro_to_json
 
 CONFLUENT_HEADER_BYTES = 5
 

@@ -34,8 +34,8 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from consumer.event import CloudTrailRecord
-from consumer.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
+from consumer.cloudtrail.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
+from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.rules import CombinedPrefilter, CompiledQuery, Prefilter, load_rules
 from consumer.rules.prefilter import INDEX_FROM
 from consumer.rules.screen import (

@@ -20,16 +20,14 @@ from typing import Any, Literal, get_args, get_origin
 
 from confluent_kafka import Producer
 
-from consumer import __version__, kafka_tools
-from consumer.app import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, load_enabled_rules, registry_client
-from consumer.app import run as run_service
+from consumer import __version__
+from consumer.cloudtrail.envelopes import SHAPES
+from consumer.cloudtrail.files import FileRecord
+from consumer.cloudtrail.normalize import configure_enrichment
 from consumer.config import ConfigError, Settings, env_name, load_settings, option_name
-from consumer.detector import Verdict
-from consumer.envelopes import SHAPES
-from consumer.files import FileRecord
-from consumer.normalize import configure_enrichment
-from consumer.query import run_query
-from consumer.replay import (
+from consumer.offline import kafka_tools
+from consumer.offline.query import run_query
+from consumer.offline.replay import (
     ReplayError,
     ReplayOptions,
     avro_encoder,
@@ -40,6 +38,8 @@ from consumer.replay import (
     registry_encoder,
     replay,
 )
+from consumer.offline.scan import scan
+from consumer.rules.detector import Verdict
 from consumer.rules.esql import EsqlError
 from consumer.rules.exceptions import (
     ExceptionLoadError,
@@ -48,7 +48,14 @@ from consumer.rules.exceptions import (
     rule_links,
 )
 from consumer.rules.loader import LoadedRule, RuleLoadError, check_paths, list_rules
-from consumer.scan import scan
+from consumer.stream.app import (
+    EXIT_CONFIG,
+    EXIT_FATAL,
+    EXIT_OK,
+    load_enabled_rules,
+)
+from consumer.stream.app import run as run_service
+from consumer.stream.registry import registry_client
 
 SETTING_HELP = {
     "bootstrap_servers": "Kafka bootstrap servers, host:port,...",
@@ -61,6 +68,7 @@ SETTING_HELP = {
     "input_envelope": "JSON shape to read only (default: detected per message)",
     "writer_schema": "writer schema file for schemaless Avro",
     "schema_registry_url": "Schema Registry URL (needed by the avro-registry formats)",
+    "schema_registry_timeout_s": "seconds to wait for one Schema Registry answer",
     "schema_registry_ca_location": "CA file for the registry's TLS",
     "schema_registry_certificate_location": "client certificate for the registry",
     "schema_registry_key_location": "client key for the registry",
@@ -151,7 +159,8 @@ def _add_settings_options(parser: argparse.ArgumentParser, names: Sequence[str])
 
 RUN_SETTINGS = [name for name in Settings.model_fields if name not in NO_FLAG]
 TOOL_SETTINGS = [
-    "bootstrap_servers", "schema_registry_url", "schema_registry_ca_location",
+    "bootstrap_servers", "schema_registry_url", "schema_registry_timeout_s",
+    "schema_registry_ca_location",
     "schema_registry_certificate_location", "schema_registry_key_location", "kafka",
     "kafka_producer", "kafka_sasl_password_file",
 ]

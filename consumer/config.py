@@ -37,7 +37,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from consumer.envelopes import Shape
+from consumer.cloudtrail.envelopes import Shape
 from consumer.times import parse_duration
 
 ENV_PREFIX = "DETECTOR_"
@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     schema_registry_basic_auth: SecretStr | None = Field(
         None, description="user:password for the Schema Registry."
+    )
+    schema_registry_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="Seconds to wait for the Schema Registry to answer one request; a registry "
+        "that does not answer pauses the partitions that need it instead of holding the loop.",
     )
     schema_registry_ca_location: Path | None = None
     schema_registry_certificate_location: Path | None = None

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from consumer.replay import ReplayOptions, avro_encoder, replay
+from consumer.offline.replay import ReplayOptions, avro_encoder, replay
 from scripts.kafka_local import LocalKafka
 
 INPUT, ALERTS, DLQ = "cloudtrail-events", "cloudtrail-alerts", "cloudtrail-events.dlq"

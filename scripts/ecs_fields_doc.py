@@ -5,7 +5,7 @@ tests/unit/test_normalize.py fails when the file and the registry differ.
 
 from pathlib import Path
 
-from consumer.normalize import fields_table
+from consumer.cloudtrail.normalize import fields_table
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ecs-fields.md"
 

@@ -43,8 +43,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from consumer.event import CloudTrailRecord, EcsValue
-from consumer.normalize import ECS_FIELDS, EcsField
+from consumer.cloudtrail.normalize import ECS_FIELDS, EcsField
+from consumer.cloudtrail.types import CloudTrailRecord, EcsValue
 from consumer.rules.loader import LoadedRule
 from consumer.rules.patterns import like
 from consumer.times import parse_iso_utc

@@ -49,8 +49,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from consumer.event import CloudTrailRecord
-from consumer.normalize import ECS_FIELDS, EcsField
+from consumer.cloudtrail.normalize import ECS_FIELDS, EcsField
+from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.rules.esql import (
     Call,
     Compare,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from consumer.normalize import ECS_FIELDS, EcsField
+from consumer.cloudtrail.normalize import ECS_FIELDS, EcsField
 from consumer.rules.esql import CompiledQuery, EsqlError, UnsupportedEsqlError, compile_query
 from consumer.rules.kql import compile_kql, with_index
 from consumer.rules.model import RuleDefinition, RuleFile

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import product
 
-from consumer.envelopes import text_forms
+from consumer.cloudtrail.envelopes import text_forms
 from consumer.rules.esql import (
     Compare,
     CompiledQuery,

@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from consumer.replay import account_of, avro_encoder
+from consumer.offline.replay import account_of, avro_encoder
 from scripts.kafka_local import LocalKafka, free_port
 from tests.support.events import mixed_workload
 from tests.support.kafka import (

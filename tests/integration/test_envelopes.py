@@ -18,8 +18,8 @@ import pytest
 from confluent_kafka import Producer
 from fastavro import parse_schema, schemaless_writer
 
-from consumer.envelopes import wrap
-from consumer.record import SCHEMA_TEXT, json_to_avro
+from consumer.cloudtrail.envelopes import wrap
+from consumer.cloudtrail.record import SCHEMA_TEXT, json_to_avro
 from tests.conftest import Broker, TopicFactory
 from tests.support.events import create_access_key, event
 from tests.support.kafka import (

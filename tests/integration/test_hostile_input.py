@@ -26,10 +26,10 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from fastavro import schemaless_writer
 
-from consumer.alert import FIELD_LIMIT
-from consumer.decode import DEFAULT_MAX_PAYLOAD_BYTES
-from consumer.record import READER_SCHEMA, json_to_avro
-from consumer.replay import avro_encoder
+from consumer.alerts.document import FIELD_LIMIT
+from consumer.cloudtrail.decode import DEFAULT_MAX_PAYLOAD_BYTES
+from consumer.cloudtrail.record import READER_SCHEMA, json_to_avro
+from consumer.offline.replay import avro_encoder
 from tests.conftest import Broker
 from tests.support.events import create_access_key, mixed_workload
 from tests.support.kafka import DetectorProcess, Topics, read_all, wait_until

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from consumer import __version__
-from consumer.replay import avro_encoder
+from consumer.offline.replay import avro_encoder
 from tests.conftest import Broker, TopicFactory
 from tests.support.events import ACCOUNTS, create_access_key, mixed_workload
 from tests.support.kafka import (

@@ -14,9 +14,9 @@ import pytest
 from confluent_kafka import KafkaError, Producer
 from prometheus_client import CollectorRegistry
 
-from consumer.metrics import Metrics
-from consumer.replay import avro_encoder
-from consumer.sink import FatalSinkError, TransactionalSink
+from consumer.offline.replay import avro_encoder
+from consumer.stream.metrics import Metrics
+from consumer.stream.sink import FatalSinkError, TransactionalSink
 from tests.conftest import Broker, TopicFactory
 from tests.support.events import event
 from tests.support.kafka import (

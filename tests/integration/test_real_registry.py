@@ -23,8 +23,8 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, Schema
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from consumer.record import SCHEMA_TEXT, json_to_avro
-from consumer.replay import account_of
+from consumer.cloudtrail.record import SCHEMA_TEXT, json_to_avro
+from consumer.offline.replay import account_of
 from scripts.registry_local import LocalRegistry
 from scripts.server_local import http_json
 from tests.conftest import Broker, TopicFactory

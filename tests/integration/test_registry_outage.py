@@ -26,9 +26,9 @@ import pytest
 from confluent_kafka import Message, Producer
 from fastavro import schemaless_writer
 
-from consumer.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
-from consumer.replay import account_of
-from consumer.service import RETRY_LATER_BACKOFF_S
+from consumer.cloudtrail.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
+from consumer.offline.replay import account_of
+from consumer.stream.service import RETRY_LATER_BACKOFF_S
 from tests.conftest import Broker, TopicFactory
 from tests.support.events import mixed_workload
 from tests.support.kafka import (

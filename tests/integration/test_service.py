@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.replay import avro_encoder
+from consumer.offline.replay import avro_encoder
 from tests.conftest import Broker, TopicFactory
 from tests.support.events import create_access_key, mixed_workload
 from tests.support.kafka import (

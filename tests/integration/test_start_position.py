@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from consumer.replay import account_of, avro_encoder
+from consumer.offline.replay import account_of, avro_encoder
 from tests.conftest import Broker, TopicFactory
 from tests.support.events import create_access_key, event
 from tests.support.kafka import (

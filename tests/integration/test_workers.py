@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from consumer.replay import account_of, avro_encoder
+from consumer.offline.replay import account_of, avro_encoder
 from tests.conftest import Broker, TopicFactory
 from tests.support.events import mixed_workload
 from tests.support.kafka import (

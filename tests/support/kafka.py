@@ -26,7 +26,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from consumer.replay import account_of, avro_encoder, json_encoder
+from consumer.offline.replay import account_of, avro_encoder, json_encoder
 from scripts.kafka_local import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.metrics import PREFIX
+from consumer.stream.metrics import PREFIX
 
 
 @dataclass(frozen=True)

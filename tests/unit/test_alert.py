@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from consumer.alert import (
+from consumer.alerts.document import (
     ALERT_NAMESPACE,
     EVENT_FIELDS_LIMIT,
     FIELD_LIMIT,
@@ -24,9 +24,9 @@ from consumer.alert import (
     nest,
     reason,
 )
-from consumer.event import EcsValue
-from consumer.normalize import INGESTED_MS
-from consumer.record import json_to_avro
+from consumer.cloudtrail.normalize import INGESTED_MS
+from consumer.cloudtrail.record import json_to_avro
+from consumer.cloudtrail.types import EcsValue
 from consumer.rules.loader import LoadedRule, load_rules
 from consumer.rules.model import RuleDefinition
 from tests.support.events import create_access_key

@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 import fastavro
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from consumer.alert import build_alert, build_throttle_summary, encode_json
-from consumer.alert_avro import ALERT_SCHEMA_TEXT, RegistryAlertEncoder
-from consumer.record import json_to_avro
+from consumer.alerts.avro import ALERT_SCHEMA_TEXT
+from consumer.alerts.document import build_alert, build_throttle_summary, encode_json
+from consumer.cloudtrail.record import json_to_avro
 from consumer.rules.loader import LoadedRule, load_rules
+from consumer.stream.registry import registered_alert_encoder
 from tests.support.events import create_access_key
 
 SEED_RULE_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
@@ -41,7 +42,7 @@ def test_a_match_encodes_as_wire_format_avro_with_routing_fields_and_the_whole_d
         original="{}",
     )
 
-    decoded = decode_wire(client, RegistryAlertEncoder(client, "alerts-value")(alert))
+    decoded = decode_wire(client, registered_alert_encoder(client, "alerts-value")(alert))
 
     assert decoded["alert_uuid"] == alert.alert_id
     assert decoded["rule_id"] == SEED_RULE_ID
@@ -65,7 +66,7 @@ def test_a_throttle_summary_encodes_without_source_event_fields() -> None:
         window_end=datetime(2026, 11, 29, 10, 5, tzinfo=UTC), worker="w-0",
     )
 
-    decoded = decode_wire(client, RegistryAlertEncoder(client, "alerts-value")(summary))
+    decoded = decode_wire(client, registered_alert_encoder(client, "alerts-value")(summary))
 
     assert decoded["event_id"] is None
     assert "7 further matches" in str(decoded["reason"])
@@ -83,7 +84,7 @@ def test_the_avro_document_carries_the_response_elements_without_event_original(
         original=None,
     )
 
-    decoded = decode_wire(client, RegistryAlertEncoder(client, "alerts-value")(alert))
+    decoded = decode_wire(client, registered_alert_encoder(client, "alerts-value")(alert))
 
     assert decoded["event_original"] is None
     document = json.loads(str(decoded["document"]))

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from fastavro import parse_schema, schemaless_writer
 
-from consumer.decode import DecodeError, Events, JsonDecoder, SchemalessAvroDecoder
-from consumer.detector import SKIPPED, Detector, Verdict
-from consumer.envelopes import declared_codings, wrap
-from consumer.record import READER_SCHEMA, json_to_avro
+from consumer.cloudtrail.decode import DecodeError, Events, JsonDecoder, SchemalessAvroDecoder
+from consumer.cloudtrail.envelopes import declared_codings, wrap
+from consumer.cloudtrail.record import READER_SCHEMA, json_to_avro
+from consumer.rules.detector import SKIPPED, Detector, Verdict
 from consumer.rules.loader import load_rules
 from tests.unit.test_envelopes import HARDENED_ID, HARMLESS, MATCH
 

@@ -5,6 +5,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,10 +15,8 @@ import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
 
-from consumer import decode as decode_module
-from consumer.app import registry_client
-from consumer.config import Settings
-from consumer.decode import (
+from consumer.cloudtrail import decode as decode_module
+from consumer.cloudtrail.decode import (
     DecodeError,
     Decoder,
     JsonDecoder,
@@ -25,7 +24,9 @@ from consumer.decode import (
     SchemalessAvroDecoder,
     readable_writer_schema,
 )
-from consumer.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
+from consumer.cloudtrail.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
+from consumer.config import Settings
+from consumer.stream.registry import registry_client
 
 EVENT: dict[str, Any] = {
     "eventVersion": "1.09",
@@ -549,3 +550,24 @@ def test_decode_error_carries_reason_retriable_and_readable_text() -> None:
         "Avro body is corrupt: bad union index",
     )
     assert "avro-corrupt" in repr(error)
+
+
+def test_a_registry_that_never_answers_costs_the_configured_timeout_not_the_clients_ten_seconds(
+) -> None:
+    """A server that accepts the connection and then says nothing (a hung registry)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    host, port = silent.getsockname()
+    settings = Settings.model_validate(
+        {"input_topics": ["in"], "input_format": "avro-registry",
+         "schema_registry_url": f"http://{host}:{port}", "schema_registry_timeout_s": 0.3}
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(DecodeError) as caught:
+            RegistryAvroDecoder(registry_client(settings)).decode(wire(1, avro_body(RECORD)))
+    finally:
+        silent.close()
+    assert (caught.value.reason, caught.value.retriable) == ("registry-unavailable", True)
+    assert time.monotonic() - started < 5

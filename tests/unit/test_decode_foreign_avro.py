@@ -12,17 +12,17 @@ import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from consumer.app import make_decoder
-from consumer.config import ConfigError, Settings
-from consumer.decode import (
+from consumer.cloudtrail.decode import (
     DecodeError,
     Events,
     RegistryAvroDecoder,
     SchemalessAvroDecoder,
 )
-from consumer.detector import SKIPPED, Detector
-from consumer.record import SCHEMA_TEXT, json_to_avro
+from consumer.cloudtrail.record import SCHEMA_TEXT, json_to_avro
+from consumer.config import ConfigError, Settings
+from consumer.rules.detector import SKIPPED, Detector
 from consumer.rules.loader import load_rules
+from consumer.stream.app import make_decoder
 from tests.support.events import create_access_key, event
 
 MATCH = create_access_key(event_id="cross-1", caller="mallory", target="bob")

@@ -18,7 +18,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.decode import (
+from consumer.cloudtrail.decode import (
     Decoded,
     DecodeError,
     Decoder,
@@ -27,8 +27,8 @@ from consumer.decode import (
     RegistryAvroDecoder,
     SchemalessAvroDecoder,
 )
-from consumer.envelopes import SHAPES, wrap
-from consumer.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
+from consumer.cloudtrail.envelopes import SHAPES, wrap
+from consumer.cloudtrail.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
 
 PEAK_BYTES_LIMIT = 1024 * 1024
 """Far above what decoding a sub-kilobyte message needs, far below what a trusted lying length

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from consumer.cli import build_parser
 from consumer.config import ENV_PREFIX, Settings
-from consumer.metrics import Metrics
+from consumer.stream.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"

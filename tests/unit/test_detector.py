@@ -8,12 +8,18 @@ from typing import Any
 
 import pytest
 
-from consumer.decode import Decoded, DecodeError, Decoder, JsonDecoder, SchemalessAvroDecoder
-from consumer.detector import SKIPPED, Detector, RuleEvaluationError
-from consumer.event import CloudTrailRecord
-from consumer.normalize import normalize
-from consumer.record import json_to_avro
-from consumer.replay import avro_encoder, json_encoder
+from consumer.cloudtrail.decode import (
+    Decoded,
+    DecodeError,
+    Decoder,
+    JsonDecoder,
+    SchemalessAvroDecoder,
+)
+from consumer.cloudtrail.normalize import normalize
+from consumer.cloudtrail.record import json_to_avro
+from consumer.cloudtrail.types import CloudTrailRecord
+from consumer.offline.replay import avro_encoder, json_encoder
+from consumer.rules.detector import SKIPPED, Detector, RuleEvaluationError
 from consumer.rules.loader import LoadedRule, load_rules
 from tests.support.events import create_access_key, event
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from consumer.event import CloudTrailRecord, EcsValue
-from consumer.normalize import ECS_FIELDS, normalize
+from consumer.cloudtrail.normalize import ECS_FIELDS, normalize
+from consumer.cloudtrail.types import CloudTrailRecord, EcsValue
 from tests.conftest import shared_path
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"

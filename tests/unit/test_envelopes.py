@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.cli import main
-from consumer.decode import DecodeError, Events, JsonDecoder
-from consumer.detector import SKIPPED, Detector, EventsVerdict
-from consumer.envelopes import SHAPES, Shape, text_forms, unwrap, wrap
-from consumer.record import json_to_avro
-from consumer.replay import envelope_encoder
+from consumer.cloudtrail.decode import DecodeError, Events, JsonDecoder
+from consumer.cloudtrail.envelopes import SHAPES, Shape, text_forms, unwrap, wrap
+from consumer.cloudtrail.record import json_to_avro
+from consumer.offline.replay import envelope_encoder
+from consumer.rules.detector import SKIPPED, Detector, EventsVerdict
 from consumer.rules.loader import load_rules
 from tests.support.events import create_access_key, event
 from tests.unit.test_prefilter import RECORDS, json_text

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from consumer.event import CloudTrailRecord, EcsValue
-from consumer.normalize import EcsField, EcsType
+from consumer.cloudtrail.normalize import EcsField, EcsType
+from consumer.cloudtrail.types import CloudTrailRecord, EcsValue
 from consumer.rules import esql
 from consumer.rules.esql import EsqlError, compile_query, syntax
 

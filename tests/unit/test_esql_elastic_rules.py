@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.normalize import ECS_FIELDS
+from consumer.cloudtrail.normalize import ECS_FIELDS
 from consumer.rules.esql import UnsupportedEsqlError, compile_query
 from tests.conftest import SHARED, shared_path
 

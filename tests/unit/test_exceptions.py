@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from consumer.cli import main
-from consumer.decode import JsonDecoder
-from consumer.detector import Detector
-from consumer.event import CloudTrailRecord
-from consumer.record import json_to_avro
+from consumer.cloudtrail.decode import JsonDecoder
+from consumer.cloudtrail.record import json_to_avro
+from consumer.cloudtrail.types import CloudTrailRecord
+from consumer.offline.scan import scan
 from consumer.rules import LoadedRule, load_rules
+from consumer.rules.detector import Detector
 from consumer.rules.exceptions import (
     ExceptionLoadError,
     ExceptionSet,
@@ -25,7 +26,6 @@ from consumer.rules.exceptions import (
     load_exceptions,
     rule_links,
 )
-from consumer.scan import scan
 from tests.support.events import create_access_key
 
 SEED = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"

@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumer.http import serve
-from consumer.service import Health
+from consumer.stream.http import serve
+from consumer.stream.service import Health
 
 
 def test_a_ready_detector_has_no_reason() -> None:

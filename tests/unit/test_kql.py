@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from consumer.event import CloudTrailRecord
-from consumer.normalize import EcsField, EcsType, configure_enrichment
+from consumer.cloudtrail.normalize import EcsField, EcsType, configure_enrichment
+from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.rules.kql import (
     KqlAnd,
     KqlError,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
-from consumer.record import json_to_avro
+from consumer.cloudtrail.record import json_to_avro
 from consumer.rules import CombinedPrefilter, Prefilter
 from consumer.rules.kql import KqlError, compile_kql
 from tests.unit.test_prefilter import (

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from consumer.alert import alert_for
-from consumer.decode import Decoder, JsonDecoder, SchemalessAvroDecoder
-from consumer.detector import Detector
-from consumer.record import json_to_avro
-from consumer.replay import avro_encoder, json_encoder
+from consumer.alerts.document import alert_for
+from consumer.cloudtrail.decode import Decoder, JsonDecoder, SchemalessAvroDecoder
+from consumer.cloudtrail.record import json_to_avro
+from consumer.offline.replay import avro_encoder, json_encoder
+from consumer.rules.detector import Detector
 from consumer.rules.kql import compile_kql, parse_kql
 from consumer.rules.loader import LoadedRule, load_rule_set, parse_rule
 from tests.conftest import shared_path

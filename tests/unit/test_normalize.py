@@ -11,14 +11,14 @@ from mmdb_writer import MmdbU32, MMDBWriter
 from netaddr import IPSet
 
 from consumer.cli import main
-from consumer.event import CloudTrailRecord
-from consumer.normalize import (
+from consumer.cloudtrail.normalize import (
     ECS_FIELDS,
     INGESTED_MS,
     configure_enrichment,
     fields_table,
     normalize,
 )
+from consumer.cloudtrail.types import CloudTrailRecord
 from tests.support.events import create_access_key
 
 RULE_FIELDS = ("event.provider", "event.action", "event.outcome", "user.name", "user.target.name")

@@ -10,8 +10,8 @@ from fastavro import schemaless_reader, schemaless_writer
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
-from consumer.event import CloudTrailRecord
-from consumer.record import READER_SCHEMA, json_to_avro
+from consumer.cloudtrail.record import READER_SCHEMA, json_to_avro
+from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.rules import CombinedPrefilter, CompiledQuery, Prefilter, compile_query, load_rules
 from consumer.rules.prefilter import BatchScreen
 from consumer.rules.screen import HAVE_HYPERSCAN, AhoCorasick, Hyperscan, LiteralIndex

@@ -9,9 +9,9 @@ import logging
 
 import pytest
 
-from consumer.progress import Progress, ReasonLog, format_hint
-from consumer.replay import avro_encoder
-from consumer.scan_output import ProgressBar, summary
+from consumer.offline.replay import avro_encoder
+from consumer.offline.scan_output import ProgressBar, summary
+from consumer.stream.progress import Progress, ReasonLog, format_hint
 from tests.support.events import create_access_key
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from consumer.cli import main
-from consumer.query import run_query
+from consumer.offline.query import run_query
 
 RECORDS = [
     {

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.record import (
+from consumer.cloudtrail.record import (
     EXTRA_FIELDS,
     JSON_TEXT_FIELDS,
     READER_SCHEMA,

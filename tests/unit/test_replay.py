@@ -16,9 +16,9 @@ from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
     MockSchemaRegistryClient,
 )
 
-from consumer.decode import RegistryAvroDecoder, SchemalessAvroDecoder
-from consumer.record import json_to_avro
-from consumer.replay import (
+from consumer.cloudtrail.decode import RegistryAvroDecoder, SchemalessAvroDecoder
+from consumer.cloudtrail.record import json_to_avro
+from consumer.offline.replay import (
     ReplayError,
     ReplayOptions,
     account_of,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from consumer.alert import alert_for
+from consumer.alerts.document import alert_for
 from consumer.cli import main
-from consumer.record import json_to_avro
+from consumer.cloudtrail.record import json_to_avro
 from consumer.rules import RuleLoadError, list_rules, load_rules, validate_paths
 from consumer.rules.loader import (
     COMPILERS,

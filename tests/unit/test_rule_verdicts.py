@@ -11,8 +11,8 @@ from fastavro import schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.event import CloudTrailRecord
-from consumer.record import READER_SCHEMA, avro_to_json, json_to_avro
+from consumer.cloudtrail.record import READER_SCHEMA, avro_to_json, json_to_avro
+from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.rules import CombinedPrefilter, load_rules
 from consumer.rules.loader import LoadedRule, parse_rule
 

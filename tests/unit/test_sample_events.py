@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from fastavro.validation import validate
 
-from consumer.record import READER_SCHEMA, avro_to_json, json_to_avro
+from consumer.cloudtrail.record import READER_SCHEMA, avro_to_json, json_to_avro
 
 SAMPLES = Path(__file__).resolve().parents[2] / "consumer" / "samples"
 SAMPLE_FILE = SAMPLES / "cloudtrail-sample.jsonl"

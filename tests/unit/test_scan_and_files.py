@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from consumer.envelopes import SHAPES, Shape, wrap
-from consumer.files import FileRecord, _read_stream, expand, read_records
+from consumer.cloudtrail.envelopes import SHAPES, Shape, wrap
+from consumer.cloudtrail.files import FileRecord, _read_stream, expand, read_records
+from consumer.offline.scan import scan
 from consumer.rules.loader import LoadedRule, load_rules
-from consumer.scan import scan
 from tests.conftest import shared_path
 from tests.support.events import create_access_key, event
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.app import WORKER_HEALTHY_S, restart_pause
+from consumer.stream.app import WORKER_HEALTHY_S, restart_pause
 
 
 def test_crashes_in_a_row_back_off_up_to_30_seconds() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from consumer.throttle import ClosedWindow, Throttle, window_start
+from consumer.alerts.throttle import ClosedWindow, Throttle, window_start
 
 MINUTE = timedelta(minutes=1)
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)

@@ -2,7 +2,7 @@
 
 A source of rows is a registry of fields (name -> FieldSpec: name, mapping type, extract(row)),
 read lazily: a row pays only for the fields the query reads. CloudTrail records are one source
-(`consumer.normalize.ECS_FIELDS`), the csv-spec harness's tables another.
+(`consumer.cloudtrail.normalize.ECS_FIELDS`), the csv-spec harness's tables another.
 
 Two ways to run a query:
 - streaming (`matches`, `evaluate`): a non-aggregating rule judges one event at a time, so SORT
@@ -24,7 +24,7 @@ from itertools import islice
 from operator import itemgetter
 from typing import Any, Protocol
 
-from consumer.normalize import ECS_FIELDS
+from consumer.cloudtrail.normalize import ECS_FIELDS
 from consumer.rules import patterns
 from consumer.rules.esql.compiler import (
     Column,

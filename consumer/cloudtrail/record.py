@@ -22,7 +22,7 @@ from typing import Any, Final
 from fastavro import parse_schema
 from fastavro.types import Schema
 
-from consumer.event import CloudTrailRecord
+from consumer.cloudtrail.types import CloudTrailRecord
 
 SCHEMA_TEXT: Final[str] = (files("consumer") / "schemas" / "cloudtrail_event.avsc").read_text(
     encoding="utf-8"

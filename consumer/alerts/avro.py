@@ -11,10 +11,9 @@ import json
 from importlib.resources import files
 from typing import Any, Final
 
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from fastavro import parse_schema, schemaless_writer
 
-from consumer.alert import Alert, encode_json
+from consumer.alerts.document import Alert, encode_json
 
 ALERT_SCHEMA_TEXT: Final[str] = (files("consumer") / "schemas" / "alert.avsc").read_text("utf-8")
 _ALERT_SCHEMA: Final = parse_schema(json.loads(ALERT_SCHEMA_TEXT))
@@ -68,11 +67,10 @@ def to_avro_record(alert: Alert) -> dict[str, Any]:
     }
 
 
-class RegistryAlertEncoder:
-    """Encodes alerts in the Confluent wire format with our registered alert schema."""
+class WireAlertEncoder:
+    """Encodes alerts in the Confluent wire format under a schema id the registry gave ours."""
 
-    def __init__(self, client: SchemaRegistryClient, subject: str) -> None:
-        schema_id = client.register_schema(subject, Schema(ALERT_SCHEMA_TEXT, "AVRO"))
+    def __init__(self, schema_id: int) -> None:
         self._header = b"\x00" + schema_id.to_bytes(4, "big")
 
     def __call__(self, alert: Alert) -> bytes:

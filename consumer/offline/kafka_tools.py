@@ -27,8 +27,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from consumer.alert import Headers
-from consumer.replay import ReplayError, ReplayResult
+from consumer.alerts.document import Headers
+from consumer.offline.replay import ReplayError, ReplayResult
 
 ADMIN_TIMEOUT_S = 15.0
 

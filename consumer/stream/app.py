@@ -14,22 +14,26 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from prometheus_client import CollectorRegistry
 
 from consumer import __version__
-from consumer.alert import Alert, encode_json
-from consumer.alert_avro import RegistryAlertEncoder
+from consumer.alerts.document import Alert, encode_json
+from consumer.cloudtrail.decode import (
+    Decoder,
+    JsonDecoder,
+    RegistryAvroDecoder,
+    SchemalessAvroDecoder,
+)
+from consumer.cloudtrail.normalize import configure_enrichment
 from consumer.config import ConfigError, Settings
-from consumer.decode import Decoder, JsonDecoder, RegistryAvroDecoder, SchemalessAvroDecoder
-from consumer.detector import Detector
-from consumer.http import serve
-from consumer.metrics import Metrics
-from consumer.normalize import configure_enrichment
+from consumer.rules.detector import Detector
 from consumer.rules.exceptions import ExceptionWatcher
 from consumer.rules.loader import LoadedRule, RuleSet, load_rule_set, log_rule_set
-from consumer.service import RETRY_LATER_BACKOFF_S, Health, Service, install_signal_handlers
-from consumer.sink import FatalSinkError
+from consumer.stream.http import serve
+from consumer.stream.metrics import Metrics
+from consumer.stream.registry import registered_alert_encoder, registry_client
+from consumer.stream.service import RETRY_LATER_BACKOFF_S, Health, Service, install_signal_handlers
+from consumer.stream.sink import FatalSinkError
 
 log = logging.getLogger("consumer")
 
@@ -45,24 +49,6 @@ WORKER_RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 persistent fault cannot spin; a worker that ran for WORKER_HEALTHY_S starts the row again."""
 
 WORKER_HEALTHY_S = 60.0
-
-
-def registry_client(settings: Settings) -> SchemaRegistryClient:
-    """No retries inside the client: they would hold up the whole loop (up to 7 s per lookup
-    with its defaults) where the service pauses only the partition and reads it again later."""
-    config: dict[str, object] = {
-        "url": settings.schema_registry_url, "timeout": 10, "max.retries": 0,
-    }
-    if settings.schema_registry_basic_auth is not None:
-        config["basic.auth.user.info"] = settings.schema_registry_basic_auth.get_secret_value()
-    for key, path in (
-        ("ssl.ca.location", settings.schema_registry_ca_location),
-        ("ssl.certificate.location", settings.schema_registry_certificate_location),
-        ("ssl.key.location", settings.schema_registry_key_location),
-    ):
-        if path is not None:
-            config[key] = str(path)
-    return SchemaRegistryClient(config)
 
 
 def make_decoder(settings: Settings) -> Decoder:
@@ -85,7 +71,9 @@ def make_decoder(settings: Settings) -> Decoder:
 
 def alert_encoder(settings: Settings) -> Callable[[Alert], bytes]:
     if settings.alert_format == "avro-registry":
-        return RegistryAlertEncoder(registry_client(settings), f"{settings.alerts_topic}-value")
+        return registered_alert_encoder(
+            registry_client(settings), f"{settings.alerts_topic}-value"
+        )
     return encode_json
 
 

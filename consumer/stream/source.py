@@ -25,7 +25,7 @@ from confluent_kafka import (
 )
 
 from consumer.config import StartFrom, start_timestamp_ms
-from consumer.metrics import Metrics
+from consumer.stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

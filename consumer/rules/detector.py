@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
 
-from consumer.decode import DecodeError, Decoder, Events
-from consumer.envelopes import (
+from consumer.cloudtrail.decode import DecodeError, Decoder, Events
+from consumer.cloudtrail.envelopes import (
     MessageHeaders,
     any_content_header,
     claiming_headers,
     makes_claim,
 )
-from consumer.event import CloudTrailRecord
-from consumer.normalize import INGESTED_MS
+from consumer.cloudtrail.normalize import INGESTED_MS
+from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.rules.exceptions import NO_EXCEPTIONS, CompiledItem, ExceptionSet
 from consumer.rules.loader import LoadedRule
 from consumer.rules.prefilter import CombinedPrefilter

@@ -28,19 +28,19 @@ from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._resource import ResourceType
 from prometheus_client import Counter as PrometheusCounter
 
-from consumer.alert import Alert, Headers, alert_for, build_throttle_summary, encode_json
+from consumer.alerts.document import Alert, Headers, alert_for, build_throttle_summary, encode_json
+from consumer.alerts.throttle import Throttle
+from consumer.cloudtrail.decode import DecodeError
+from consumer.cloudtrail.envelopes import MessageHeaders, compressed
+from consumer.cloudtrail.record import avro_to_json
 from consumer.config import ConfigError, Settings
-from consumer.decode import DecodeError
-from consumer.detector import Detector, EventsVerdict, RuleEvaluationError, Verdict
-from consumer.envelopes import MessageHeaders, compressed
-from consumer.metrics import Metrics
-from consumer.progress import Progress, ReasonLog, format_hint
-from consumer.record import avro_to_json
+from consumer.rules.detector import Detector, EventsVerdict, RuleEvaluationError, Verdict
 from consumer.rules.exceptions import ExceptionLoadError, ExceptionWatcher
 from consumer.rules.loader import LoadedRule
-from consumer.sink import AtLeastOnceSink, FatalSinkError, Sink, TransactionalSink
-from consumer.source import Source
-from consumer.throttle import Throttle
+from consumer.stream.metrics import Metrics
+from consumer.stream.progress import Progress, ReasonLog, format_hint
+from consumer.stream.sink import AtLeastOnceSink, FatalSinkError, Sink, TransactionalSink
+from consumer.stream.source import Source
 from consumer.times import parse_iso_utc
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consumer.event import CloudTrailRecord, EcsValue
-from consumer.normalize import FLATTENED_LIMIT, INGESTED_MS, normalize
+from consumer.cloudtrail.normalize import FLATTENED_LIMIT, INGESTED_MS, normalize
+from consumer.cloudtrail.types import CloudTrailRecord, EcsValue
 from consumer.rules.loader import LoadedRule
 from consumer.rules.model import RuleDefinition
 

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumer.alert import Headers
-from consumer.metrics import Metrics
+from consumer.alerts.document import Headers
+from consumer.stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,11 @@ from io import BytesIO
 from operator import itemgetter
 from typing import Any, Final, Literal, NoReturn, Protocol, TypeAlias, cast
 
-from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
 from fastavro import parse_schema, schemaless_reader
 from fastavro.read import SchemaResolutionError
 from fastavro.types import Schema
 
-from consumer.envelopes import (
+from consumer.cloudtrail.envelopes import (
     EnvelopeError,
     MessageHeaders,
     Shape,
@@ -37,14 +36,14 @@ from consumer.envelopes import (
     undo_codings,
     unwrap,
 )
-from consumer.event import CloudTrailRecord
-from consumer.record import (
+from consumer.cloudtrail.record import (
     EXTRA_FIELDS,
     JSON_TEXT_FIELDS,
     READER_SCHEMA,
     NotCloudTrailError,
     json_to_avro,
 )
+from consumer.cloudtrail.types import CloudTrailRecord
 
 DecodeReason = Literal[
     "empty",
@@ -125,7 +124,7 @@ class Decoder(Protocol):
 
     def decode(self, payload: bytes | None, headers: MessageHeaders | None = None) -> Decoded:
         """`headers`, the message's, are passed only when they name its content (see
-        `consumer.envelopes.declared_codings`); Avro decoders go by their bytes alone."""
+        `consumer.cloudtrail.envelopes.declared_codings`); Avro decoders go by their bytes alone."""
 
     def check_framing(self, payload: bytes | None) -> bool:
         """Raise DecodeError when the payload's envelope is already wrong, at a tiny fraction of
@@ -137,6 +136,25 @@ class Decoder(Protocol):
         """True when `check_framing` would pass every payload (`sizes` are their lengths, 0 for
         a missing one), judged for the batch at once. False means "check them one by one":
         some may fail, or the batch is not one this shortcut can vouch for."""
+
+
+class RegisteredSchema(Protocol):
+    """What a Schema Registry returns for an id (confluent-kafka's `Schema` has this shape)."""
+
+    @property
+    def schema_str(self) -> str | None: ...
+    @property
+    def schema_type(self) -> str | None: ...
+    @property
+    def references(self) -> Sequence[object] | None: ...
+
+
+class WriterSchemas(Protocol):
+    """Looks writer schemas up by id: a Schema Registry client (see `consumer.stream.registry`).
+    An error with `http_status_code` 404 means the id is unknown; any other error that the
+    registry could not answer now."""
+
+    def get_schema(self, schema_id: int) -> RegisteredSchema: ...
 
 
 class RegistryAvroDecoder:
@@ -154,7 +172,7 @@ class RegistryAvroDecoder:
 
     def __init__(
         self,
-        client: SchemaRegistryClient,
+        client: WriterSchemas,
         reader_schema: Schema = READER_SCHEMA,
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
@@ -224,19 +242,18 @@ class RegistryAvroDecoder:
             raise DecodeError("registry-unavailable", why, retriable=True)
         try:
             registered = self._client.get_schema(schema_id)
-        except SchemaRegistryError as error:
-            if error.http_status_code == _HTTP_NOT_FOUND:
+        except Exception as error:
+            status = getattr(error, "http_status_code", None)
+            if status == _HTTP_NOT_FOUND:
                 raise DecodeError(
                     "unknown-schema-id",
                     f"schema id {schema_id} is not in the registry: {_detail(error)}",
                 ) from error
+            # An HTTP error status, or httpx transport errors (refused, timeout, DNS), OAuth
+            # token failures and the like.
+            answered = "failed to return" if status is not None else "unreachable for"
             self._unavailable_now(
-                schema_id, f"registry failed to return schema id {schema_id}: {_detail(error)}"
-            )
-        except Exception as error:
-            # httpx transport errors (refused, timeout, DNS), OAuth token failures and the like.
-            self._unavailable_now(
-                schema_id, f"registry unreachable for schema id {schema_id}: {_detail(error)}"
+                schema_id, f"registry {answered} schema id {schema_id}: {_detail(error)}"
             )
         self._unavailable.pop(schema_id, None)
         try:
@@ -298,8 +315,9 @@ class SchemalessAvroDecoder:
 
 
 class JsonDecoder:
-    """CloudTrail JSON (UTF-8) in any shape of `consumer.envelopes`, possibly gzip or base64
-    gzip, converted to the Avro record shape. `shape` pins one shape instead of detecting it."""
+    """CloudTrail JSON (UTF-8) in any shape of `consumer.cloudtrail.envelopes`, possibly gzip or
+    base64 gzip, converted to the Avro record shape. `shape` pins one shape instead of detecting
+    it."""
 
     text_format = True
 

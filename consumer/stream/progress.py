@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-log = logging.getLogger("consumer.service")
+log = logging.getLogger("consumer.stream.service")
 
 WARNING_WINDOW_S = 10.0
 """At most one dead-letter warning per reason in this window; the rest are counted."""

@@ -24,9 +24,9 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from fastavro import schemaless_writer
 
-from consumer.envelopes import Shape, wrap
-from consumer.files import expand, read_records
-from consumer.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
+from consumer.cloudtrail.envelopes import Shape, wrap
+from consumer.cloudtrail.files import expand, read_records
+from consumer.cloudtrail.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
 
 ReplayFormat = Literal["avro", "avro-registry", "json"]
 Encoder = Callable[[dict[str, Any]], bytes]

@@ -17,14 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from consumer.alert import alert_for, encode_json
-from consumer.decode import JsonDecoder
-from consumer.detector import Detector, RuleEvaluationError, Verdict
-from consumer.files import FileRecord, expand, read_records
-from consumer.record import NotCloudTrailError, json_to_avro
+from consumer.alerts.document import alert_for, encode_json
+from consumer.cloudtrail.decode import JsonDecoder
+from consumer.cloudtrail.files import FileRecord, expand, read_records
+from consumer.cloudtrail.record import NotCloudTrailError, json_to_avro
+from consumer.offline.scan_output import AlertTable, ProgressBar, summary
+from consumer.rules.detector import Detector, RuleEvaluationError, Verdict
 from consumer.rules.exceptions import NO_EXCEPTIONS, ExceptionSet
 from consumer.rules.loader import LoadedRule
-from consumer.scan_output import AlertTable, ProgressBar, summary
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 AWS delivers `{"Records": [...]}` objects to S3, usually gzipped; Firehose writes JSON documents
 back to back; tools export JSON arrays, JSON Lines or `aws cloudtrail lookup-events` output; and
-any envelope of `consumer.envelopes` may sit in a file too. The format is found from the content,
-not the file name. Files are streamed: JSON Lines and concatenated documents are read one line
-at a time, so memory follows the largest document, not the file. Only a file whose first line
+any envelope of `consumer.cloudtrail.envelopes` may sit in a file too. The format is found from the
+content, not the file name. Files are streamed: JSON Lines and concatenated documents are read one
+line at a time, so memory follows the largest document, not the file. Only a file whose first line
 is not a whole document (pretty-printed JSON) is read whole. The offline scanner and the replay
 tool both read files through here.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from consumer.envelopes import EnvelopeError, is_record, unwrap
+from consumer.cloudtrail.envelopes import EnvelopeError, is_record, unwrap
 
 _JSON_STARTS = frozenset(b"{[")
 _WHITESPACE = b" \t\r\n"

@@ -38,7 +38,7 @@ import maxminddb
 import ua_parser
 from ua_parser.loaders import load_builtins
 
-from consumer.event import CloudTrailRecord, EcsValue, Extractor
+from consumer.cloudtrail.types import CloudTrailRecord, EcsValue, Extractor
 from consumer.times import parse_iso_utc
 
 EcsType = Literal[
@@ -1159,7 +1159,7 @@ def fields_table() -> str:
     lines = [
         "# ECS fields a rule may read",
         "",
-        "Generated from `consumer.normalize.ECS_FIELDS` by `scripts/ecs_fields_doc.py`;"
+        "Generated from `consumer.cloudtrail.normalize.ECS_FIELDS` by `scripts/ecs_fields_doc.py`;"
         " `tests/unit/test_normalize.py` fails when this file and the code differ.",
         "",
         "Derived as Elastic's AWS CloudTrail integration pipeline derives them. Any sub-field of"

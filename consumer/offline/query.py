@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from consumer.event import CloudTrailRecord
-from consumer.files import expand, read_records
-from consumer.record import NotCloudTrailError, json_to_avro
+from consumer.cloudtrail.files import expand, read_records
+from consumer.cloudtrail.record import NotCloudTrailError, json_to_avro
+from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.rules.esql import Table, compile_query
 
 MAX_CELL = 60
