@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from consumer.cloudtrail.decode import JsonDecoder
 from consumer.cloudtrail.record import json_to_avro
 from consumer.rules.detector import Detector
-from consumer.rules.esql import EsqlError, RowField, UnsupportedEsqlError
+from consumer.rules.esql import (
+    Call,
+    Compare,
+    Const,
+    EsqlError,
+    RowField,
+    UnsupportedEsqlError,
+    compile_query,
+)
 from consumer.rules.esql.aggregate import (
     AggregatingQuery,
     AggState,
@@ -181,6 +189,30 @@ def test_rows_carry_only_the_columns_stats_reads() -> None:
     assert query.fields_read == {"action", "user", "ok", "ip"}
     assert query.group_by == ("ip",)
     assert query.columns == ("c", "v", "ip")
+
+
+def test_mv_expand_gives_a_row_per_value_before_and_after_stats() -> None:
+    rows = table(
+        "FROM t | MV_EXPAND tags | STATS c = COUNT(*) BY tags, user | MV_EXPAND user "
+        "| SORT tags NULLS LAST, user NULLS LAST",
+        ROWS,
+    )
+    assert rows == [
+        {"c": 2, "tags": "a", "user": "alice"},
+        {"c": 1, "tags": "b", "user": "alice"},
+        {"c": 1, "tags": None, "user": "bob"},
+        {"c": 1, "tags": None, "user": None},
+    ]
+
+
+def test_a_stateless_rule_with_mv_expand_matches_when_any_row_passes() -> None:
+    query = compile_query('FROM t | MV_EXPAND tags | WHERE tags == "b"', FIELDS, metadata={})
+    assert query.matches(ROWS[0])
+    assert query.evaluate(ROWS[0]) is not None
+    assert not query.matches(ROWS[1])
+    assert isinstance(query.condition, Compare)
+    assert query.condition.left == Call("<computed>", (), 32), "the prefilter must not read tags"
+    assert query.condition.right == Const("b", 40)
 
 
 # --- partial states --------------------------------------------------------------------------

@@ -501,7 +501,7 @@ class AggregatingQuery:
     def __init__(  # noqa: PLR0917 - assembled once by compile_aggregating_query
         self,
         pre_stats: CompiledQuery,
-        frame: Callable[[Any], dict[str, Any] | None],
+        frames: Callable[[Any], list[Any]],
         from_row: bool,
         inputs: Mapping[str, tuple[str, str | None]],
         groups: Sequence[_Group],
@@ -523,7 +523,7 @@ class AggregatingQuery:
         self.column_types: tuple[tuple[str, str], ...] = tuple(post.columns)
         self.reads_now_before_stats = reads_now
         """Whether NOW() comes before STATS: then a row depends on the run time."""
-        self._frame = frame
+        self._frames = frames
         self._from_row = from_row
         self._inputs = [(name, key) for name, (key, _) in inputs.items()]
         self._groups = tuple(groups)
@@ -533,18 +533,16 @@ class AggregatingQuery:
         self._post = post
 
     def rows(self, record: CloudTrailRecord | None, now_ms: int | None = None) -> list[Row]:
-        """The pre-STATS commands for one event: no row, or the row of the columns STATS
-        reads. NOW() before STATS is `now_ms` when given, else the wall clock
-        (`reads_now_before_stats` tells whether it matters)."""
+        """The pre-STATS commands for one event: its rows (none, one, or several after
+        MV_EXPAND) of the columns STATS reads. NOW() before STATS is `now_ms` when given,
+        else the wall clock (`reads_now_before_stats` tells whether it matters)."""
         token = RUN_TIME.set(now_ms) if now_ms is not None else None
         try:
-            frame = self._frame(record)
+            frames = self._frames(record)
+            return [{name: frame[key] for name, key in self._inputs} for frame in frames]
         finally:
             if token is not None:
                 RUN_TIME.reset(token)
-        if frame is None:
-            return []
-        return [{name: frame[key] for name, key in self._inputs}]
 
     def group_keys(self, row: Row) -> list[GroupKey]:
         """The groups a row belongs to: one per combination of distinct BY values."""
@@ -710,7 +708,7 @@ def compile_aggregating_query(
     post = compile_table_stages(source, columns, after, fields)
     return AggregatingQuery(
         pre_stats=prepared.query,
-        frame=prepared.frame,
+        frames=prepared.frames,
         from_row=prepared.from_row,
         inputs=compiler.inputs,
         groups=groups,
