@@ -614,12 +614,10 @@ def _expanded(step: Callable[[Any], list[Any]], rows: Iterator[Any]) -> Iterator
 class TableStages:
     """Commands compiled over a table of given columns (the output of STATS)."""
 
-    keys: Mapping[str, str]
-    """Input column name -> its key in a frame."""
     columns: tuple[tuple[str, str], ...]
     """Output columns (name, ES|QL type)."""
     run: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
-    """Input frames (key -> engine value) -> output rows (name -> display value)."""
+    """Input rows -> output rows (column name -> engine value)."""
 
 
 def compile_table_stages(
@@ -638,12 +636,12 @@ def compile_table_stages(
         for name, entry in pipeline.scope.items()
     ]
 
-    def run(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        table = [_Frame.of(frame) for frame in frames]
-        table = _apply(stages, table)
-        return [{name: display(kind, frame[key]) for name, kind, key in output} for frame in table]
+    def run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        frames = (_Frame.of({keys[name]: value for name, value in row.items()}) for row in rows)
+        table = _apply(stages, frames)
+        return [{name: frame[key] for name, _kind, key in output} for frame in table]
 
-    return TableStages(keys, tuple((name, kind) for name, kind, _ in output), run)
+    return TableStages(tuple((name, kind) for name, kind, _ in output), run)
 
 
 def _conjunction(tests: list[Predicate]) -> Predicate:
