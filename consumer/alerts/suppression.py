@@ -169,8 +169,8 @@ class Suppressor:
     def for_rule(cls, rule: LoadedRule | RuleDefinition) -> Suppressor | None:
         """The rule's suppressor, or None when it has no alert_suppression."""
         definition = rule.definition.rule if isinstance(rule, LoadedRule) else rule
-        if definition.alert_suppression is None:
-            return None
+        if definition.alert_suppression is None or not definition.alert_suppression.group_by:
+            return None  # a threshold rule's suppression groups by its threshold fields
         interval_ms = round(definition.interval.total_seconds() * 1000)
         return cls(definition.rule_id, definition.alert_suppression, interval_ms)
 

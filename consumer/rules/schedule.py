@@ -242,11 +242,18 @@ class WindowedAggregation(Generic[S]):
                 if into is None:
                     into = merged[key] = self.query.new_state()
                 self.query.merge(into, state)
-        rows = self.query.finish(merged.items(), run_ms)
-        if len(rows) > self.schedule.max_signals:
-            self.truncated_rows += len(rows) - self.schedule.max_signals
-            rows = rows[: self.schedule.max_signals]
-        return RunRows(run_ms, rows, [row_key(self.query.group_by, row) for row in rows])
+        rows: list[Row] = []
+        keys: list[GroupKey] = []
+        for row in self.query.finish(merged.items(), run_ms):
+            key = row_key(self.query.group_by, row)
+            if key in keys:  # Kibana keeps one alert per id (uniqBy)
+                continue
+            if len(rows) == self.schedule.max_signals:
+                self.truncated_rows += 1
+                continue
+            rows.append(row)
+            keys.append(key)
+        return RunRows(run_ms, rows, keys)
 
     def due(self, watermark_ms: int) -> list[RunRows]:
         """Evaluate, in order, every run at or before the watermark not evaluated yet; runs
