@@ -20,11 +20,11 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from consumer.alerts.document import Alert, alert_for, encode_json, run_alert_for
 from consumer.alerts.suppression import Suppressor
@@ -122,6 +122,21 @@ class StatefulRules:
         for suppressor in self.suppressors.values():
             out += suppressor.flush() if watermark_ms is None else suppressor.due(watermark_ms)
         return out
+
+    def dump(self) -> dict[str, object]:
+        """Every rule's state as JSON, for a checkpoint."""
+        return {
+            "windows": {rule_id: windows.dump() for rule_id, (_, windows) in self.windows.items()},
+            "suppressors": {rule_id: suppressor.dump()
+                            for rule_id, suppressor in self.suppressors.items()},
+        }
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        """Restore a `dump` taken with the same rules."""
+        for rule_id, state in data["windows"].items():
+            self.windows[rule_id][1].load(state)
+        for rule_id, state in data["suppressors"].items():
+            self.suppressors[rule_id].load(state)
 
     @property
     def late_events(self) -> int:
