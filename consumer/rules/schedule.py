@@ -313,11 +313,14 @@ class WindowedAggregation(Generic[S]):
         """Put back one group's buckets from `dump_group`, replacing what it had."""
         for bucket in self._buckets.values():
             bucket.pop(key, None)
+        self._put_group(key, data)
+        self._buckets = {end: bucket for end, bucket in self._buckets.items() if bucket}
+
+    def _put_group(self, key: GroupKey, data: object) -> None:
         if not isinstance(data, dict):
             raise ValueError(f"a group's state is a JSON object, got {data!r}")
         for end, state in data.items():
             self._buckets.setdefault(int(end), {})[key] = self.query.load(state)
-        self._buckets = {end: bucket for end, bucket in self._buckets.items() if bucket}
 
     def dump_progress(self) -> dict[str, int | None]:
         """What is not per group: how far the runs got, and the counters."""
@@ -352,4 +355,4 @@ class WindowedAggregation(Generic[S]):
         self._changed = set()
         self.load_progress(data.get("progress"))
         for key, group in data.get("groups") or []:
-            self.load_group(_key_from_json(key), group)
+            self._put_group(_key_from_json(key), group)
