@@ -194,12 +194,12 @@ class _Sum(_Aggregator):
     fraction, so the sum is the correctly rounded one whatever the order of addition."""
 
     def __init__(self, kind: str) -> None:
-        self.type = "double" if kind == "double" else "long"
+        self.type = kind if kind in ("double", "null") else "long"
 
     def add(self, state: Any, value: Any) -> Any:
         if value is None:
             return state
-        total = (Fraction(0) if self.type == "double" else 0) if state is None else state
+        total = (Fraction(0) if self.type != "long" else 0) if state is None else state
         for item in _each(value):
             total += Fraction(item) if self.type == "double" else item
         return total
@@ -331,7 +331,7 @@ AGGREGATE_FUNCTIONS = frozenset(
 _KNOWN_UNSUPPORTED = frozenset(
     {"MEDIAN_ABSOLUTE_DEVIATION", "STD_DEV", "WEIGHTED_AVG", "SAMPLE", "ST_CENTROID_AGG"}
     | {"ST_EXTENT_AGG", "RATE", "FIRST", "LAST", "FIRST_OVER_TIME", "LAST_OVER_TIME"}
-    | {"ABSENT", "PRESENT", "CATEGORIZE", "BUCKET", "AVG_OVER_TIME", "VARIANCE"}
+    | {"ABSENT", "PRESENT", "CATEGORIZE", "BUCKET", "AVG_OVER_TIME", "VARIANCE", "STD_VAR"}
 )
 
 
@@ -403,9 +403,14 @@ class _StatsCompiler:
         self.inputs: dict[str, tuple[str, str | None]] = {}
         """Pre-STATS columns STATS reads: name -> (frame key, source field)."""
         self.row_compiler = ExprCompiler(source, self.row_column)
-        self.calls: list[_Input] = []
+        self.aliases: dict[str, Column] = {}
+        """BY columns by name, once the BY clause is compiled: inside an aggregate function
+        (and its filter) a BY name is that row's value of the BY expression."""
 
     def row_column(self, node: FieldRef) -> Column:
+        alias = self.aliases.get(node.name)
+        if alias is not None:
+            return alias
         entry = self.scope.get(node.name)
         if entry is None:
             raise self.source.error(f"unknown column '{node.name}'", node.pos)
@@ -677,19 +682,22 @@ def compile_aggregating_query(
     compiler = _StatsCompiler(source, prepared.scope)
     groups: list[_Group] = []
     origins: dict[str, int] = {}
-    for name, expr, _pos in stats.groups:
+    last = {name: index for index, (name, _, _) in enumerate(stats.groups)}
+    for index, (name, expr, pos) in enumerate(stats.groups):
+        if any(isinstance(node, Call) and node.name in AGGREGATE_FUNCTIONS for node in _walk(expr)):
+            raise source.error("an aggregate function cannot be a BY group", pos)
+        if last[name] != index:  # shadowed by a later BY column of the same name
+            continue
         kind, fetch = compiler.row_compiler.value(expr)
+        if kind in ("date_period", "time_duration"):
+            raise source.error(f"cannot group by a {kind}", pos)
         entry = prepared.scope.get(expr.name) if isinstance(expr, FieldRef) else None
         same_as = origins.get(entry.origin) if entry is not None else None
         if entry is not None and same_as is None:
             origins[entry.origin] = len(groups)
         groups.append(_Group(name, kind, fetch, same_as))
-    for group, (_, expr, pos) in zip(groups, stats.groups, strict=True):
-        if any(isinstance(node, Call) and node.name in AGGREGATE_FUNCTIONS for node in _walk(expr)):
-            raise source.error("an aggregate function cannot be a BY group", pos)
-        if group.type in ("date_period", "time_duration"):
-            raise source.error(f"cannot group by a {group.type}", pos)
     group_types = {group.name: group.type for group in groups}
+    compiler.aliases = {group.name: Column(group.type, group.fetch) for group in groups}
     calls: list[_Input] = []
     outputs: dict[str, tuple[str, ValueFn]] = {}
     for aggregate in stats.aggregates:
@@ -736,7 +744,9 @@ def _output(
         return FieldRef(name, node.pos)
 
     lifted = _replace(aggregate.expr, lift)
-    if not hidden:
+    if not hidden and not any(
+        isinstance(node, FieldRef) and node.name in group_types for node in _walk(lifted)
+    ):
         raise source.error(
             f"'{aggregate.name}' must be an aggregate function or use one", aggregate.pos
         )
