@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from consumer.alerts.document import Alert, alert_for
+from consumer.alerts.stateful_rules import StatefulRules
 from consumer.cloudtrail.decode import JsonDecoder
 from consumer.cloudtrail.record import json_to_avro
-from consumer.offline.scan import StatefulRules
 from consumer.rules.detector import Detector
 from consumer.rules.loader import LoadedRule, load_rules
 from tests.support.events import ACCOUNTS, create_access_key, event
