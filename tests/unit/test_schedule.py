@@ -14,7 +14,7 @@ import pytest
 from consumer.cloudtrail.normalize import INGESTED_MS
 from consumer.cloudtrail.record import json_to_avro
 from consumer.rules.esql.aggregate import compile_aggregating_query
-from consumer.rules.loader import parse_rule
+from consumer.rules.loader import RuleLoadError, parse_rule
 from consumer.rules.schedule import (
     GroupKey,
     Row,
@@ -421,3 +421,9 @@ def test_rows_of_one_run_that_stand_for_the_same_group_give_one_alert() -> None:
 
     assert table(agg.due(T)) == [(0, [{"user": "alice", "n": 1}])]
     assert agg.truncated_rows == 0
+
+
+def test_a_timestamp_override_naming_no_field_of_the_events_is_a_load_error() -> None:
+    with pytest.raises(RuleLoadError, match=r"rule\.timestamp_override: event\.ingestd"):
+        parse_rule(RULE.replace('severity = "low"', 'severity = "low"\n'
+                                'timestamp_override = "event.ingestd"'), "test")
