@@ -2,7 +2,16 @@
 
 For back-testing a rule on an incident's logs, or checking a rule change before it ships. Alerts
 are the same documents the service produces (JSON Lines); unlike the stream there is no
-max_signals throttling, since a file scan has no schedule to spread alerts over.
+max_signals throttling of row-at-a-time rules, since a file scan has no schedule to spread
+alerts over.
+
+Aggregating rules (STATS) run over Elastic's schedule in event time (`consumer.rules.schedule`)
+and suppressed rules through `consumer.alerts.suppression`, by the same `StatefulRules` the
+stream's stateful stage can run, with the watermark at the end of the input: every run that
+reads any event is evaluated and every suppression window closes (or, with `watermark_ms`, only
+what a stream whose watermark stands there would have emitted). So a scan of the events a stream
+read is the oracle for the stream's alerts: compare the last document per `kibana.alert.uuid`,
+since the stream may send a suppressed alert's first document before its final count.
 """
 
 from __future__ import annotations
@@ -17,7 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from consumer.alerts.document import alert_for, encode_json
+from consumer.alerts.document import Alert, alert_for, encode_json
+from consumer.alerts.stateful_rules import StatefulRules
 from consumer.cloudtrail.decode import JsonDecoder
 from consumer.cloudtrail.files import FileRecord, expand, read_records
 from consumer.cloudtrail.record import NotCloudTrailError, json_to_avro
@@ -39,11 +49,20 @@ class ScanCounts:
     bytes: int = 0
     rules: int = 0
     seconds: float = 0.0
+    late_events: int = 0
+    """Rows of aggregating rules that only already-evaluated runs read (see schedule.py)."""
+    suppressed: int = 0
+    """Alerts absorbed into a suppressed alert's count."""
 
     def summary(self) -> str:
-        return summary(files=self.files, total_bytes=self.bytes, records=self.records,
+        text = summary(files=self.files, total_bytes=self.bytes, records=self.records,
                        alerts=self.alerts, rules=self.rules, skipped=self.rejected + self.skipped,
                        seconds=self.seconds)
+        if self.suppressed:
+            text += f"; {self.suppressed:,} alerts suppressed into others' counts"
+        if self.late_events:
+            text += f"; {self.late_events:,} late events not counted"
+        return text
 
 
 def _size(path: Path) -> int:
@@ -63,6 +82,7 @@ def scan(
     table: bool = False,
     exceptions: ExceptionSet = NO_EXCEPTIONS,
     on_verdict: Callable[[FileRecord, Verdict], None] | None = None,
+    watermark_ms: int | None = None,
 ) -> ScanCounts:
     """Write one alert per match, as a JSON line or a table row; report unreadable records on
     stderr. With `progress` (a terminal), draw a progress bar there.
@@ -70,6 +90,8 @@ def scan(
     Records are judged by the service's own `Detector`, so a rule that fails is reported and
     the scan goes on, as the stream dead-letters that message and goes on. `on_verdict` sees
     every decoded record's verdict, exceptions included (`exceptions test` explains them).
+    Aggregating and suppressed rules' alerts follow at the end (see the module docstring);
+    `watermark_ms` stops them where a stream's watermark would stand.
     """
     started = time.monotonic()
     detector = Detector(JsonDecoder(), rules, use_prefilter=False, exceptions=exceptions)
@@ -79,6 +101,17 @@ def scan(
     counts.files, counts.bytes = len(files), sum(sizes)
     bar = ProgressBar(progress, counts.bytes) if progress is not None else None
     rows = AlertTable(output) if table else None
+    stateful = StatefulRules(detector.rules + detector.aggregating)
+
+    def write(alert: Alert) -> None:
+        if rows is not None:
+            if bar is not None:
+                bar.clear()
+            rows.write(alert.document)
+        else:
+            output.write(encode_json(alert).decode() + "\n")
+        counts.alerts += 1
+
     done_bytes = 0
     for path, size in zip(files, sizes, strict=True):
         skipped: Counter[str] = Counter()
@@ -116,13 +149,11 @@ def scan(
                     rule, record, detected_at=datetime.now(UTC),
                     original=original if include_event_original else None,
                 )
-                if rows is not None:
-                    if bar is not None:
-                        bar.clear()
-                    rows.write(alert.document)
-                else:
-                    output.write(encode_json(alert).decode() + "\n")
-                counts.alerts += 1
+                passed = stateful.match(rule, record, alert)
+                if passed is not None:
+                    write(passed)
+            for rule, rule_rows in verdict.rows:
+                stateful.count(rule, record, rule_rows)
         done_bytes += size
         if skipped:
             counts.skipped += skipped.total()
@@ -130,6 +161,9 @@ def scan(
             if bar is not None:
                 bar.clear()
             print(f"skipped {path}: no CloudTrail in {reasons}", file=sys.stderr)
+    for alert in stateful.advance(watermark_ms, datetime.now(UTC)):
+        write(alert)
+    counts.late_events, counts.suppressed = stateful.late_events, stateful.suppressed
     if bar is not None:
         bar.update(done_bytes, counts.records, counts.alerts, force=True)
         bar.clear()
