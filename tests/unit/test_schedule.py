@@ -135,7 +135,9 @@ def test_the_schedule_of_a_rule_file_defaults_to_elastics_5m_every_6m_by_timesta
     )
 
     assert Schedule.for_rule(rule.definition.rule) == Schedule(5 * MINUTE, 6 * MINUTE)
-    assert Schedule.for_rule(tuned.definition.rule) == Schedule(60 * MINUTE, 61 * MINUTE, "event.ingested", 7)
+    assert Schedule.for_rule(tuned.definition.rule) == Schedule(
+        60 * MINUTE, 61 * MINUTE, "event.ingested", 7
+    )
 
 
 def test_event_time_reads_the_override_and_falls_back_to_the_timestamp() -> None:
