@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,8 +34,13 @@ from consumer.rules.loader import LoadedRule
 from consumer.rules.schedule import Schedule, WindowedAggregation
 from scripts.elasticsearch_local import LocalElasticsearch
 from scripts.server_local import http_json
-from tests.support.aggregating_events import EventSequence, sequences
-from tests.unit.test_aggregating_rules import load, normalized_rows
+from tests.support.aggregating_events import (
+    EventSequence,
+    aggregation_of,
+    load,
+    normalized_rows,
+    sequences,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -68,21 +71,15 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(run_dir: Path) -> Iterator[Cluster]:
+def esql(request: pytest.FixtureRequest) -> Cluster:
+    """The cluster of ELASTICSEARCH_ESQL_URL, else the session's local Elasticsearch; a skip
+    naming the reason when it cannot run ES|QL."""
     external = os.environ.get("ELASTICSEARCH_ESQL_URL")
     if external:
-        yield Cluster(external.rstrip("/"))
-        return
-    server = LocalElasticsearch(run_dir / "elasticsearch-esql")
-    try:
-        server.start()
-        yield Cluster(server.url)
-    finally:
-        server.close()
-
-
-@pytest.fixture(scope="module")
-def esql(cluster: Cluster) -> Cluster:
+        cluster = Cluster(external.rstrip("/"))
+    else:
+        server: LocalElasticsearch = request.getfixturevalue("elasticsearch")
+        cluster = Cluster(server.url)
     missing = cluster.esql_missing()
     if missing is not None:
         pytest.skip(missing)
@@ -127,7 +124,8 @@ def index_sequence(cluster: Cluster, sequence: EventSequence) -> str:
     status, answer = http_json("POST", f"{cluster.url}/_bulk?refresh=true",
                                ("\n".join(lines) + "\n").encode(),
                                content_type="application/x-ndjson", timeout=120)
-    assert status == 200 and answer["errors"] is False, json.dumps(answer)[:2000]
+    assert status == 200, answer
+    assert answer["errors"] is False, json.dumps(answer)[:2000]
     return index
 
 
@@ -162,14 +160,14 @@ def our_runs(rule: LoadedRule, sequence: EventSequence) -> tuple[list[int], dict
         dict[str, object]]]]:
     """Every run that reads an event of the sequence, and our rows of each."""
     schedule = Schedule.for_rule(rule)
-    aggregation = WindowedAggregation(rule.query, schedule)  # type: ignore[arg-type]
+    aggregation = WindowedAggregation(aggregation_of(rule), schedule)
     runs: set[int] = set()
     for event in sequence.events:
         record = json_to_avro(event)
         moment = schedule.event_time(record)
         assert moment is not None
         runs.update(schedule.runs_covering(moment))
-        for row in rule.query.rows(record):  # type: ignore[attr-defined]
+        for row in aggregation_of(rule).rows(record):
             aggregation.add(moment, row)
     return sorted(runs), {run.run_ms: run.rows for run in aggregation.flush()}
 
@@ -185,7 +183,7 @@ def test_every_run_gives_the_rows_elasticsearch_gives(esql: Cluster,
         columns, theirs = elasticsearch_rows(esql, rule, run_ms)
         mine = ours.get(run_ms, [])
         if theirs:
-            assert columns == list(rule.query.columns), f"run {run_ms}"  # type: ignore[attr-defined]
+            assert columns == list(aggregation_of(rule).columns), f"run {run_ms}"
         assert normalized_rows(mine) == normalized_rows(theirs), f"run {run_ms}"
         compared += bool(theirs)
     assert compared == len({row.run_ms for row in sequence.rows})

@@ -18,10 +18,18 @@ The expected values are worked out by hand from the rule's query, not computed.
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
+from consumer.rules.esql.aggregate import AggregatingQuery
+
+from consumer.rules.loader import BUILTIN_PREFIX, LoadedRule, load_rule_set, parse_rule
+from tests.conftest import shared_path
 
 ACCOUNT_A = "111122223333"
 ACCOUNT_B = "444455556666"
@@ -574,3 +582,41 @@ def sequences() -> list[EventSequence]:
     """Every sequence, the companion first."""
     return [companion(), self_created(), lambda_invocations(), bedrock_probing(),
             discovery_bursts(), quota_requests()]
+
+
+# --- loading the rules and comparing rows --------------------------------------------------------
+
+
+def load(rule: str) -> LoadedRule:
+    """The sequence's rule, compiled: a built-in by its source name, else Elastic's file from
+    ../shared (a clean skip without it). A rule the engine skips fails the test with why."""
+    if rule.startswith(BUILTIN_PREFIX):
+        entry = next(entry for entry in load_rule_set().entries if entry.source == rule)
+    else:
+        path = shared_path("elastic-rules", "aws", rule)
+        entry = parse_rule(path.read_text(encoding="utf-8"), str(path))
+    if not isinstance(entry, LoadedRule):
+        pytest.fail(f"{rule} is skipped: {entry.reason}")
+    return entry
+
+
+def aggregation_of(rule: LoadedRule) -> AggregatingQuery:
+    """The rule's STATS query (a failure when the rule does not aggregate)."""
+    if rule.aggregation is None:
+        pytest.fail(f"{rule.source} does not aggregate")
+    return rule.aggregation
+
+
+def _sorted_values(value: object) -> object:
+    if isinstance(value, list):
+        return sorted(value, key=lambda item: json.dumps(item, sort_keys=True))
+    return value
+
+
+def normalized_rows(rows: Iterable[Mapping[str, object]]) -> list[str]:
+    """Rows as comparable text: multi-values sorted (VALUES() promises no order), rows in a
+    fixed order (STATS promises none either)."""
+    return sorted(
+        json.dumps({name: _sorted_values(value) for name, value in row.items()}, sort_keys=True)
+        for row in rows
+    )
