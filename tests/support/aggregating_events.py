@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from consumer.rules.esql.aggregate import AggregatingQuery
+from mmdb_writer import MmdbU32, MMDBWriter
+from netaddr import IPSet
 
+from consumer.cloudtrail.normalize import configure_enrichment
+from consumer.rules.esql.aggregate import AggregatingQuery
 from consumer.rules.loader import BUILTIN_PREFIX, LoadedRule, load_rule_set, parse_rule
 from tests.conftest import shared_path
 
@@ -51,6 +56,7 @@ LAMBDA = "impact_lambda_high_frequency_invocation.toml"
 BEDROCK = "exfiltration_bedrock_high_frequency_inference_api_probing.toml"
 DISCOVERY = "discovery_multiple_discovery_api_calls_via_cli.toml"
 QUOTAS = "discovery_servicequotas_multi_region_service_quota_requests.toml"
+SESSION_TOKEN = "initial_access_iam_session_token_used_from_multiple_addresses.toml"
 
 
 def at(seconds: float) -> str:
@@ -177,6 +183,8 @@ class EventSequence:
     alerts too)."""
     late: frozenset[str] = frozenset()
     """eventIDs that arrive after an event of their partition more than one interval later."""
+    geoip: bool = False
+    """Whether the rows need the GeoIP databases of `geoip_databases` (see `geoip`)."""
 
     def partitions(self) -> list[int]:
         """The input partition of each event when the input is keyed by account."""
@@ -578,10 +586,121 @@ def quota_requests() -> EventSequence:
     )
 
 
+# --- A session token used from two networks, cities and agents within 30 minutes -------------
+
+HOME_IP, HOME_CITY, HOME_ORG = "198.51.100.7", "Seattle", "EXAMPLE-TRANSIT"
+AWAY_CITY, AWAY_ORG = "Lagos", "EXAMPLE-HOSTING"
+"""What the GeoIP databases of `geoip_databases` say of 198.51.100.0/24 and of ATTACKER_IP's
+203.0.113.0/24."""
+
+
+def geoip_databases(directory: Path) -> tuple[Path, Path]:
+    """A City and an ASN database in MaxMind's format for the two networks the sequences use."""
+    city, asn = directory / "city.mmdb", directory / "asn.mmdb"
+    places = [("198.51.100.0/24", HOME_CITY, "US", 64500, HOME_ORG),
+              ("203.0.113.0/24", AWAY_CITY, "NG", 64501, AWAY_ORG)]
+    city_writer = MMDBWriter(ip_version=6, database_type="GeoLite2-City", ipv4_compatible=True)
+    asn_writer = MMDBWriter(ip_version=6, database_type="GeoLite2-ASN", ipv4_compatible=True)
+    for network, name, country, number, organization in places:
+        city_writer.insert_network(IPSet([network]), {
+            "city": {"names": {"en": name}}, "country": {"iso_code": country}})
+        asn_writer.insert_network(IPSet([network]), {
+            "autonomous_system_number": MmdbU32(number),
+            "autonomous_system_organization": organization})
+    city_writer.to_db_file(str(city))
+    asn_writer.to_db_file(str(asn))
+    return city, asn
+
+
+@contextmanager
+def geoip(directory: Path) -> Iterator[None]:
+    """Normalize with `geoip_databases` configured, as a deployment with GeoIP would."""
+    city, asn = geoip_databases(directory)
+    configure_enrichment(city_database=city, asn_database=asn)
+    try:
+        yield
+    finally:
+        configure_enrichment()
+
+
+def session_token_addresses() -> EventSequence:
+    """Runs every 15 minutes over the last 32; buckets of 30 minutes by access key; needs GeoIP.
+
+    traveler's session token (ASIA..., an IAM user's GetSessionToken credentials) is used at
+    10:01 from home (sts, aws-cli), at 10:10 twice in the same second from abroad (s3, another
+    agent) and at 10:15:00, run 10:15's own time, from home (ec2): two addresses, networks,
+    cities and agents, three services: "high". Runs 10:15 and 10:30 each see all four (no
+    suppression: two alerts); run 10:45 sees only the 10:15 call.
+    homebody does the same at 10:02 and 10:11, but CloudTrail writes sessionCredentialFromConsole
+    only when it is true, and the rule's `not session_credential_from_console == "true"` is null
+    (not true) for a missing field: ES|QL's WHERE drops those rows, so homebody never alerts.
+    traveler's calls say "false" explicitly, which CloudTrail itself never writes.
+    """
+    traveler = iam_user("traveler", ACCOUNT_A, "ASIATRAVELERSESSION1")
+    homebody = iam_user("homebody", ACCOUNT_A, "ASIAHOMEBODYSESSION1")
+    marked = {"sessionCredentialFromConsole": "false"}
+
+    def uses(who: dict[str, Any], extra: dict[str, Any] | None, offset: float
+             ) -> list[dict[str, Any]]:
+        return [
+            call("GetCallerIdentity", seconds=60 + offset, identity=who,
+                 source="sts.amazonaws.com", extra=extra),
+            call("ListBuckets", seconds=600 + offset, identity=who, source="s3.amazonaws.com",
+                 ip=ATTACKER_IP, agent=ATTACKER_AGENT, extra=extra),
+            call("ListBuckets", seconds=600 + offset, identity=who, source="s3.amazonaws.com",
+                 ip=ATTACKER_IP, agent=ATTACKER_AGENT,
+                 extra={**(extra or {}), "sharedEventID": "again"}),
+        ]
+
+    events = [*uses(traveler, marked, 0), *uses(homebody, None, 60)]
+    events.append(call("DescribeInstances", seconds=900, identity=traveler,
+                       source="ec2.amazonaws.com", extra=marked))
+    away = f"{ATTACKER_IP}"
+
+    def row(run: float) -> ExpectedRow:
+        return ExpectedRow(run, {
+            "Esql.time_window_date_trunc": iso_ms(0),
+            "Esql.activity_type": "multiple_ip_network_city_user_agent",
+            "Esql.activity_fidelity_score": "high",
+            "Esql.event_count": 4,
+            "Esql.timestamp_first_seen": iso_ms(60),
+            "Esql.timestamp_last_seen": iso_ms(900),
+            "Esql.aws_cloudtrail_user_identity_arn_values": arn("traveler"),
+            "Esql.aws_cloudtrail_user_identity_access_key_id_values": traveler["accessKeyId"],
+            "Esql.event_provider_count_distinct": 3,
+            "Esql.event_action_values": ["DescribeInstances", "GetCallerIdentity", "ListBuckets"],
+            "Esql.event_provider_values": ["ec2.amazonaws.com", "s3.amazonaws.com",
+                                           "sts.amazonaws.com"],
+            "Esql.source_ip_values": [HOME_IP, away],
+            "Esql.user_agent_original_values": [CLI, ATTACKER_AGENT],
+            "Esql.source_ip_user_agent_pair_values": [f"{HOME_IP} - {CLI}",
+                                                      f"{away} - {ATTACKER_AGENT}"],
+            "Esql.source_geo_city_name_values": [HOME_CITY, AWAY_CITY],
+            "Esql.source_ip_city_pair_values": [f"{HOME_IP} - {HOME_CITY}",
+                                                f"{away} - {AWAY_CITY}"],
+            "Esql.source_network_org_name_values": [HOME_ORG, AWAY_ORG],
+            "Esql.source_ip_network_pair_values": [f"{HOME_IP}-{HOME_ORG}", f"{away}-{AWAY_ORG}"],
+            "Esql.source_ip_count_distinct": 2,
+            "Esql.user_agent_original_count_distinct": 2,
+            "Esql.source_geo_city_name_count_distinct": 2,
+            "Esql.source_network_org_name_count_distinct": 2,
+            "Esql.data_stream_namespace_values": "default",
+        })
+
+    return EventSequence(
+        name="session_token_used_from_two_networks_cities_and_agents",
+        rule=SESSION_TOKEN,
+        events=events,
+        rows=[row(900), row(1800)],
+        alerts=[0, 1],
+        geoip=True,
+    )
+
+
 def sequences() -> list[EventSequence]:
     """Every sequence, the companion first."""
     return [companion(), self_created(), lambda_invocations(), bedrock_probing(),
-            discovery_bursts(), quota_requests()]
+            discovery_bursts(), quota_requests(), session_token_addresses()]
 
 
 # --- loading the rules and comparing rows --------------------------------------------------------

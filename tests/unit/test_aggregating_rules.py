@@ -9,7 +9,9 @@ self-created keys, looking back 35 minutes, cannot see a use 36 to 60 minutes af
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,7 @@ from tests.support.aggregating_events import (
     ExpectedRow,
     aggregation_of,
     companion,
+    geoip,
     load,
     normalized_rows,
     sequences,
@@ -82,6 +85,18 @@ def checked_columns(runs: list[RunRows], sequence: EventSequence) -> dict[int, l
         )
         for run in runs
     }
+
+
+@pytest.fixture(autouse=True)
+def enrichment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """The GeoIP databases, for a sequence that needs them."""
+    callspec = getattr(request.node, "callspec", None)
+    sequence = callspec.params.get("sequence") if callspec is not None else None
+    if isinstance(sequence, EventSequence) and sequence.geoip:
+        with geoip(tmp_path):
+            yield
+    else:
+        yield
 
 
 @pytest.mark.parametrize("sequence", SEQUENCES, ids=[sequence.name for sequence in SEQUENCES])
