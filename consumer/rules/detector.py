@@ -72,7 +72,7 @@ class Detector:
         self.reads_headers = decoder.text_format
         """Whether a message's content headers count: JSON input only, Avro goes by its bytes,
         so an Avro topic's batches need no look at their headers at all."""
-        self.rules = tuple(rule for rule in rules if rule.enabled)
+        self.rules = tuple(rule for rule in rules if rule.enabled and rule.aggregation is None)
         self.exceptions = exceptions
         """Replaced whole between batches when the exception files change; exceptions only
         remove matches, so the prefilter stays sound whatever they say."""
