@@ -85,7 +85,8 @@ def _ceil(value: int, step: int) -> int:
     return -(-value // step) * step
 
 
-def _millis(value: object) -> int | None:
+def millis(value: object) -> int | None:
+    """An ISO-8601 time as epoch milliseconds; None for anything else."""
     moment = parse_iso_utc(value)
     return None if moment is None else int(moment.timestamp() * 1000)
 
@@ -122,10 +123,10 @@ class Schedule:
 
     def event_time(self, record: CloudTrailRecord) -> int | None:
         """The record's time as the rule's range filter reads it (None when it has none)."""
-        primary = _millis(ECS_FIELDS[self.timestamp_field].extract(record))
+        primary = millis(ECS_FIELDS[self.timestamp_field].extract(record))
         if primary is not None or self.timestamp_field == "@timestamp":
             return primary
-        return _millis(ECS_FIELDS["@timestamp"].extract(record))
+        return millis(ECS_FIELDS["@timestamp"].extract(record))
 
     def run_at_or_after(self, ts_ms: int) -> int:
         """The first run whose end is at or after `ts_ms`: the run a stateless rule alerts in."""
