@@ -8,14 +8,20 @@ self-created keys, looking back 35 minutes, cannot see a use 36 to 60 minutes af
 
 from __future__ import annotations
 
+import io
+import json
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from consumer.alerts.suppression import field_value
 from consumer.cloudtrail.record import json_to_avro
+from consumer.offline.scan import ScanCounts, scan
 from consumer.rules.loader import LoadedRule
 from consumer.rules.schedule import RunRows, Schedule, WindowedAggregation
 from tests.support.aggregating_events import (
@@ -29,6 +35,7 @@ from tests.support.aggregating_events import (
     aggregation_of,
     companion,
     geoip,
+    iso_ms,
     load,
     normalized_rows,
     sequences,
@@ -190,3 +197,55 @@ def test_companion_late_use_needs_the_allowed_lateness_to_be_seen() -> None:
     runs, _ = evaluate(rule, sequence.events, lateness_ms=0)
     assert by_run(runs) == expected_by_run([row for row in sequence.rows if row.columns[
         "Esql_priv.aws_cloudtrail_new_access_key_id"] != NEW_KEY_2])
+
+
+def scan_alerts(tmp_path: Path, rule: LoadedRule, events: list[dict[str, object]]
+                ) -> tuple[list[dict[str, Any]], ScanCounts]:
+    """The alerts `scan` writes for the events (the rule switched on), as the last document
+    per alert id: a suppressed alert is written first, then again with its final count."""
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(event) + "\n" for event in events))
+    output = io.StringIO()
+    counts = scan([path], [replace(rule, enabled=True)], output, progress=None)
+    last: dict[str, dict[str, Any]] = {}
+    for line in output.getvalue().splitlines():
+        document = json.loads(line)
+        last[document["kibana"]["alert"]["uuid"]] = document
+    return list(last.values()), counts
+
+
+def _terms(rule: LoadedRule, columns: dict[str, object]) -> tuple[object, ...]:
+    suppression = rule.definition.rule.alert_suppression
+    assert suppression is not None
+    return tuple(json.dumps(_sorted(columns.get(name))) for name in suppression.group_by)
+
+
+def _sorted(value: object) -> object:
+    return sorted(value, key=json.dumps) if isinstance(value, list) else value
+
+
+@pytest.mark.parametrize("sequence", SEQUENCES, ids=[sequence.name for sequence in SEQUENCES])
+def test_scan_writes_the_alerts_suppression_leaves(tmp_path: Path,
+                                                   sequence: EventSequence) -> None:
+    """One alert per row that suppression lets out, carrying the row's columns, the run it
+    came from and, for a suppressed rule, how many later rows of its group it absorbed."""
+    rule = load(sequence.rule)
+    alerts, counts = scan_alerts(tmp_path, rule, sequence.events)
+    suppression = rule.definition.rule.alert_suppression
+    expected = []
+    for index in sequence.alerts:
+        row = sequence.rows[index]
+        absorbed = 0 if suppression is None else sum(
+            _terms(rule, other.columns) == _terms(rule, row.columns)
+            for position, other in enumerate(sequence.rows) if position not in sequence.alerts)
+        expected.append((iso_ms(row.run_seconds), absorbed, normalized_rows([
+            {name: value for name, value in row.columns.items() if value is not None}])))
+    found = []
+    for alert in alerts:
+        count = field_value(alert, "kibana.alert.suppression.docs_count")
+        columns = {name: field_value(alert, name) for name in aggregation_of(rule).columns}
+        found.append((alert["detector"]["run"]["end"], count or 0, normalized_rows([
+            {name: value for name, value in columns.items() if value is not None}])))
+    assert sorted(found) == sorted(expected)
+    assert counts.late_events == 0
+    assert counts.suppressed == sum(absorbed for _, absorbed, _ in expected)
