@@ -50,7 +50,7 @@ CLI = "aws-cli/2.15.0 Python/3.11.6 Linux/6.1 exe/x86_64.amzn.2023"
 BOTO = "Boto3/1.34.0 md/Botocore#1.34.0 ua/2.0 os/linux#6.1 md/arch#x86_64 lang/python#3.11.6"
 CONSOLE = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
 
-COMPANION = "builtin:aws_iam_access_key_created_for_another_user_then_used.toml"
+COMPANION = "builtin:aws_iam_user_created_access_keys_for_another_user_then_used.toml"
 SELF_CREATED = "persistence_iam_user_self_created_access_key_subsequently_used.toml"
 LAMBDA = "impact_lambda_high_frequency_invocation.toml"
 BEDROCK = "exfiltration_bedrock_high_frequency_inference_api_probing.toml"
