@@ -13,7 +13,7 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +22,24 @@ import pytest
 from consumer.alerts.suppression import field_value
 from consumer.cloudtrail.record import json_to_avro
 from consumer.offline.scan import ScanCounts, scan
-from consumer.rules.loader import LoadedRule
+from consumer.rules.loader import LoadedRule, load_rules
 from consumer.rules.schedule import RunRows, Schedule, WindowedAggregation
 from tests.support.aggregating_events import (
     ACCOUNT_A,
     COMPANION,
+    MALLORY_KEY,
     NEW_KEY_1,
     NEW_KEY_2,
     SELF_CREATED,
+    T0,
     EventSequence,
     ExpectedRow,
     aggregation_of,
+    call,
     companion,
+    create_access_key,
     geoip,
+    iam_user,
     iso_ms,
     load,
     normalized_rows,
@@ -43,6 +48,7 @@ from tests.support.aggregating_events import (
 
 SEQUENCES = sequences()
 COMPANION_ID = "5b0f0c87-35b5-4c1e-9a55-6f0e3a7a8d21"
+SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
 HOUR_MS = 3_600_000
 
 
@@ -249,3 +255,45 @@ def test_scan_writes_the_alerts_suppression_leaves(tmp_path: Path,
     assert sorted(found) == sorted(expected)
     assert counts.late_events == 0
     assert counts.suppressed == sum(absorbed for _, absorbed, _ in expected)
+
+
+def test_companion_is_off_by_default_so_the_default_rules_alert_only_on_the_creations(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(event) + "\n" for event in companion().events))
+    output = io.StringIO()
+    scan([path], load_rules(), output, progress=None)
+    alerts = [json.loads(line) for line in output.getvalue().splitlines()]
+    assert sorted(alert["user"]["target"]["name"] for alert in alerts) == [
+        "bob", "carol", "dave", "erin"]
+    assert {alert["kibana"]["alert"]["rule"]["rule_id"] for alert in alerts} == {SEED_ID}
+
+
+@pytest.mark.parametrize("case", range(24))
+def test_companion_alerts_once_for_any_use_up_to_an_hour_after_creation_and_never_later(
+    tmp_path: Path, case: int,
+) -> None:
+    """A creation anywhere in a day (any second, so anywhere relative to the schedule) and a
+    use 0 to 3600 s later gives exactly one alert, whose run reads both; 3601 s or more, none."""
+    chance = random.Random(case)
+    created = chance.randrange(86_400)
+    gap = chance.choice([0, 1, 3600, 3601, 7200]) if case < 10 else chance.randrange(7200)
+    mallory = iam_user("mallory", ACCOUNT_A, MALLORY_KEY)
+    events = [
+        create_access_key(seconds=created, caller=mallory, target="bob", new_key=NEW_KEY_1),
+        call("GetCallerIdentity", seconds=created + gap,
+             identity=iam_user("bob", ACCOUNT_A, NEW_KEY_1), source="sts.amazonaws.com"),
+    ]
+    alerts, _ = scan_alerts(tmp_path, load(COMPANION), events)
+    if gap > 3600:
+        assert alerts == []
+        return
+    assert len(alerts) == 1
+    (alert,) = alerts
+    assert alert["Esql_priv"]["aws_cloudtrail_new_access_key_id"] == NEW_KEY_1
+    assert alert["Esql"]["timestamp_creation_min"] == iso_ms(created)
+    assert alert["Esql"]["timestamp_use_min"] == iso_ms(created + gap)
+    run_end = datetime.fromisoformat(alert["detector"]["run"]["end"])
+    use = T0 + timedelta(seconds=created + gap)
+    assert use <= run_end < use + timedelta(minutes=5), "the first run that reads the use"
