@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from consumer.cloudtrail.normalize import INGESTED_MS
-from consumer.rules.loader import parse_rule
+from consumer.cloudtrail.record import json_to_avro
+from consumer.rules.esql.aggregate import compile_aggregating_query
+from consumer.rules.loader import RuleLoadError, parse_rule
 from consumer.rules.schedule import (
     GroupKey,
     Row,
@@ -22,6 +24,7 @@ from consumer.rules.schedule import (
     alert_id,
     row_key,
 )
+from tests.support.events import event
 
 MINUTE = 60_000
 T = 1_764_590_400_000
@@ -370,3 +373,57 @@ def test_a_restart_keeps_the_runs_already_evaluated_evaluated() -> None:
     assert not restarted.add(T - MINUTE, {"user": "alice"})
     assert restarted.late_events == 1
     assert timedelta(milliseconds=restarted.schedule.interval_ms) == timedelta(minutes=5)
+
+
+# --- with the real ES|QL engine ---------------------------------------------------------------
+
+
+def test_the_real_aggregating_query_runs_on_the_schedule_and_survives_a_restart() -> None:
+    query = compile_aggregating_query(
+        'FROM logs-aws.cloudtrail-* | WHERE event.action == "GetObject" '
+        "| STATS Esql.n = COUNT(*), Esql.ips = VALUES(source.ip) BY user.name "
+        "| WHERE Esql.n >= 2"
+    )
+    schedule = Schedule(5 * MINUTE, 6 * MINUTE)
+    events = []
+    for number, (caller, second) in enumerate([("alice", 10), ("bob", 20), ("alice", 250),
+                                               ("alice", 290), ("bob", 400), ("bob", 420)]):
+        moment = f"2025-12-01T12:{second // 60:02d}:{second % 60:02d}Z"
+        record = json_to_avro(event(event_id=f"e{number}", caller=caller, event_time=moment,
+                                    request_parameters={"bucketName": "b"}))
+        ts = schedule.event_time(record)
+        assert ts is not None
+        events += [(ts, row) for row in query.rows(record)]
+
+    whole = run_all(WindowedAggregation(query, schedule), events)
+    first = WindowedAggregation(query, schedule)
+    before = run_all(first, events[:3], flush=False)
+    restarted = WindowedAggregation(query, schedule)
+    restarted.load(json.loads(json.dumps(first.dump())))
+    after = run_all(restarted, events[3:], high=max(ts for ts, _ in events[:3]))
+
+    assert before + after == whole
+    assert [(run.run_ms - T, run.keys) for run in whole] == [
+        (5 * MINUTE, [("alice",)]), (10 * MINUTE, [("alice",), ("bob",)])
+    ], "the 6-minute window of 12:10 still holds alice's reads at 12:04:10 and 12:04:50"
+    assert whole[0].rows[0]["Esql.n"] == 3
+
+
+def test_rows_of_one_run_that_stand_for_the_same_group_give_one_alert() -> None:
+    class Duplicating(CountBy):
+        def finish(self, groups: Iterable[tuple[GroupKey, dict[str, int]]], now_ms: int
+                   ) -> list[Row]:
+            rows = super().finish(groups, now_ms)
+            return rows + rows
+
+    agg = WindowedAggregation(Duplicating(), Schedule(5 * MINUTE, 5 * MINUTE))
+    agg.add(T, {"user": "alice"})
+
+    assert table(agg.due(T)) == [(0, [{"user": "alice", "n": 1}])]
+    assert agg.truncated_rows == 0
+
+
+def test_a_timestamp_override_naming_no_field_of_the_events_is_a_load_error() -> None:
+    with pytest.raises(RuleLoadError, match=r"rule\.timestamp_override: event\.ingestd"):
+        parse_rule(RULE.replace('severity = "low"', 'severity = "low"\n'
+                                'timestamp_override = "event.ingestd"'), "test")
