@@ -57,6 +57,8 @@ BEDROCK = "exfiltration_bedrock_high_frequency_inference_api_probing.toml"
 DISCOVERY = "discovery_multiple_discovery_api_calls_via_cli.toml"
 QUOTAS = "discovery_servicequotas_multi_region_service_quota_requests.toml"
 SESSION_TOKEN = "initial_access_iam_session_token_used_from_multiple_addresses.toml"
+CONSOLE_LOGINS = "initial_access_console_login_iam_user_multiple_geolocations.toml"
+CROSS_ACCOUNT = "execution_lambda_function_invoked_cross_account.toml"
 
 
 def at(seconds: float) -> str:
@@ -697,10 +699,123 @@ def session_token_addresses() -> EventSequence:
     )
 
 
+# --- Console logins from two countries within 65 minutes ----------------------------------------
+
+
+def console_logins() -> EventSequence:
+    """Runs every 10 minutes over the last 65; needs GeoIP (home is US, abroad NG).
+
+    - pilot logs in at 10:05:00 from home and at 11:05:00 from abroad: the only run after the
+      second login that could read the first, 11:10, starts exactly at 10:05:00 (outside). No
+      row, though the logins are an hour apart.
+    - rover does the same one minute later (10:06, 11:06): run 11:10 reads both.
+    - tourist logs in from both countries in the same second, 10:30:00 (a run's time): runs
+      10:30 to 11:30 each read both, seven rows (no suppression: seven alerts).
+    - a failed login from abroad by pilot at 10:30 changes nothing.
+    """
+    def login(name: str, seconds: float, ip: str, outcome: str = "Success") -> dict[str, Any]:
+        identity = {key: value for key, value in iam_user(name, ACCOUNT_A, "").items()
+                    if key != "accessKeyId"}
+        return call("ConsoleLogin", seconds=seconds, identity=identity,
+                    source="signin.amazonaws.com", ip=ip, agent=CONSOLE,
+                    response={"ConsoleLogin": outcome},
+                    extra={"additionalEventData": {"MFAUsed": "No", "LoginTo":
+                                                   "https://console.aws.amazon.com/"}})
+
+    events, late = _late([
+        login("pilot", 300, HOME_IP),
+        login("pilot", 3900, ATTACKER_IP),
+        login("rover", 360, HOME_IP),
+        login("pilot", 1800, ATTACKER_IP, outcome="Failure"),
+        login("tourist", 1800, HOME_IP),
+        login("tourist", 1800, ATTACKER_IP),
+    ], login("rover", 3960, ATTACKER_IP))
+
+    def row(run: float, name: str, first: float, last: float) -> ExpectedRow:
+        return ExpectedRow(run, {
+            "aws.cloudtrail.user_identity.arn": arn(name),
+            "cloud.account.id": ACCOUNT_A,
+            "Esql.source_geo_country_iso_code_count_distinct": 2,
+            "Esql.source_as_organization_name_count_distinct": 2,
+            "Esql.source_ip_values": [HOME_IP, ATTACKER_IP],
+            "Esql.source_geo_country_iso_code_values": ["NG", "US"],
+            "Esql.timestamp_min": iso_ms(first),
+            "Esql.timestamp_max": iso_ms(last),
+        })
+
+    tourist = [row(run, "tourist", 1800, 1800) for run in range(1800, 5401, 600)]
+    return EventSequence(
+        name="console_logins_from_two_countries_within_the_look_back",
+        rule=CONSOLE_LOGINS,
+        events=events,
+        rows=[*tourist[:5], row(4200, "rover", 360, 3960), *tourist[5:]],
+        alerts=list(range(8)),
+        late=late,
+        geoip=True,
+    )
+
+
+# --- Lambda functions invoked from another account --------------------------------------------
+
+
+def cross_account_invocations() -> EventSequence:
+    """Hourly runs over the last 61 minutes; every caller invoking a function of another
+    account is a row (no threshold), by caller ARN and the two accounts.
+
+    integrator (account B) invokes account A's billing and reports functions twice in the same
+    second at 10:10, then billing at 10:59:59 and at 11:00:00 (run 11:00's own time). Run 11:00
+    reads all four; run 12:00 ((10:59, 12:00]) the last two. worker invoking its own account's
+    function, and API Gateway invoking one on integrator's behalf (invokedBy), are not rows.
+    One of the 10:10 calls arrives last.
+    """
+    integrator = iam_user("integrator", ACCOUNT_B, "AKIAINTEGRATORKEY001")
+    worker = iam_user("worker", ACCOUNT_A, "AKIAWORKERKEY0000001")
+
+    def function(name: str) -> str:
+        return f"arn:aws:lambda:us-east-1:{ACCOUNT_A}:function:{name}"
+
+    def invoke(seconds: float, who: dict[str, Any], name: str, tag: str) -> dict[str, Any]:
+        return call("Invoke", seconds=seconds, identity=who, source="lambda.amazonaws.com",
+                    category="Data", request={"functionName": function(name)},
+                    extra={"sharedEventID": tag, "resources": [
+                        {"type": "AWS::Lambda::Function", "ARN": function(name),
+                         "accountId": ACCOUNT_A}]})
+
+    via_gateway = {**integrator, "invokedBy": "apigateway.amazonaws.com"}
+    events, late = _late([
+        invoke(600, integrator, "billing", "a"),
+        invoke(3599, integrator, "billing", "c"),
+        invoke(3600, integrator, "billing", "d"),
+        invoke(1200, worker, "billing", "e"),
+        invoke(1500, via_gateway, "reports", "f"),
+    ], invoke(600, integrator, "reports", "b"))
+
+    def row(run: float, functions: object, count: int) -> ExpectedRow:
+        return ExpectedRow(run, {
+            "aws.cloudtrail.user_identity.arn": arn("integrator", ACCOUNT_B),
+            "Esql.caller_account": ACCOUNT_B,
+            "Esql.function_account": ACCOUNT_A,
+            "Esql.function_arns": functions,
+            "Esql.invocation_count": count,
+            "Esql.source_ips": "198.51.100.7",
+        })
+
+    return EventSequence(
+        name="lambda_functions_invoked_from_another_account",
+        rule=CROSS_ACCOUNT,
+        events=events,
+        rows=[row(3600, [function("billing"), function("reports")], 4),
+              row(7200, function("billing"), 2)],
+        alerts=[0, 1],
+        late=late,
+    )
+
+
 def sequences() -> list[EventSequence]:
     """Every sequence, the companion first."""
     return [companion(), self_created(), lambda_invocations(), bedrock_probing(),
-            discovery_bursts(), quota_requests(), session_token_addresses()]
+            discovery_bursts(), quota_requests(), session_token_addresses(), console_logins(),
+            cross_account_invocations()]
 
 
 # --- loading the rules and comparing rows --------------------------------------------------------
