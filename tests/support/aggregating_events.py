@@ -369,7 +369,7 @@ def lambda_invocations() -> EventSequence:
     window's start: outside) does not count, so the window holds 1000, not 1001; run 10:00
     sees eleven. prober (account B) makes 999 calls: no row. A failed call does not count.
     Run 12:00 ((10:59, 12:00]) sees worker's last two calls and two at 11:30. One of worker's
-    calls, at 10:30, arrives last, after those at 11:30.
+    calls, at 10:25, arrives last, after those at 11:30.
     """
     worker = iam_user("worker", ACCOUNT_A, "AKIAWORKERKEY0000001")
     prober = iam_user("prober", ACCOUNT_B, "AKIAPROBERKEY0000001")
@@ -382,7 +382,7 @@ def lambda_invocations() -> EventSequence:
                     request=fn, error=error, extra={"sharedEventID": f"{who['userName']}-{index}"})
 
     early = [invoke(i // 10 * 35, worker, i) for i in range(998) if i != 360]
-    late_call = invoke(1800, worker, 360)
+    late_call = invoke(1500, worker, 360)
     events, late = _late([
         invoke(-60, worker, 10_000),
         *early,
@@ -712,6 +712,7 @@ def console_logins() -> EventSequence:
     - tourist logs in from both countries in the same second, 10:30:00 (a run's time): runs
       10:30 to 11:30 each read both, seven rows (no suppression: seven alerts).
     - a failed login from abroad by pilot at 10:30 changes nothing.
+    tourist's login from home arrives last, after pilot's at 11:05.
     """
     def login(name: str, seconds: float, ip: str, outcome: str = "Success") -> dict[str, Any]:
         identity = {key: value for key, value in iam_user(name, ACCOUNT_A, "").items()
@@ -726,10 +727,10 @@ def console_logins() -> EventSequence:
         login("pilot", 300, HOME_IP),
         login("pilot", 3900, ATTACKER_IP),
         login("rover", 360, HOME_IP),
+        login("rover", 3960, ATTACKER_IP),
         login("pilot", 1800, ATTACKER_IP, outcome="Failure"),
-        login("tourist", 1800, HOME_IP),
         login("tourist", 1800, ATTACKER_IP),
-    ], login("rover", 3960, ATTACKER_IP))
+    ], login("tourist", 1800, HOME_IP))
 
     def row(run: float, name: str, first: float, last: float) -> ExpectedRow:
         return ExpectedRow(run, {
@@ -763,10 +764,10 @@ def cross_account_invocations() -> EventSequence:
     account is a row (no threshold), by caller ARN and the two accounts.
 
     integrator (account B) invokes account A's billing and reports functions twice in the same
-    second at 10:10, then billing at 10:59:59 and at 11:00:00 (run 11:00's own time). Run 11:00
-    reads all four; run 12:00 ((10:59, 12:00]) the last two. worker invoking its own account's
-    function, and API Gateway invoking one on integrator's behalf (invokedBy), are not rows.
-    One of the 10:10 calls arrives last.
+    second at 10:10, then billing at 10:59:59, at 11:00:00 (run 11:00's own time) and at 11:30.
+    Run 11:00 reads the first four; run 12:00 ((10:59, 12:00]) the last three. worker invoking
+    its own account's function, and API Gateway invoking one on integrator's behalf
+    (invokedBy), are not rows. One of the 10:10 calls arrives last, after the one at 11:30.
     """
     integrator = iam_user("integrator", ACCOUNT_B, "AKIAINTEGRATORKEY001")
     worker = iam_user("worker", ACCOUNT_A, "AKIAWORKERKEY0000001")
@@ -788,6 +789,7 @@ def cross_account_invocations() -> EventSequence:
         invoke(3600, integrator, "billing", "d"),
         invoke(1200, worker, "billing", "e"),
         invoke(1500, via_gateway, "reports", "f"),
+        invoke(5400, integrator, "billing", "g"),
     ], invoke(600, integrator, "reports", "b"))
 
     def row(run: float, functions: object, count: int) -> ExpectedRow:
@@ -805,7 +807,7 @@ def cross_account_invocations() -> EventSequence:
         rule=CROSS_ACCOUNT,
         events=events,
         rows=[row(3600, [function("billing"), function("reports")], 4),
-              row(7200, function("billing"), 2)],
+              row(7200, function("billing"), 3)],
         alerts=[0, 1],
         late=late,
     )

@@ -27,6 +27,7 @@ from consumer.rules.schedule import RunRows, Schedule, WindowedAggregation
 from tests.support.aggregating_events import (
     ACCOUNT_A,
     COMPANION,
+    IDLE_PARTITION,
     MALLORY_KEY,
     NEW_KEY_1,
     NEW_KEY_2,
@@ -297,3 +298,22 @@ def test_companion_alerts_once_for_any_use_up_to_an_hour_after_creation_and_neve
     run_end = datetime.fromisoformat(alert["detector"]["run"]["end"])
     use = T0 + timedelta(seconds=created + gap)
     assert use <= run_end < use + timedelta(minutes=5), "the first run that reads the use"
+
+
+@pytest.mark.parametrize("sequence", SEQUENCES, ids=[sequence.name for sequence in SEQUENCES])
+def test_late_events_are_late_on_their_partition_and_one_partition_stays_idle(
+    sequence: EventSequence,
+) -> None:
+    """What the stream tests rely on: each `late` event arrives after an event of its own
+    partition more than one interval younger, and IDLE_PARTITION receives nothing."""
+    schedule = Schedule.for_rule(load(sequence.rule))
+    newest: dict[int, int] = {}
+    found = set()
+    for event, partition in zip(sequence.events, sequence.partitions(), strict=True):
+        moment = schedule.event_time(json_to_avro(event))
+        assert moment is not None
+        if newest.get(partition, moment) - moment > schedule.interval_ms:
+            found.add(event["eventID"])
+        newest[partition] = max(newest.get(partition, moment), moment)
+    assert sequence.late <= found
+    assert IDLE_PARTITION not in sequence.partitions()
