@@ -162,6 +162,7 @@ def test_median_percentile_and_top() -> None:
         ("FROM t | LIMIT 5 | STATS c = COUNT(*)", "LIMIT before STATS"),
         ("FROM t | STATS s = STD_DEV(n)", "aggregate function STD_DEV is not supported"),
         ("FROM .alerts-security.* | STATS c = COUNT(*)", "reads Kibana's alerts"),
+        ("FROM t | STATS v = VALUES(nope)", "field 'nope' is not derived"),
     ],
 )
 def test_what_we_cannot_run_is_refused_with_its_reason(query: str, reason: str) -> None:

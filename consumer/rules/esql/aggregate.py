@@ -398,9 +398,15 @@ def _replace(node: Expr, change: Callable[[Expr], Expr | None]) -> Expr:
 class _StatsCompiler:
     """Type-checks one STATS command over the columns before it."""
 
-    def __init__(self, source: Source, scope: Mapping[str, ColumnDef]) -> None:
+    def __init__(
+        self,
+        source: Source,
+        scope: Mapping[str, ColumnDef],
+        unknown: Callable[[FieldRef], Exception],
+    ) -> None:
         self.source = source
         self.scope = scope
+        self.unknown = unknown
         self.inputs: dict[str, tuple[str, str | None]] = {}
         """Pre-STATS columns STATS reads: name -> (frame key, source field)."""
         self.row_compiler = ExprCompiler(source, self.row_column)
@@ -414,7 +420,7 @@ class _StatsCompiler:
             return alias
         entry = self.scope.get(node.name)
         if entry is None:
-            raise self.source.error(f"unknown column '{node.name}'", node.pos)
+            raise self.unknown(node)
         kind, key, field = entry.type, entry.key, entry.source
         if kind.startswith("unsupported:"):
             raise self.source.unsupported(
@@ -723,7 +729,7 @@ def compile_aggregating_query(
                 "LIMIT before STATS (it limits the whole window) is not supported", command.pos
             )
     prepared = prepare(query, source, before, fields, metadata)
-    plan = _compile_stats(source, prepared.scope, stats)
+    plan = _compile_stats(source, prepared.scope, stats, prepared.unknown)
     stages: list[TableStages | _Plan] = []
     columns = plan.columns
     bounds = [*at, len(commands)]
@@ -735,14 +741,19 @@ def compile_aggregating_query(
             later = commands[end]
             assert isinstance(later, Stats)
             scope = {name: ColumnDef(kind, name, None) for name, kind in columns}
-            stages.append(later_plan := _compile_stats(source, scope, later))
+            stages.append(later_plan := _compile_stats(source, scope, later, prepared.unknown))
             columns = later_plan.columns
     chain = _Chain(tuple(stages), tuple(columns))
     return AggregatingQuery(prepared, plan, chain, _reads_now(before))
 
 
-def _compile_stats(source: Source, scope: Mapping[str, ColumnDef], stats: Stats) -> _Plan:
-    compiler = _StatsCompiler(source, scope)
+def _compile_stats(
+    source: Source,
+    scope: Mapping[str, ColumnDef],
+    stats: Stats,
+    unknown: Callable[[FieldRef], Exception],
+) -> _Plan:
+    compiler = _StatsCompiler(source, scope, unknown)
     groups: list[_Group] = []
     origins: dict[str, int] = {}
     last = {name: index for index, (name, _, _) in enumerate(stats.groups)}

@@ -296,12 +296,17 @@ class _Pipeline:
         self.read.setdefault(node.name, spec)
         return Column(kind, fetcher(spec.extract, kind), spec.extract)
 
+    def unknown(self, node: FieldRef) -> Exception:
+        """A name not in scope: an error for a source field no longer a column, else a field
+        we do not derive (Elasticsearch may have it)."""
+        if node.name in self.fields:
+            return self.source.error(f"unknown column '{node.name}'", node.pos)
+        return self.not_derived(node.name, node.pos)
+
     def frame_column(self, node: FieldRef) -> Column:
         entry = self.scope.get(node.name)
         if entry is None:
-            if node.name in self.fields:
-                raise self.source.error(f"unknown column '{node.name}'", node.pos)
-            raise self.not_derived(node.name, node.pos)
+            raise self.unknown(node)
         if entry.type.startswith("unsupported:"):
             raise self.source.unsupported(
                 f"column '{node.name}' has type {entry.type.split(':', 1)[1]}, "
@@ -457,6 +462,8 @@ class Prepared:
     query: CompiledQuery
     frames: Callable[[Any], list[Any]]
     scope: Mapping[str, ColumnDef]
+    unknown: Callable[[FieldRef], Exception]
+    """The error for a name not in scope."""
     from_row: bool
     """A ROW query: its one frame whatever the record."""
 
@@ -584,7 +591,7 @@ def prepare(
         _run=run,
     )
     scope = dict(pipeline.scope)
-    return Prepared(compiled, frames_of, scope, row is not None)
+    return Prepared(compiled, frames_of, scope, pipeline.unknown, row is not None)
 
 
 def _apply(stages: _Stages, frames: Iterable[Any]) -> list[Any]:
