@@ -147,6 +147,19 @@ def test_a_second_stats_aggregates_the_rows_of_the_first() -> None:
     assert rows == [{"users": 1, "total": 2, "many": False}, {"users": 1, "total": 2, "many": True}]
 
 
+def test_now_before_stats_is_the_time_rows_are_taken_at() -> None:
+    query = compile_aggregating_query(
+        "FROM t | WHERE ts >= NOW() - 1 hour | STATS c = COUNT(*)", FIELDS, metadata={}
+    )
+    assert query.reads_now_before_stats
+    at = 1_699_999_200_000  # 2023-11-14T22:00:00Z, 13m20s before ROWS[0]
+    assert query.rows(ROWS[0], now_ms=at + 3_600_000) == [{}]
+    assert query.rows(ROWS[0], now_ms=at + 2 * 3_600_000) == []
+    assert not compile_aggregating_query(
+        "FROM t | STATS c = MAX(ts) | WHERE c < NOW()", FIELDS, metadata={}
+    ).reads_now_before_stats
+
+
 def test_median_percentile_and_top() -> None:
     rows = table(
         "FROM t | STATS m = MEDIAN(n), p = PERCENTILE(n, 25), top = TOP(n, 2, \"desc\"), "
@@ -154,13 +167,15 @@ def test_median_percentile_and_top() -> None:
         ROWS,
     )
     assert rows == [{"m": 4.0, "p": 2.5, "top": [7, 5], "low": "alice"}]
+    spread = table("FROM t | STATS v = VARIANCE(n), sd = STD_DEV(n), p = PRESENT(x)", ROWS)
+    assert spread == [{"v": 5.0, "sd": 5.0**0.5, "p": True}]
 
 
 @pytest.mark.parametrize(
     ("query", "reason"),
     [
         ("FROM t | LIMIT 5 | STATS c = COUNT(*)", "LIMIT before STATS"),
-        ("FROM t | STATS s = STD_DEV(n)", "aggregate function STD_DEV is not supported"),
+        ("FROM t | STATS s = WEIGHTED_AVG(n, x)", "aggregate function WEIGHTED_AVG is not"),
         ("FROM .alerts-security.* | STATS c = COUNT(*)", "reads Kibana's alerts"),
         ("FROM t | STATS v = VALUES(nope)", "field 'nope' is not derived"),
     ],
@@ -230,7 +245,8 @@ MERGE_QUERY = (
     "FROM t | STATS c = COUNT(*), cn = COUNT(tags), d = COUNT_DISTINCT(tags), v = VALUES(ip), "
     "lo = MIN(ts), hi = MAX(ok), s = SUM(n), sb = SUM(big), sx = SUM(x), a = AVG(x), "
     "m = MEDIAN(n), p = PERCENTILE(x, 90), top = TOP(n, 3, \"asc\"), "
-    "w = COUNT(*) WHERE ok, wv = VALUES(user) WHERE n > 0 BY user"
+    "w = COUNT(*) WHERE ok, wv = VALUES(user) WHERE n > 0, sd = STD_DEV(x), "
+    "var = VARIANCE(n), seen = PRESENT(ip), none = ABSENT(tags) BY user"
 )
 MERGING = compile_aggregating_query(MERGE_QUERY, FIELDS, metadata={})
 
