@@ -82,6 +82,9 @@ def test_rules_list_shows_each_rule_its_state_severity_and_source(
         "[builtin:aws_iam_user_created_access_keys_for_another_user.toml]",
         f"off  {HARDENED_ID}  medium    AWS IAM Access Key Created For Another User (Hardened)  "
         "[builtin:aws_iam_user_created_access_keys_for_another_user_hardened.toml]",
+        "off  5b0f0c87-35b5-4c1e-9a55-6f0e3a7a8d21  high      AWS IAM Access Key Created For "
+        "Another User Then Used  "
+        "[builtin:aws_iam_user_created_access_keys_for_another_user_then_used.toml]",
     ]
 
 
@@ -93,8 +96,8 @@ def test_rules_list_includes_a_rules_directory(
     assert main(["rules", "list", "--rules-dir", str(path.parent)]) == 0
 
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3
-    assert lines[2] == f"on   {CUSTOM_ID}  high      Custom copy  [{path}]"
+    assert len(lines) == 4
+    assert lines[3] == f"on   {CUSTOM_ID}  high      Custom copy  [{path}]"
 
 
 def test_rules_validate_accepts_a_valid_rule_file(
@@ -172,7 +175,7 @@ def test_rules_list_marks_a_skipped_rule_with_its_reason(
     assert main(["rules", "list", "--rules-dir", str(path.parent)]) == 0
 
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2] == (f"skip {CUSTOM_ID}  medium    Custom copy  [{path}]  "
+    assert lines[3] == (f"skip {CUSTOM_ID}  medium    Custom copy  [{path}]  "
                         "rule type eql (language eql) is not supported yet")
 
 

@@ -28,6 +28,7 @@ from tests.support.events import create_access_key
 
 SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
 HARDENED_ID = "32403725-2adc-4bc1-a434-02793697b9bd"
+COMPANION_ID = "5b0f0c87-35b5-4c1e-9a55-6f0e3a7a8d21"
 SEED_FILE = "aws_iam_user_created_access_keys_for_another_user.toml"
 SEED_TEXT = resources.files("consumer.rules").joinpath("builtin", SEED_FILE).read_text()
 OTHER_ID = "0b6c3f5e-9f0e-4a57-b0f4-7a2d1c1e2f3a"
@@ -234,7 +235,7 @@ def test_rules_directory_is_searched_recursively_after_the_builtins(tmp_path: Pa
     (nested / "custom.toml").write_text(custom_rule(('name = "AWS IAM User', 'name = "Custom')))
     (tmp_path / "README.md").write_text("not a rule")
     rules = load_rules(tmp_path)
-    assert [rule.rule_id for rule in rules] == [SEED_ID, HARDENED_ID, OTHER_ID]
+    assert [rule.rule_id for rule in rules] == [SEED_ID, HARDENED_ID, COMPANION_ID, OTHER_ID]
     assert rules[-1].source == str(nested / "custom.toml")
     assert rules[-1].name.startswith("Custom")
 
@@ -269,6 +270,7 @@ def test_list_rules_summarises_id_name_severity_enabled_and_source() -> None:
     assert [(s.rule_id, s.severity, s.enabled) for s in summaries] == [
         (SEED_ID, "medium", True),
         (HARDENED_ID, "medium", False),
+        (COMPANION_ID, "high", False),
     ]
     assert summaries[0].name == "AWS IAM User Created Access Keys For Another User"
     assert summaries[0].source == f"builtin:{SEED_FILE}"
@@ -416,7 +418,7 @@ def test_a_file_with_a_builtin_rule_id_replaces_it_and_the_log_names_both(
     rule_set = load_rule_set(tmp_path)
     seed = by_id(rule_set.rules)[SEED_ID]
     assert (seed.source, seed.severity) == (str(tmp_path / "seed.toml"), "high")
-    assert [rule.rule_id for rule in rule_set.rules] == [SEED_ID, HARDENED_ID]
+    assert [rule.rule_id for rule in rule_set.rules] == [SEED_ID, HARDENED_ID, COMPANION_ID]
     with caplog.at_level(logging.INFO, logger="consumer.rules.loader"):
         log_rule_set(rule_set)
     assert (f"rule {SEED_ID}: {tmp_path / 'seed.toml'} replaces builtin:{SEED_FILE}"
@@ -436,7 +438,7 @@ def test_skipped_rules_are_logged_one_line_each_with_a_count(
         f"rule type eql (language eql) is not supported yet [{tmp_path / 'eql.toml'}]",
         f"rule {THIRD_ID} (AWS IAM User Created Access Keys For Another User) skipped: "
         f"rule type machine_learning is not supported yet [{tmp_path / 'ml.toml'}]",
-        "rules: 1 enabled, 1 switched off, 2 skipped as not supported yet",
+        "rules: 1 enabled, 2 switched off, 2 skipped as not supported yet",
     ]
     assert [record.levelno for record in caplog.records] == [logging.WARNING] * 3
 
@@ -445,7 +447,7 @@ def test_list_rules_gives_skipped_rules_their_reason(tmp_path: Path) -> None:
     (tmp_path / "eql.toml").write_text(rule_of_type("eql", "eql"))
     summaries = list_rules(tmp_path)
     assert [(s.rule_id, s.reason) for s in summaries] == [
-        (SEED_ID, None), (HARDENED_ID, None),
+        (SEED_ID, None), (HARDENED_ID, None), (COMPANION_ID, None),
         (OTHER_ID, "rule type eql (language eql) is not supported yet"),
     ]
     assert not summaries[2].enabled
@@ -478,7 +480,7 @@ def test_a_folder_of_elastic_rules_runs_what_it_supports_and_names_the_rest(
 ) -> None:
     rule_set = load_rule_set(shared_path(*ELASTIC_AWS))
 
-    assert len(rule_set.entries) == 2 + 194 - 1, "Elastic's seed rule replaces the builtin"
+    assert len(rule_set.entries) == 3 + 194 - 1, "Elastic's seed rule replaces the builtin"
     for rule in rule_set.skipped:
         kind = (rule.definition.rule.type, rule.definition.rule.language)
         assert rule.kind == ("query" if kind in COMPILERS else "rule_type"), rule.source
