@@ -20,13 +20,15 @@ import math
 import re
 import struct
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumer.rules.esql import EsqlError, RowField, UnsupportedEsqlError, compile_query
+from consumer.rules.esql import EsqlError, RowField, UnsupportedEsqlError
+from consumer.rules.esql.aggregate import AggregatingQuery, compile_esql
 from consumer.rules.esql.values import date_key, field_type, ip_key
 
 _TYPE_ALIASES = {
@@ -246,8 +248,11 @@ def run_case(case: Case, data_dir: Path) -> Outcome:
             return Outcome(case, "skipped", f"data set {index} is not available")
         fields, rows = load_table(path)
     try:
-        compiled = compile_query(case.query, fields, metadata={})
-        table = compiled.run(rows)
+        compiled = compile_esql(case.query, fields, metadata={})
+        if isinstance(compiled, AggregatingQuery):
+            table = compiled.run(rows, now_ms=int(time.time() * 1000))
+        else:
+            table = compiled.run(rows)
     except UnsupportedEsqlError as problem:
         return Outcome(case, "skipped", _reason(problem.reason))
     except EsqlError as problem:

@@ -3,7 +3,8 @@
 An alert is an ECS document (nested JSON objects) that also carries Elastic Security's
 `kibana.alert.*` fields, so the topic can be indexed straight into Elastic. Its id is derived from
 (rule_id, source event id), so a replayed or retried detection always carries the same id and a
-SIEM can drop duplicates.
+SIEM can drop duplicates. An aggregating rule's alert is one row of one run
+(`build_run_alert`): its id comes from (rule_id, run, group), its fields are the row's columns.
 
 Like Elastic's alert for a non-aggregating rule, it carries the source document: every ECS and
 `aws.cloudtrail.*` field Elastic's pipeline derives from the event, as the stored document holds
@@ -31,6 +32,8 @@ from consumer.cloudtrail.normalize import FLATTENED_LIMIT, INGESTED_MS, normaliz
 from consumer.cloudtrail.types import CloudTrailRecord, EcsValue
 from consumer.rules.loader import LoadedRule
 from consumer.rules.model import RuleDefinition
+from consumer.rules.schedule import GroupKey
+from consumer.rules.schedule import alert_id as run_alert_id
 
 ALERT_NAMESPACE = uuid.UUID("8f9a4c52-3c1e-4d4b-9a55-2f0f3e6c9b11")
 """UUIDv5 namespace of alert ids; changing it would change every alert id."""
@@ -332,6 +335,57 @@ def alert_for(
         original=original,
         row=row,
     )
+
+
+def build_run_alert(
+    *,
+    rule: RuleDefinition,
+    ruleset: str,
+    run_ms: int,
+    row: Mapping[str, Any],
+    group_key: GroupKey,
+    detected_at: datetime,
+) -> Alert:
+    """The alert for one row of an aggregating rule's run, as Kibana builds it for an ES|QL
+    query with STATS: the row's columns are the document (nulls left out, as Kibana drops the
+    null columns), then the rule's fields. Its id comes from the rule, the run and the row's
+    group (`consumer.rules.schedule.alert_id`), and `detector.run` names the window it read."""
+    columns = {name: _cut(value)[0] for name, value in row.items() if value is not None}
+    identifier = run_alert_id(rule.rule_id, run_ms, group_key)
+    run_end = datetime.fromtimestamp(run_ms / 1000, UTC)
+    run_start = run_end - rule.lookback
+    group = ", ".join(str(value) for value in group_key)
+    text = (f"{rule.name}: {group or 'all events'} in the {_duration(rule.lookback)} "
+            f"to {_iso(run_end)}")
+    flat: dict[str, Any] = {
+        **columns,
+        "@timestamp": _iso(detected_at),
+        "event.kind": "alert",
+        "message": text,
+        **_rule_fields(rule, ruleset),
+        "kibana.alert.uuid": identifier,
+        "kibana.alert.reason": text,
+        "detector.run.start": _iso(run_start),
+        "detector.run.end": _iso(run_end),
+    }
+    account = columns.get("cloud.account.id")
+    return Alert(
+        alert_id=identifier,
+        key=f"{account if isinstance(account, str) else ''}/{group}".encode(
+            "utf-8", "backslashreplace"
+        ),
+        headers=[("rule.id", rule.rule_id.encode()), ("rule.severity", rule.severity.encode())],
+        document=nest({k: v for k, v in flat.items() if v is not None}),
+    )
+
+
+def run_alert_for(
+    rule: LoadedRule, run_ms: int, row: Mapping[str, Any], group_key: GroupKey,
+    *, detected_at: datetime,
+) -> Alert:
+    """`build_run_alert` for a loaded rule."""
+    return build_run_alert(rule=rule.definition.rule, ruleset=rule.source, run_ms=run_ms,
+                           row=row, group_key=group_key, detected_at=detected_at)
 
 
 def _duration(interval: timedelta) -> str:

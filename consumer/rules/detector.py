@@ -23,6 +23,7 @@ from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.rules.exceptions import NO_EXCEPTIONS, CompiledItem, ExceptionSet
 from consumer.rules.loader import LoadedRule
 from consumer.rules.prefilter import CombinedPrefilter
+from consumer.rules.schedule import Row
 from consumer.times import parse_iso_utc
 
 
@@ -38,12 +39,14 @@ class RuleEvaluationError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A decoded record, the enabled rules that matched it (often none), and the matches an
-    exception item removed."""
+    """A decoded record, the enabled rules that matched it (often none), the matches an
+    exception item removed, and the rows it gives each aggregating rule (its commands before
+    STATS; what the schedule counts)."""
 
     record: CloudTrailRecord
     matched: tuple[LoadedRule, ...]
     excepted: tuple[tuple[LoadedRule, CompiledItem], ...] = ()
+    rows: tuple[tuple[LoadedRule, tuple[Row, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +75,19 @@ class Detector:
         self.reads_headers = decoder.text_format
         """Whether a message's content headers count: JSON input only, Avro goes by its bytes,
         so an Avro topic's batches need no look at their headers at all."""
-        self.rules = tuple(rule for rule in rules if rule.enabled)
+        self.rules = tuple(rule for rule in rules if rule.enabled and rule.aggregation is None)
+        self.aggregating = tuple(
+            rule for rule in rules if rule.enabled and rule.aggregation is not None
+        )
+        """Rules with STATS: a record gives them rows to count over their schedule, never an
+        alert of its own. Their commands before STATS join the prefilter, so a message none
+        of those can keep is skipped too."""
         self.exceptions = exceptions
         """Replaced whole between batches when the exception files change; exceptions only
         remove matches, so the prefilter stays sound whatever they say."""
-        prefilter = CombinedPrefilter.for_queries(rule.query for rule in self.rules)
+        prefilter = CombinedPrefilter.for_queries(
+            rule.query for rule in self.rules + self.aggregating
+        )
         self._may_match = prefilter.checker(decoder.text_format) if use_prefilter else None
         self._batch_screen = prefilter.batch_screen(decoder.text_format) if use_prefilter else None
 
@@ -164,13 +175,30 @@ class Detector:
                     matched.append(rule)
             except Exception as error:  # one bad rule must not stop the stream
                 raise RuleEvaluationError(rule, error) from error
-        if not matched or not self.exceptions.by_rule:
-            return Verdict(record, tuple(matched))
-        return self._apply_exceptions(record, matched)
+        rows = self._rows(record) if self.aggregating else ()
+        if not (matched or rows) or not self.exceptions.by_rule:
+            return Verdict(record, tuple(matched), (), rows)
+        return self._apply_exceptions(record, matched, rows)
 
-    def _apply_exceptions(self, record: CloudTrailRecord, matched: list[LoadedRule]) -> Verdict:
+    def _rows(self, record: CloudTrailRecord) -> tuple[tuple[LoadedRule, tuple[Row, ...]], ...]:
+        found = []
+        for rule in self.aggregating:
+            assert rule.aggregation is not None
+            try:
+                rows = rule.aggregation.rows(record)
+            except Exception as error:  # one bad rule must not stop the stream
+                raise RuleEvaluationError(rule, error) from error
+            if rows:
+                found.append((rule, tuple(rows)))
+        return tuple(found)
+
+    def _apply_exceptions(
+        self, record: CloudTrailRecord, matched: list[LoadedRule],
+        rows: tuple[tuple[LoadedRule, tuple[Row, ...]], ...],
+    ) -> Verdict:
         """Elastic's `query AND NOT (item1 OR item2 ...)`, with expiry by the wall clock as
-        Kibana drops expired items when a rule runs."""
+        Kibana drops expired items when a rule runs. Kibana filters the source events of an
+        aggregating rule the same way, before its query counts them."""
         now = datetime.now(UTC)
         kept: list[LoadedRule] = []
         excepted: list[tuple[LoadedRule, CompiledItem]] = []
@@ -180,5 +208,12 @@ class Detector:
                 kept.append(rule)
             else:
                 excepted.append((rule, item))
-        return Verdict(record, tuple(kept), tuple(excepted))
+        counted = []
+        for rule, rule_rows in rows:
+            item = self.exceptions.excluding(rule.rule_id, record, now)
+            if item is None:
+                counted.append((rule, rule_rows))
+            else:
+                excepted.append((rule, item))
+        return Verdict(record, tuple(kept), tuple(excepted), tuple(counted))
 

@@ -20,7 +20,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from consumer.cloudtrail.normalize import ECS_FIELDS, EcsField
-from consumer.rules.esql import CompiledQuery, EsqlError, UnsupportedEsqlError, compile_query
+from consumer.rules.esql import CompiledQuery, EsqlError, UnsupportedEsqlError
+from consumer.rules.esql.aggregate import AggregatingQuery, compile_esql
 from consumer.rules.kql import compile_kql, with_index
 from consumer.rules.model import RuleDefinition, RuleFile
 
@@ -28,10 +29,10 @@ BUILTIN_PREFIX = "builtin:"
 
 log = logging.getLogger(__name__)
 
-QueryCompiler = Callable[[str, Mapping[str, EcsField]], CompiledQuery]
+QueryCompiler = Callable[[str, Mapping[str, EcsField]], CompiledQuery | AggregatingQuery]
 
 COMPILERS: dict[tuple[str, str | None], QueryCompiler] = {
-    ("esql", "esql"): compile_query,
+    ("esql", "esql"): compile_esql,
     ("query", "kuery"): compile_kql,
 }
 """How each (rule type, language) we can run compiles its query. A compiler raises
@@ -77,9 +78,13 @@ class LoadedRule(_RuleFacts):
 
     definition: RuleFile
     query: CompiledQuery
+    """The verdict on one event; for an aggregating rule, its commands before STATS."""
     source: str
     """`builtin:<file name>` or the path of the file it came from."""
     enabled: bool
+    aggregation: AggregatingQuery | None = None
+    """Set for a rule with STATS: it alerts on groups of events over its schedule's window,
+    never on one event, so the stateless detector leaves it to the stateful stage."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +149,7 @@ def _dotted(location: tuple[int | str, ...]) -> str:
 
 def _compile(
     rule: RuleDefinition, source: str, fields: Mapping[str, EcsField]
-) -> CompiledQuery | tuple[SkipKind, str]:
+) -> CompiledQuery | AggregatingQuery | tuple[SkipKind, str]:
     """The compiled query, or why the rule is skipped; raises RuleLoadError for a wrong one."""
     compiler = COMPILERS.get((rule.type, rule.language))
     if compiler is None:
@@ -154,7 +159,9 @@ def _compile(
         raise RuleLoadError([f"{source}: rule.query: Field required"])
     try:
         compiled = compiler(rule.query, fields)
-        return with_index(compiled, rule.index) if rule.index else compiled
+        if rule.index and isinstance(compiled, CompiledQuery):
+            return with_index(compiled, rule.index)
+        return compiled
     except UnsupportedEsqlError as unsupported:
         return "query", str(unsupported)
     except EsqlError as problem:
@@ -178,7 +185,10 @@ def parse_rule(
     compiled = _compile(definition.rule, source, fields)
     if isinstance(compiled, tuple):
         return SkippedRule(definition, source, *compiled)
-    return LoadedRule(definition, compiled, source, definition.detector.enabled)
+    enabled = definition.detector.enabled
+    if isinstance(compiled, AggregatingQuery):
+        return LoadedRule(definition, compiled.pre_stats, source, enabled, compiled)
+    return LoadedRule(definition, compiled, source, enabled)
 
 
 def _builtin_texts() -> list[tuple[str, str]]:
@@ -263,7 +273,7 @@ def load_rule_set(
     return RuleSet(
         [
             LoadedRule(rule.definition, rule.query, rule.source,
-                       overrides.get(rule.rule_id, rule.enabled))
+                       overrides.get(rule.rule_id, rule.enabled), rule.aggregation)
             if isinstance(rule, LoadedRule) else rule
             for rule in parsed
         ],

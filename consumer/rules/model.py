@@ -8,7 +8,8 @@ keys we use are typed and checked, the others are dropped unread, and any other 
 `max_signals` 100; `version` is 1 (Elastic keeps versions in its lock file, not in the rule).
 
 `[detector]` holds what Elastic's format has no place for: `enabled` (default true), which says
-whether the service runs the rule, and `version`, which overrides the rule's. Keeping it out of
+whether the service runs the rule, `version`, which overrides the rule's, and
+`alert_suppression`, which adds suppression to a rule (or replaces its own). Keeping it out of
 `[rule]` leaves that table exactly as Elastic writes it, so rules copy across unchanged.
 """
 
@@ -91,7 +92,7 @@ IGNORED_RULE_KEYS = frozenset({
     "response_actions", "revision", "risk_score_mapping", "rule_name_override",
     "severity_mapping", "threat_mappings", "throttle", "timeline_id", "timeline_title", "to",
     # query, eql, esql, threshold, new_terms, threat_match
-    "alert_suppression", "data_view_id",
+    "data_view_id",
     "threshold", "new_terms",
     "event_category_override", "tiebreaker_field", "timestamp_field",
     "anomaly_threshold", "machine_learning_job_id",
@@ -163,6 +164,34 @@ class ExceptionListReference(_Strict):
     namespace_type: Literal["single", "agnostic"] = "single"
 
 
+class SuppressionDuration(_Strict):
+    """`duration = {value = 35, unit = "m"}`: how long a group's first alert absorbs later
+    ones (Elastic allows seconds, minutes and hours)."""
+
+    value: int = Field(ge=1)
+    unit: Literal["s", "m", "h"]
+
+    def total_ms(self) -> int:
+        return self.value * {"s": 1_000, "m": 60_000, "h": 3_600_000}[self.unit]
+
+
+class AlertSuppression(_Strict):
+    """Elastic's `[rule.alert_suppression]`: alerts with the same values of `group_by` (1 to 5
+    fields) within `duration` (else within one rule run) become one alert that counts the
+    others; `missing_fields_strategy` says whether alerts lacking a field are grouped
+    (`suppress`, as if null were a value) or each sent on its own (`doNotSuppress`). A
+    threshold rule's has only `duration` (it groups by its threshold fields)."""
+
+    group_by: list[Text] = Field(default=[], max_length=5)
+    duration: SuppressionDuration | None = None
+    missing_fields_strategy: Literal["suppress", "doNotSuppress"] = "suppress"
+
+
+def _check_groups(rule_type: str, suppression: AlertSuppression | None) -> None:
+    if suppression is not None and rule_type != "threshold" and not suppression.group_by:
+        raise ValueError("alert_suppression.group_by needs 1 to 5 fields")
+
+
 class RuleDefinition(_Strict):
     """The `[rule]` table of any rule type; whether we can run it is the loader's question.
 
@@ -193,21 +222,30 @@ class RuleDefinition(_Strict):
     timestamp_override: str | None = None
     threat: list[Threat] = []
     exceptions_list: list[ExceptionListReference] = []
+    alert_suppression: AlertSuppression | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _ignore(cls, data: object) -> object:
         return _drop(IGNORED_RULE_KEYS, data)
 
+    @model_validator(mode="after")
+    def _suppression_groups(self) -> "RuleDefinition":
+        _check_groups(self.type, self.alert_suppression)
+        return self
+
 
 class DetectorSettings(_Strict):
     """Our own table: `enabled = false` ships a rule without running it; `version` sets the
     rule's version where Elastic's file has none; `[[detector.exceptions]]` items (Elastic's
-    exception item shape) allow a quick tuning without an exception list file."""
+    exception item shape) allow a quick tuning without an exception list file;
+    `[detector.alert_suppression]` (Elastic's shape) suppresses a rule's alerts, taking the
+    place of the rule's own when it has one."""
 
     enabled: bool = True
     version: int | None = Field(default=None, ge=1)
     exceptions: list[dict[str, Any]] = []
+    alert_suppression: AlertSuppression | None = None
 
 
 class RuleFile(_Strict):
@@ -220,8 +258,14 @@ class RuleFile(_Strict):
     """Elastic's investigation-guide plugins (osquery, investigate): kept unread."""
 
     @model_validator(mode="after")
-    def _detector_version(self) -> "RuleFile":
-        if self.detector.version is None or self.detector.version == self.rule.version:
+    def _detector_overrides(self) -> "RuleFile":
+        update: dict[str, Any] = {}
+        if self.detector.version is not None and self.detector.version != self.rule.version:
+            update["version"] = self.detector.version
+        if self.detector.alert_suppression is not None:
+            update["alert_suppression"] = self.detector.alert_suppression
+        if not update:
             return self
-        rule = self.rule.model_copy(update={"version": self.detector.version})
+        _check_groups(self.rule.type, self.detector.alert_suppression)
+        rule = self.rule.model_copy(update=update)
         return self.model_copy(update={"rule": rule})

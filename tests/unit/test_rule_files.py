@@ -331,7 +331,9 @@ def test_keys_of_elastic_schema_we_do_not_use_are_accepted_and_ignored(tmp_path:
     assert rule.definition.metadata.integration == ["aws"]
     assert rule.definition.rule.timestamp_override == "event.ingested"
     assert rule.definition.rule.setup == "Needs the AWS integration."
-    assert not hasattr(rule.definition.rule, "alert_suppression")
+    suppression = rule.definition.rule.alert_suppression
+    assert suppression is not None
+    assert suppression.group_by == ["user.name"]
 
 
 def test_absent_interval_lookback_max_signals_and_version_take_elastic_defaults(

@@ -26,6 +26,7 @@ import math
 import operator
 import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -886,9 +887,19 @@ def _mv_pick(index: int) -> Handler:
     return handler
 
 
+RUN_TIME: ContextVar[int | None] = ContextVar("esql_run_time", default=None)
+"""NOW() in epoch milliseconds while set (an aggregating rule's run time, replayed in event
+time); the wall clock otherwise."""
+
+
 def _now(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
     compiler.arity(node, 0)
-    return "date", lambda _ctx: date_key_exact(datetime.now(UTC))
+
+    def now(_ctx: Any) -> int:
+        run_time = RUN_TIME.get()
+        return date_key_exact(datetime.now(UTC)) if run_time is None else run_time
+
+    return "date", now
 
 
 def _truncate(span: Span) -> Callable[[int], int]:

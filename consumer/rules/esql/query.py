@@ -60,6 +60,7 @@ from consumer.rules.esql.syntax import (
     Row,
     Sort,
     Source,
+    Stats,
     Where,
     parse,
 )
@@ -176,6 +177,13 @@ class _Frame(dict[str, Any]):
         self[key] = value
         return value
 
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> _Frame:
+        """A frame holding computed columns only."""
+        frame = cls(None, {})
+        frame.update(values)
+        return frame
+
 
 def _many(values: list[Any], kind: str) -> Any:
     """A list from a source as ES|QL reads it: values of the wrong type dropped, keyword values
@@ -224,12 +232,19 @@ def _absent(_record: Any) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Def:
+class ColumnDef:
     """A column of the pipeline at some point: its type, frame key and source field if any."""
 
     type: str
     key: str
     source: str | None
+    same_as: str | None = None
+    """The frame key of the column it copies (`EVAL b = a`): always the same value, which
+    STATS BY needs to know (grouping by a column and its copy makes one group per value)."""
+
+    @property
+    def origin(self) -> str:
+        return self.same_as or self.key
 
 
 _OPAQUE = "<computed>"
@@ -247,7 +262,7 @@ class _Pipeline:
         self.metadata = metadata
         self.read: dict[str, FieldSpec] = {}
         self.fetchers: dict[str, ValueFn] = {}
-        self.scope: dict[str, _Def] = {}
+        self.scope: dict[str, ColumnDef] = {}
         self.slots = 0
         self.conditions: list[Expr] = []
 
@@ -299,7 +314,7 @@ class _Pipeline:
         for name in names:
             spec = registry[name]
             kind = field_type(spec.type)
-            self.scope[name] = _Def(kind, name, name)
+            self.scope[name] = ColumnDef(kind, name, name)
             if kind.startswith("unsupported:"):  # shown as null, as Elasticsearch does
                 self.fetchers[name] = _absent
             else:
@@ -309,10 +324,10 @@ class _Pipeline:
         self.slots += 1
         return f"#{self.slots}"
 
-    def define(self, name: str, kind: str) -> str:
+    def define(self, name: str, kind: str, same_as: str | None = None) -> str:
         key = self.slot()
         self.scope.pop(name, None)
-        self.scope[name] = _Def(kind, key, None)
+        self.scope[name] = ColumnDef(kind, key, None, same_as)
         return key
 
     # conditions for static analysis
@@ -387,7 +402,7 @@ class _Pipeline:
                 raise self.source.unsupported("RENAME with wildcards is not supported", old.pos)
             (name,) = self.matching(old)
             entry = self.scope[name]
-            renamed: dict[str, _Def] = {}
+            renamed: dict[str, ColumnDef] = {}
             for key, value in self.scope.items():
                 if key == name:
                     renamed[new.text] = entry
@@ -417,6 +432,30 @@ def compile_query(
     """Parse, type-check and compile a query against a row source; raises EsqlError
     (UnsupportedEsqlError for valid ES|QL this engine cannot run, or a field not derived)."""
     source, commands = parse(query)
+    return prepare(query, source, commands, fields, metadata).query
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Commands compiled over a row source: the query they make and, for what follows them
+    (STATS, see aggregate.py), each record's frame after their per-row steps and the columns
+    in scope with their types and frame keys."""
+
+    query: CompiledQuery
+    frame: Callable[[Any], dict[str, Any] | None]
+    scope: Mapping[str, ColumnDef]
+    from_row: bool
+    """A ROW query: its one frame whatever the record."""
+
+
+def prepare(
+    query: str,
+    source: Source,
+    commands: list[Command],
+    fields: Mapping[str, FieldSpec],
+    metadata: Mapping[str, FieldSpec],
+) -> Prepared:
+    """Compile parsed commands (a source command first) against a row source."""
     pipeline = _Pipeline(source, fields, metadata)
     first = commands[0]
     rest = commands[1:]
@@ -470,6 +509,12 @@ def compile_query(
         frame = new_frame(record)
         return emit(frame) if through(frame) else None
 
+    def frame_of(record: Any) -> dict[str, Any] | None:
+        if not prefix(record):
+            return None
+        frame = new_frame(record)
+        return frame if through(frame) else None
+
     if stages.limit_zero:
         matches: Predicate = lambda _record: False  # noqa: E731
     elif stages.filters:
@@ -482,15 +527,7 @@ def compile_query(
             frames = [new_frame(None)]
         else:
             frames = [new_frame(record) for record in records if prefix(record)]
-        for kind, step in stages.steps:
-            if kind == "row":
-                frames = [frame for frame in frames if step(frame)]
-            elif kind == "sort":
-                frames = step(frames)
-            else:
-                frames = frames[:step]
-        if not stages.has_limit:
-            frames = frames[:DEFAULT_LIMIT]
+        frames = _apply(stages, frames)
         return [[display(kind, frame[key]) for _name, kind, key in output] for frame in frames]
 
     condition: Expr
@@ -502,7 +539,7 @@ def compile_query(
         condition = Logical("AND", tuple(pipeline.conditions), 0)
     source_outputs = [entry.source for entry in pipeline.scope.values() if entry.source in fields]
     keeps = any(isinstance(command, Keep) for command in commands)
-    return CompiledQuery(
+    compiled = CompiledQuery(
         query=query,
         index_patterns=index_patterns,
         condition=condition,
@@ -514,6 +551,58 @@ def compile_query(
         _evaluate=evaluate,
         _run=run,
     )
+    scope = dict(pipeline.scope)
+    return Prepared(compiled, frame_of, scope, row is not None)
+
+
+def _apply(stages: _Stages, frames: list[Any]) -> list[Any]:
+    """Table mode: every step over the whole list, ES|QL's default LIMIT when none is given."""
+    for kind, step in stages.steps:
+        if kind == "row":
+            frames = [frame for frame in frames if step(frame)]
+        elif kind == "sort":
+            frames = step(frames)
+        else:
+            frames = frames[:step]
+    if not stages.has_limit:
+        frames = frames[:DEFAULT_LIMIT]
+    return frames
+
+
+@dataclass(frozen=True, slots=True)
+class TableStages:
+    """Commands compiled over a table of given columns (the output of STATS)."""
+
+    keys: Mapping[str, str]
+    """Input column name -> its key in a frame."""
+    columns: tuple[tuple[str, str], ...]
+    """Output columns (name, ES|QL type)."""
+    run: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    """Input frames (key -> engine value) -> output rows (name -> display value)."""
+
+
+def compile_table_stages(
+    source: Source,
+    columns: Iterable[tuple[str, str]],
+    commands: list[Command],
+    fields: Mapping[str, FieldSpec],
+) -> TableStages:
+    """Processing commands over a table; `fields` only tell apart a source field that is no
+    longer a column (an error) from one the source lacks."""
+    pipeline = _Pipeline(source, fields, {})
+    keys = {name: pipeline.define(name, kind) for name, kind in columns}
+    stages = _compile_stages(pipeline, commands)
+    output = [
+        (name, "unsupported" if entry.type.startswith("unsupported:") else entry.type, entry.key)
+        for name, entry in pipeline.scope.items()
+    ]
+
+    def run(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        table = [_Frame.of(frame) for frame in frames]
+        table = _apply(stages, table)
+        return [{name: display(kind, frame[key]) for name, kind, key in output} for frame in table]
+
+    return TableStages(keys, tuple((name, kind) for name, kind, _ in output), run)
 
 
 def _conjunction(tests: list[Predicate]) -> Predicate:
@@ -553,7 +642,10 @@ def _compile_stages(pipeline: _Pipeline, commands: list[Command]) -> _Stages:
             for name, expr, pos in command.assignments:
                 kind, fetch = compiler.value(expr)
                 _check_storable(pipeline, kind, pos)
-                stages.steps.append(("row", _assign(pipeline.define(name, kind), fetch)))
+                copied = pipeline.scope.get(expr.name) if isinstance(expr, FieldRef) else None
+                same_as = copied.origin if copied is not None else None
+                key = pipeline.define(name, kind, same_as)
+                stages.steps.append(("row", _assign(key, fetch)))
         elif isinstance(command, Grok | Dissect):
             stages.steps.append(("row", _extract_step(pipeline, compiler, command)))
         elif isinstance(command, Keep):
@@ -568,6 +660,10 @@ def _compile_stages(pipeline: _Pipeline, commands: list[Command]) -> _Stages:
             stages.has_limit = True
             stages.limit_zero = stages.limit_zero or command.count == 0
             stages.steps.append(("limit", min(command.count, MAX_LIMIT)))
+        elif isinstance(command, Stats):
+            raise pipeline.source.unsupported(
+                "aggregating rule: needs stateful evaluation", command.pos
+            )
         else:
             raise pipeline.source.error("a source command must come first", command.pos)
     return stages

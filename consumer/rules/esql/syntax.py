@@ -248,7 +248,25 @@ class Limit:
     pos: int
 
 
-Command = From | Row | Where | Eval | Keep | Drop | Rename | Grok | Dissect | Sort | Limit
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """One `name = expression [WHERE filter]` of STATS; the filter applies to every aggregate
+    function inside the expression."""
+
+    name: str
+    expr: Expr
+    filter: Expr | None
+    pos: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    aggregates: tuple[Aggregate, ...]
+    groups: tuple[tuple[str, Expr, int], ...]
+    pos: int
+
+
+Command = From | Row | Where | Eval | Keep | Drop | Rename | Grok | Dissect | Sort | Limit | Stats
 
 
 # --- lexing ---------------------------------------------------------------------------------
@@ -675,12 +693,13 @@ class Parser:
 
     # command bodies
 
-    def assignments(
-        self, allow_bare: bool, filtered: bool = False
-    ) -> tuple[tuple[str, Expr, int], ...]:
-        """`name = expr, ...`; a bare expression is named by its text (EVAL and STATS); with
-        `filtered`, each may end in `WHERE condition` (STATS aggregates)."""
-        out: list[tuple[str, Expr, int]] = []
+    def assignments(self, allow_bare: bool) -> tuple[tuple[str, Expr, int], ...]:
+        """`name = expr, ...`; a bare expression is named by its text (EVAL and STATS)."""
+        return tuple((a.name, a.expr, a.pos) for a in self.filtered_assignments(allow_bare, False))
+
+    def filtered_assignments(self, allow_bare: bool, filtered: bool) -> tuple[Aggregate, ...]:
+        """Assignments that, with `filtered`, may each end in `WHERE condition` (STATS)."""
+        out: list[Aggregate] = []
         while True:
             token = self.current
             if (
@@ -690,18 +709,18 @@ class Parser:
             ):
                 self.advance()
                 self.advance()
-                out.append((str(token.value), self.disjunction(), token.pos))
+                name, expr, pos = str(token.value), self.disjunction(), token.pos
             elif allow_bare:
-                start = token.pos
+                pos = token.pos
                 expr = self.disjunction()
-                end = self.current.pos
-                text = self.source.text[start:end].strip()
-                out.append((_strip_comments(text), expr, start))
+                name = _strip_comments(self.source.text[pos : self.current.pos].strip())
             else:
                 raise self.unexpected("'name = value'")
+            condition: Expr | None = None
             if filtered and self.at_word("WHERE"):
                 self.advance()
-                self.disjunction()
+                condition = self.disjunction()
+            out.append(Aggregate(name, expr, condition, pos))
             if not self.at("op", ","):
                 return tuple(out)
             self.advance()
@@ -863,15 +882,22 @@ def _dissect(parser: Parser, pos: int) -> Dissect:
     return Dissect(operand, pattern, separator, pattern_pos, pos)
 
 
-def _stats(parser: Parser, pos: int) -> None:
-    """Reads a STATS command whole, so a malformed one is an error, then refuses it."""
+def _stats(parser: Parser, pos: int) -> Stats:
+    aggregates: tuple[Aggregate, ...] = ()
+    groups: tuple[tuple[str, Expr, int], ...] = ()
     if not parser.at_end() and not parser.at("keyword", "BY"):
-        parser.assignments(allow_bare=True, filtered=True)
+        aggregates = parser.filtered_assignments(allow_bare=True, filtered=True)
     if parser.at("keyword", "BY"):
         parser.advance()
-        parser.assignments(allow_bare=True)
+        groups = parser.assignments(allow_bare=True)
     parser.end("',', BY or the end of the command")
-    raise parser.source.unsupported("aggregating rule: needs stateful evaluation", pos)
+    if not aggregates and not groups:
+        raise parser.source.error("STATS needs an aggregate or a BY clause", pos)
+    return Stats(aggregates, groups, pos)
+
+
+ALERT_INDEX_RE = re.compile(r"\.(?:internal\.)?alerts-.*")
+"""Kibana's alert indices (`.alerts-security.alerts-*` and their aliases)."""
 
 
 def parse(query: str) -> tuple[Source, list[Command]]:
@@ -887,6 +913,11 @@ def parse(query: str) -> tuple[Source, list[Command]]:
         except UnsupportedEsqlError as problem:
             unsupported = unsupported or problem
             continue
+        if isinstance(command, From) and all(map(ALERT_INDEX_RE.fullmatch, command.patterns)):
+            unsupported = unsupported or source.unsupported(
+                f"FROM {', '.join(command.patterns)} reads Kibana's alerts, not CloudTrail events",
+                pos,
+            )
         commands.append(command)
     if unsupported is not None:
         raise unsupported
@@ -939,7 +970,7 @@ def _parse_command(  # noqa: PLR0917 - one command's span and place in the query
         parser.end("the end of the command")
         return Limit(token.value, pos)
     if name == "STATS":
-        _stats(parser, pos)
+        return _stats(parser, pos)
     if name in UNSUPPORTED_COMMANDS or name in ("FROM", "ROW"):
         raise source.unsupported(f"unsupported command {name}", pos)
     raise source.error(f"unknown command {name}", pos)
