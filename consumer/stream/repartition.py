@@ -57,6 +57,11 @@ def encode_key(rule_id: str, group_key: GroupKey) -> bytes:
     return _json([rule_id, list(group_key)])
 
 
+def key_from_json(data: list[object]) -> GroupKey:
+    """A group key back from JSON: a multi-valued term was a (sorted) tuple."""
+    return tuple(tuple(item) if isinstance(item, list) else item for item in data)
+
+
 def partition_for(key: bytes, partitions: int) -> int:
     """Chosen here, not by the producer's partitioner, so that a setting cannot move groups."""
     return zlib.crc32(key) % partitions
@@ -71,6 +76,9 @@ class Routed:
     group_key: GroupKey
     event_ms: int
     row: Row
+    partition_key: GroupKey | None = field(default=None, compare=False)
+    """What picks the partition when it is not the group key: a suppressed aggregating rule's
+    groups that share suppression terms must meet on one partition."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +113,11 @@ class Encoded:
 
 def encode_routed(routed: Routed, partitions: int) -> Encoded:
     key = encode_key(routed.rule_id, routed.group_key)
+    placed = key if routed.partition_key is None else encode_key(routed.rule_id,
+                                                                 routed.partition_key)
     value = _json({"v": FORMAT_VERSION, "t": routed.event_ms, "r": routed.row})
     headers: Headers = [(KIND_HEADER, routed.kind.encode())]
-    return Encoded(partition_for(key, partitions), key, value, headers)
+    return Encoded(partition_for(placed, partitions), key, value, headers)
 
 
 def encode_marker(marker: Marker, partition: int) -> Encoded:
@@ -123,8 +133,9 @@ class RepartitionFormatError(ValueError):
 
 
 def decode(key: bytes | None, value: bytes | None,
-           headers: Iterable[tuple[str, bytes | None]] | None) -> Record:
-    kind = next((v for k, v in headers or () if k == KIND_HEADER), None)
+           headers: Iterable[tuple[str, str | bytes | None]] | None) -> Record:
+    found = next((v for k, v in headers or () if k == KIND_HEADER), None)
+    kind = found.encode() if isinstance(found, str) else found
     if kind is None or value is None:
         raise RepartitionFormatError("no kind header or no value")
     try:
@@ -136,8 +147,8 @@ def decode(key: bytes | None, value: bytes | None,
             return Marker((str(topic), int(partition)), body["t"], bool(body["i"]), int(body["w"]))
         if kind in (ROW.encode(), MATCH.encode()) and key is not None:
             rule_id, group_key = json.loads(key)
-            return Routed(kind.decode(), str(rule_id), tuple(group_key), int(body["t"]),
-                          dict(body["r"]))
+            return Routed(kind.decode(), str(rule_id), key_from_json(group_key),
+                          int(body["t"]), dict(body["r"]))
     except (ValueError, KeyError, TypeError) as error:
         raise RepartitionFormatError(str(error)) from error
     raise RepartitionFormatError(f"unknown kind {kind!r}")

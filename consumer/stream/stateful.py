@@ -18,14 +18,23 @@ starts from exactly the state its first attempt started from.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
+from consumer.alerts.document import Alert, Headers, run_alert_for
+from consumer.alerts.suppression import Suppressor
+from consumer.rules.esql.aggregate import AggregatingQuery, AggState
+from consumer.rules.loader import LoadedRule
+from consumer.rules.schedule import Schedule, WindowedAggregation, millis
 from consumer.stream.repartition import (
+    MATCH,
+    ROW,
     Encoded,
     GroupKey,
     InputPartition,
@@ -37,6 +46,7 @@ from consumer.stream.repartition import (
     decode,
     encode_marker,
     encode_routed,
+    key_from_json,
 )
 
 log = logging.getLogger(__name__)
@@ -67,10 +77,10 @@ class GroupState(Protocol):
     def advance(self, watermark_ms: int) -> list[object]:
         """Evaluate what the watermark closed; evict what no open run needs."""
 
-    def take_changes(self) -> dict[GroupKey, object | None]:
-        """Each group changed since the last call, dumped (None: evicted)."""
+    def take_changes(self) -> dict[str, object | None]:
+        """What changed since the last call, by the state's own store sub-key (None: gone)."""
 
-    def load(self, key: GroupKey, data: object) -> None: ...
+    def load(self, subkey: str, data: object) -> None: ...
 
     @property
     def open_groups(self) -> int: ...
@@ -85,8 +95,9 @@ class StatefulRule(Protocol):
     @property
     def rule_id(self) -> str: ...
 
-    def route(self, record: dict[str, object]) -> list[Routed]:
-        """The event's rows (or its match) with group key and event time; [] for most."""
+    def route(self, record: dict[str, object], payload: object) -> list[Routed]:
+        """The records an event routes: an aggregating rule's rows (`payload`, the rows the
+        detector found) by group key; a suppressed rule's match (`payload`, its alert)."""
 
     def new_state(self) -> GroupState: ...
 
@@ -98,8 +109,8 @@ Produce = Callable[[str, Encoded], None]
 """(topic, record): queues the record in the open batch."""
 
 
-def store_key(rule_id: str, key: GroupKey) -> str:
-    return json.dumps([rule_id, list(key)], separators=(",", ":"), ensure_ascii=False)
+def store_key(rule_id: str, subkey: str) -> str:
+    return json.dumps([rule_id, subkey], separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass
@@ -146,15 +157,15 @@ class StatefulStage:
 
     # --- input side --------------------------------------------------------------------------
 
-    def route(self, source: InputPartition, record: dict[str, object], wall_ms: int,
-              produce: Produce) -> int:
-        """Route one decoded event of `source`; returns how many records it produced."""
+    def route(self, source: InputPartition, rule_id: str, record: dict[str, object],
+              payload: object, *, wall_ms: int, produce: Produce) -> int:
+        """Route what one decoded event of `source` gives a stateful rule; returns how many
+        records it produced."""
         produced = 0
-        for rule in self.rules.values():
-            for routed in rule.route(record):
-                produce(self.topic, encode_routed(routed, self.partitions))
-                self.tracker.saw(source, routed.event_ms, wall_ms)
-                produced += 1
+        for routed in self.rules[rule_id].route(record, payload):
+            produce(self.topic, encode_routed(routed, self.partitions))
+            self.tracker.saw(source, routed.event_ms, wall_ms)
+            produced += 1
         return produced
 
     def markers(self, wall_ms: int, caught_up: Callable[[InputPartition], bool],
@@ -193,10 +204,10 @@ class StatefulStage:
             if key == WATERMARK_KEY:
                 owned.watermark.load(value)
                 continue
-            rule_id, group = json.loads(key)
+            rule_id, subkey = json.loads(key)
             state = owned.states.get(rule_id)
             if state is not None:  # a rule since disabled leaves its groups behind, unread
-                state.load(tuple(group), value)
+                state.load(subkey, value)
         for rule_id, state in owned.states.items():
             if owned.watermark.current_ms is not None:
                 # Runs up to the watermark were evaluated (and their groups evicted) before:
@@ -208,7 +219,7 @@ class StatefulStage:
         return owned
 
     def consume(self, partition: int, key: bytes | None, value: bytes | None,
-                headers: list[tuple[str, bytes]] | None) -> None:
+                headers: Iterable[tuple[str, str | bytes | None]] | None) -> None:
         """One record of an owned repartition partition."""
         owned = self._owned[partition]
         record = decode(key, value, headers)
@@ -233,11 +244,11 @@ class StatefulStage:
         """Write every changed group into its store: before the store's own flush."""
         for owned in self._owned.values():
             for rule_id, state in owned.states.items():
-                for group, data in state.take_changes().items():
+                for subkey, data in state.take_changes().items():
                     if data is None:
-                        owned.store.delete(store_key(rule_id, group))
+                        owned.store.delete(store_key(rule_id, subkey))
                     else:
-                        owned.store.put(store_key(rule_id, group), data)
+                        owned.store.put(store_key(rule_id, subkey), data)
 
     def committed(self) -> None:
         self.tracker.committed()
@@ -258,3 +269,265 @@ class StatefulStage:
             if lag is not None:
                 stats.watermark_lag_ms[partition] = lag
         return stats
+
+
+# --- the real rules: WindowedAggregation and Suppressor behind GroupState ---------------------
+
+PROGRESS_KEY = "~progress"
+"""The sub-key of a state's counters and how far its runs got (a JSON group key is a list)."""
+
+
+class _RoutedKeys:
+    """The rule's query with the group chosen by the router: a row with a multi-valued BY
+    reaches one partition per value, and each copy counts for its own group only."""
+
+    def __init__(self, query: AggregatingQuery) -> None:
+        self.query = query
+        self.key: GroupKey = ()
+
+    @property
+    def group_by(self) -> tuple[str, ...]:
+        return self.query.group_by
+
+    def group_keys(self, row: Row) -> list[GroupKey]:
+        return [self.key]
+
+    def new_state(self) -> AggState:
+        return self.query.new_state()
+
+    def add(self, state: AggState, row: Row) -> None:
+        self.query.add(state, row)
+
+    def merge(self, into: AggState, other: AggState) -> None:
+        self.query.merge(into, other)
+
+    def dump(self, state: AggState) -> object:
+        return self.query.dump(state)
+
+    def load(self, data: object) -> AggState:
+        return self.query.load(data)
+
+    def finish(self, groups: Iterable[tuple[GroupKey, AggState]], now_ms: int) -> list[Row]:
+        return self.query.finish(groups, now_ms)
+
+
+def _subkey(key: GroupKey) -> str:
+    return json.dumps([list(v) if isinstance(v, tuple) else v for v in key],
+                      separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+class _Windows:
+    """An aggregating rule's groups (and, when it has alert suppression, its suppression
+    state: its groups sharing terms meet on one partition, see `AggregatingRule`)."""
+
+    def __init__(self, rule: LoadedRule, query: AggregatingQuery, schedule: Schedule) -> None:
+        self._rule = rule
+        self._keys = _RoutedKeys(query)
+        self._schedule = schedule
+        self.windows: WindowedAggregation[AggState] = WindowedAggregation(self._keys, schedule)
+        self.suppressor = Suppressor.for_rule(rule)
+
+    def add(self, key: GroupKey, event_ms: int, row: Row) -> bool:
+        self._keys.key = key
+        return self.windows.add(event_ms, row)
+
+    def advance(self, watermark_ms: int) -> list[object]:
+        out: list[object] = []
+        detected_at = datetime.now(UTC)
+        for run in self.windows.due(watermark_ms):
+            for row, key in zip(run.rows, run.keys, strict=True):
+                alert = run_alert_for(self._rule, run.run_ms, row, key, detected_at=detected_at)
+                if self.suppressor is None:
+                    out.append(alert)
+                    continue
+                ts = millis(row.get(self._schedule.timestamp_field))
+                passed = self.suppressor.offer(alert, run.run_ms if ts is None else ts,
+                                               run.run_ms)
+                if passed is not None:
+                    out.append(passed)
+        if self.suppressor is not None:
+            out += self.suppressor.due(watermark_ms)
+        return out
+
+    def take_changes(self) -> dict[str, object | None]:
+        changes: dict[str, object | None] = {
+            "w" + _subkey(key): self.windows.dump_group(key)
+            for key in self.windows.take_changed()
+        }
+        progress: dict[str, object] = {"w": self.windows.dump_progress()}
+        if self.suppressor is not None:
+            for terms in self.suppressor.take_changed():
+                changes["s" + _subkey(terms)] = self.suppressor.dump_group(terms)
+            progress["s"] = self.suppressor.dump_progress()
+        changes[PROGRESS_KEY] = progress
+        return changes
+
+    def load(self, subkey: str, data: object) -> None:
+        if subkey == PROGRESS_KEY:
+            assert isinstance(data, dict)
+            self.windows.load_progress(data["w"])
+            if self.suppressor is not None and "s" in data:
+                self.suppressor.load_progress(data["s"])
+        elif subkey.startswith("w"):
+            self.windows.load_group(key_from_json(json.loads(subkey[1:])), data)
+        elif self.suppressor is not None and isinstance(data, dict):
+            self.suppressor.load_group(key_from_json(json.loads(subkey[1:])), data)
+
+    @property
+    def open_groups(self) -> int:
+        return self.windows.open_groups
+
+    @property
+    def state_bytes(self) -> int:
+        suppressed = 0 if self.suppressor is None else self.suppressor.state_bytes
+        return self.windows.state_bytes + suppressed
+
+    @property
+    def suppressed(self) -> int:
+        return 0 if self.suppressor is None else self.suppressor.suppressed
+
+
+class AggregatingRule:
+    """A rule with STATS: each event's pre-STATS rows (the detector found them) go to their
+    group's partition, where `WindowedAggregation` counts them over Elastic's schedule.
+
+    With alert suppression, a run's alerts are suppressed where they are made, so every group
+    whose alerts can share terms must be on one partition: the partition is picked by the BY
+    columns that are suppression fields, or by the rule alone when a suppression field is not
+    a BY column (then the rule's groups all live on one partition)."""
+
+    def __init__(self, rule: LoadedRule) -> None:
+        if rule.aggregation is None:
+            raise ValueError(f"rule {rule.rule_id} has no STATS")
+        self.rule = rule
+        self.query = rule.aggregation
+        self.schedule = Schedule.for_rule(rule)
+        self._placing: tuple[int, ...] | None = None
+        suppression = rule.definition.rule.alert_suppression
+        if suppression is not None:
+            by = self.query.group_by
+            fields = list(suppression.group_by)
+            self._placing = (tuple(by.index(name) for name in fields)
+                             if all(name in by for name in fields) else ())
+
+    @property
+    def rule_id(self) -> str:
+        return self.rule.rule_id
+
+    def route(self, record: dict[str, object], payload: object) -> list[Routed]:
+        event_ms = self.schedule.event_time(record)
+        if event_ms is None or not isinstance(payload, (list, tuple)):
+            return []
+        routed = []
+        for row in payload:
+            for key in self.query.group_keys(row):
+                placed = (None if self._placing is None
+                          else tuple(key[index] for index in self._placing))
+                routed.append(Routed(ROW, self.rule_id, key, event_ms, row, placed))
+        return routed
+
+    def new_state(self) -> GroupState:
+        return _Windows(self.rule, self.query, self.schedule)
+
+
+def alert_to_json(alert: Alert) -> dict[str, object]:
+    """An alert as a repartition row: the suppressor receives it as it was built."""
+    return {
+        "id": alert.alert_id,
+        "key": base64.b64encode(alert.key).decode(),
+        "headers": [[name, None if value is None else base64.b64encode(
+            value if isinstance(value, bytes) else value.encode()).decode()]
+            for name, value in alert.headers],
+        "document": alert.document,
+    }
+
+
+def alert_from_json(data: Mapping[str, Any]) -> Alert:
+    headers: Headers = [(str(name), None if value is None else base64.b64decode(value))
+                        for name, value in data["headers"]]
+    return Alert(str(data["id"]), base64.b64decode(data["key"]), headers, data["document"])
+
+
+class _Suppression:
+    """A row-at-a-time rule's suppression state on one partition."""
+
+    def __init__(self, suppressor: Suppressor) -> None:
+        self.suppressor = suppressor
+
+    def add(self, key: GroupKey, event_ms: int, row: Row) -> bool:
+        """A late match is folded in at the next watermark, never dropped (suppression.py)."""
+        passed = self.suppressor.offer(alert_from_json(row), event_ms)
+        assert passed is None  # routed only when it has terms
+        return True
+
+    def advance(self, watermark_ms: int) -> list[object]:
+        return list(self.suppressor.due(watermark_ms))
+
+    def take_changes(self) -> dict[str, object | None]:
+        changes: dict[str, object | None] = {
+            "s" + _subkey(terms): self.suppressor.dump_group(terms)
+            for terms in self.suppressor.take_changed()
+        }
+        changes[PROGRESS_KEY] = {"s": self.suppressor.dump_progress()}
+        return changes
+
+    def load(self, subkey: str, data: object) -> None:
+        assert isinstance(data, dict)
+        if subkey == PROGRESS_KEY:
+            self.suppressor.load_progress(data["s"])
+        else:
+            self.suppressor.load_group(key_from_json(json.loads(subkey[1:])), data)
+
+    @property
+    def open_groups(self) -> int:
+        return self.suppressor.open_groups
+
+    @property
+    def state_bytes(self) -> int:
+        return self.suppressor.state_bytes
+
+    @property
+    def suppressed(self) -> int:
+        return self.suppressor.suppressed
+
+
+class SuppressedRule:
+    """A row-at-a-time rule with alert suppression: its matches go to their terms' partition,
+    where `Suppressor` sends the first alert and counts the rest in event time."""
+
+    def __init__(self, rule: LoadedRule) -> None:
+        suppressor = Suppressor.for_rule(rule)
+        if suppressor is None:
+            raise ValueError(f"rule {rule.rule_id} has no alert suppression")
+        self.rule = rule
+        self._terms = suppressor
+        self.schedule = Schedule.for_rule(rule)
+
+    @property
+    def rule_id(self) -> str:
+        return self.rule.rule_id
+
+    def route(self, record: dict[str, object], payload: object) -> list[Routed]:
+        """[] when the alert cannot be suppressed (a missing term under doNotSuppress, or no
+        event time): the caller sends it at once."""
+        assert isinstance(payload, Alert)
+        terms = self._terms.terms(payload)
+        event_ms = self.schedule.event_time(record)
+        if terms is None or event_ms is None:
+            return []
+        return [Routed(MATCH, self.rule_id, terms, event_ms, alert_to_json(payload))]
+
+    def new_state(self) -> GroupState:
+        suppressor = Suppressor.for_rule(self.rule)
+        assert suppressor is not None
+        return _Suppression(suppressor)
+
+
+def stateful_rules(aggregating: Iterable[LoadedRule], row_at_a_time: Iterable[LoadedRule]
+                   ) -> list[AggregatingRule | SuppressedRule]:
+    """Every enabled rule that needs the stage: all aggregating ones, and the others that have
+    alert suppression."""
+    found: list[AggregatingRule | SuppressedRule] = [AggregatingRule(r) for r in aggregating]
+    found += [SuppressedRule(rule) for rule in row_at_a_time
+              if rule.definition.rule.alert_suppression is not None]
+    return found

@@ -13,14 +13,22 @@ import json
 import random
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from consumer.stream.repartition import Encoded, GroupKey, InputPartition, Routed, Row, decode
-from consumer.stream.stateful import WATERMARK_KEY, GroupState, StatefulStage
+from consumer.stream.repartition import (
+    Encoded,
+    GroupKey,
+    InputPartition,
+    Marker,
+    Routed,
+    Row,
+    decode,
+)
+from consumer.stream.stateful import WATERMARK_KEY, GroupState, StatefulRule, StatefulStage
 
 INTERVAL = 300_000
 LOOKBACK = 360_000
@@ -63,17 +71,17 @@ class CountByUser:
         self.evaluated = max(self.evaluated or watermark_ms, watermark_ms)
         return outputs
 
-    def take_changes(self) -> dict[GroupKey, object | None]:
-        changes: dict[GroupKey, object | None] = {
-            key: sorted(self.groups[key].items()) if key in self.groups else None
+    def take_changes(self) -> dict[str, object | None]:
+        changes: dict[str, object | None] = {
+            json.dumps(key): sorted(self.groups[key].items()) if key in self.groups else None
             for key in self.changed
         }
         self.changed.clear()
         return changes
 
-    def load(self, key: GroupKey, data: object) -> None:
+    def load(self, subkey: str, data: object) -> None:
         assert isinstance(data, list)
-        self.groups[key] = {int(t): int(c) for t, c in data}
+        self.groups[tuple(json.loads(subkey))] = {int(t): int(c) for t, c in data}
 
     @property
     def open_groups(self) -> int:
@@ -87,7 +95,7 @@ class CountByUser:
 class CountRule:
     rule_id = RULE
 
-    def route(self, record: dict[str, object]) -> list[Routed]:
+    def route(self, record: dict[str, object], payload: object) -> list[Routed]:
         ts = record["ts"]
         assert isinstance(ts, int)
         return [Routed("row", RULE, (record["user"],), ts, {})]
@@ -136,20 +144,32 @@ class Broker:
     log: dict[int, list[Encoded]] = field(default_factory=dict)
     changelog: dict[int, dict[str, object]] = field(default_factory=dict)
     offsets: dict[object, int] = field(default_factory=dict)
-    alerts: list[tuple[int, GroupKey, int]] = field(default_factory=list)
+    alerts: list[object] = field(default_factory=list)
+
+
+Router = Callable[["Worker", InputPartition, dict[str, object], int], None]
+"""Routes one input event through a worker's stage (the batch processor's part)."""
+
+
+def count_router(worker: Worker, source: InputPartition, event: dict[str, object],
+                 wall: int) -> None:
+    worker.stage.route(source, RULE, event, None, wall_ms=wall,
+                       produce=lambda t, e: worker.out.append((t, e)))
 
 
 class Worker:
     """One member: a stage, its stores, its open batch."""
 
-    def __init__(self, broker: Broker, lateness: int, idle: int) -> None:
+    def __init__(self, broker: Broker, lateness: int, idle: int,
+                 rules: Sequence[StatefulRule] = (), router: Router = count_router) -> None:
         self.broker = broker
         self.out: list[tuple[str, Encoded]] = []
-        self.emitted: list[tuple[int, GroupKey, int]] = []
+        self.emitted: list[object] = []
+        self.router = router
         self.stage = StatefulStage(
-            [CountRule()], topic=TOPIC, partitions=broker.repartitions,
+            list(rules) or [CountRule()], topic=TOPIC, partitions=broker.repartitions,
             inputs=frozenset(broker.inputs), allowed_lateness_ms=lateness,
-            idle_timeout_ms=idle, emit=lambda rule, output: self.emitted.append(output),  # type: ignore[arg-type]
+            idle_timeout_ms=idle, emit=lambda rule, output: self.emitted.append(output),
         )
         self.stores: dict[int, Store] = {}
         self.positions: dict[object, int] = {}
@@ -181,7 +201,7 @@ class Worker:
         else:
             assert isinstance(partition, tuple)
             for event in self.broker.inputs[partition][start:start + count]:
-                self.stage.route(partition, event, wall, lambda t, e: self.out.append((t, e)))
+                self.router(self, partition, event, wall)
                 self.positions[partition] += 1
 
     def commit(self, wall: int) -> None:
@@ -217,16 +237,22 @@ class Worker:
 
 
 def run_group(events: list[dict[str, object]], *, inputs: int, repartitions: int,
-              workers: int, seed: int, lateness: int, keyed: bool) -> Broker:
+              workers: int, seed: int, lateness: int, keyed: bool,
+              rules: Sequence[StatefulRule] = (), router: Router = count_router,
+              key: Callable[[dict[str, object]], str] = lambda e: str(e["user"]),
+              done: Callable[[Broker], bool] | None = None) -> Broker:
     rng = random.Random(seed)
     parts: dict[InputPartition, list[dict[str, object]]] = {("in", p): [] for p in range(inputs)}
     for event in events:
-        p = zlib.crc32(str(event["user"]).encode()) % inputs if keyed else rng.randrange(inputs)
+        p = zlib.crc32(key(event).encode()) % inputs if keyed else rng.randrange(inputs)
         parts[("in", p)].append(event)
     broker = Broker(parts, repartitions)
     everything: list[object] = [*parts, *range(repartitions)]
     wall = 10**13  # far past every event: once idle, the watermark passes every run
-    members = [Worker(broker, lateness, idle=50) for _ in range(workers)]
+    def worker() -> Worker:
+        return Worker(broker, lateness, 50, rules, router)
+
+    members = [worker() for _ in range(workers)]
     owner: dict[object, int] = {}
 
     def rebalance() -> None:
@@ -248,7 +274,7 @@ def run_group(events: list[dict[str, object]], *, inputs: int, repartitions: int
             member.read(partition, rng.randrange(1, 6), wall)
         roll = rng.random()
         if roll < 0.07:  # kill -9: the open batch is gone, a new process restores
-            members[index] = Worker(broker, lateness, idle=50)
+            members[index] = worker()
             for partition in owned:
                 members[index].own(partition, wall)
         elif roll < 0.1:
@@ -260,7 +286,7 @@ def run_group(events: list[dict[str, object]], *, inputs: int, repartitions: int
             rebalance()
         else:
             member.commit(wall)
-        if _drained(broker, events):
+        if (done or (lambda b: _drained(b, events)))(broker):
             return broker
     raise AssertionError("not drained after 20000 steps")
 
@@ -317,9 +343,11 @@ def test_a_late_event_is_counted_and_dropped() -> None:
     store = Store({})
     stage.assign(0, store)
     produced: list[Encoded] = []
-    stage.route(("in", 0), {"user": "a", "ts": 1_000_000}, 0, lambda t, e: produced.append(e))
+    stage.route(("in", 0), RULE, {"user": "a", "ts": 1_000_000}, None, wall_ms=0,
+                produce=lambda t, e: produced.append(e))
     stage.markers(0, lambda p: False, lambda t, e: produced.append(e))
-    stage.route(("in", 0), {"user": "a", "ts": 100}, 0, lambda t, e: produced.append(e))
+    stage.route(("in", 0), RULE, {"user": "a", "ts": 100}, None, wall_ms=0,
+                produce=lambda t, e: produced.append(e))
     for record in produced:
         stage.consume(0, record.key, record.value, record.headers)
     assert emitted == []  # the event at 100 belonged to the run at 300000, long closed
@@ -333,10 +361,13 @@ def test_an_event_at_the_markers_very_time_on_a_run_boundary_still_counts() -> N
                           idle_timeout_ms=10, emit=lambda rule, output: emitted.append(output))
     stage.assign(0, Store({}))
     produced: list[Encoded] = []
-    stage.route(("in", 0), {"user": "a", "ts": 300_000}, 0, lambda t, e: produced.append(e))
+    stage.route(("in", 0), RULE, {"user": "a", "ts": 300_000}, None, wall_ms=0,
+                produce=lambda t, e: produced.append(e))
     stage.markers(0, lambda p: False, lambda t, e: produced.append(e))
-    stage.route(("in", 0), {"user": "a", "ts": 300_000}, 0, lambda t, e: produced.append(e))
-    stage.route(("in", 0), {"user": "a", "ts": 300_001}, 0, lambda t, e: produced.append(e))
+    stage.route(("in", 0), RULE, {"user": "a", "ts": 300_000}, None, wall_ms=0,
+                produce=lambda t, e: produced.append(e))
+    stage.route(("in", 0), RULE, {"user": "a", "ts": 300_001}, None, wall_ms=0,
+                produce=lambda t, e: produced.append(e))
     stage.markers(0, lambda p: False, lambda t, e: produced.append(e))
     for record in produced:
         stage.consume(0, record.key, record.value, record.headers)
@@ -356,7 +387,8 @@ def test_restore_reproduces_the_groups_and_the_watermark() -> None:
     first.assign(0, store)
     produced: list[Encoded] = []
     for ts in (100, 200_000, 300_000, 400_000):
-        first.route(("in", 0), {"user": "a", "ts": ts}, 0, lambda t, e: produced.append(e))
+        first.route(("in", 0), RULE, {"user": "a", "ts": ts}, None, wall_ms=0,
+                produce=lambda t, e: produced.append(e))
     first.markers(0, lambda p: False, lambda t, e: produced.append(e))
     for record in produced:
         first.consume(0, record.key, record.value, record.headers)
@@ -367,4 +399,5 @@ def test_restore_reproduces_the_groups_and_the_watermark() -> None:
     assert restored.owned[0].states[RULE].open_groups == 1
     assert restored.owned[0].watermark.current_ms == 399_999
     marker = decode(produced[-1].key, produced[-1].value, produced[-1].headers)
-    assert marker.event_ms == 400_000  # type: ignore[union-attr]
+    assert isinstance(marker, Marker)
+    assert marker.event_ms == 400_000
