@@ -633,7 +633,7 @@ class Service:
 
         def commit() -> None:
             try:
-                outcome.append(sink.commit(offsets, self.source.consumer))
+                outcome.append(sink.commit(offsets, self.source.group))
             except Exception as error:
                 failure.append(error)
 

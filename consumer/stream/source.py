@@ -49,6 +49,20 @@ def offset_name(offset: int) -> str:
     return {OFFSET_BEGINNING: "the beginning", OFFSET_END: "the end"}.get(offset, str(offset))
 
 
+class ConsumerGroup:
+    """A commit's view of the consumer group (`sink.GroupMetadata`)."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+
+    @property
+    def metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
+    def commit(self, offsets: list[TopicPartition]) -> None:
+        self._consumer.commit(offsets=offsets, asynchronous=False)
+
+
 class Source:
     def __init__(
         self,
@@ -86,6 +100,11 @@ class Source:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+
+    @property
+    def group(self) -> ConsumerGroup:
+        """The consumer group as a commit needs it."""
+        return ConsumerGroup(self.consumer)
 
     def consume(self, count: int, timeout: float) -> list[Message]:
         """Up to `count` messages that are already fetched; when there are none, waits up to
