@@ -20,12 +20,16 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from consumer.alerts.document import Headers
 from consumer.stream.sink import FatalSinkError
 from consumer.stream.source import PartitionsCallback
+
+if TYPE_CHECKING:
+    from consumer.stream.service import Rebalance
 from consumer.stream.state import ChangelogRecord, Partition
 
 
@@ -41,8 +45,15 @@ class Record:
 
 @dataclass
 class InMemoryBroker:
+    """Topics and one group's offsets; also the service's `Clients` (`open_source` subscribes
+    to `inputs`) and a `ChangelogReader`."""
+
     partitions: int = 3
     """Partitions of every topic (a record without an explicit partition goes by its key)."""
+    inputs: tuple[str, ...] = ("in",)
+    sinks: list[InMemorySink] = field(default_factory=list)
+    """Every sink opened, the current one last."""
+    sources: list[InMemorySource] = field(default_factory=list)
     topics: dict[str, dict[int, list[Record]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(list))
     )
@@ -77,9 +88,21 @@ class InMemoryBroker:
     def sink(self) -> InMemorySink:
         return InMemorySink(self)
 
-    def source(self, topics: Sequence[str], *, on_assign: PartitionsCallback,
-               on_revoke: PartitionsCallback, on_lost: PartitionsCallback) -> InMemorySource:
-        return InMemorySource(self, topics, on_assign, on_revoke, on_lost)
+    # --- Clients ------------------------------------------------------------------------------
+
+    def open_sink(self) -> InMemorySink:
+        sink = InMemorySink(self)
+        self.sinks.append(sink)
+        return sink
+
+    def open_source(self, rebalance: Rebalance) -> InMemorySource:
+        source = InMemorySource(self, self.inputs, rebalance.on_assign, rebalance.on_revoke,
+                                rebalance.on_lost)
+        self.sources.append(source)
+        return source
+
+    def changelog_reader(self) -> InMemoryBroker:
+        return self
 
 
 class InMemoryGroup:
