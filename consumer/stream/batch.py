@@ -35,7 +35,9 @@ from consumer.rules.detector import Detector, EventsVerdict, RuleEvaluationError
 from consumer.rules.loader import LoadedRule
 from consumer.stream.metrics import Metrics
 from consumer.stream.progress import Progress, ReasonLog, format_hint
+from consumer.stream.repartition import Encoded
 from consumer.stream.state import Partition, StateStore
+from consumer.stream.stateful import Stateful
 from consumer.times import parse_iso_utc
 
 log = logging.getLogger("consumer.stream.service")
@@ -86,8 +88,9 @@ class BatchProcessor:
     def __init__(
         self, settings: Settings, detector: Detector, metrics: Metrics, output: Output,
         throttle_counts: StateStore, *, worker: int = 0,
-        encode_alert: Callable[[Alert], bytes],
+        encode_alert: Callable[[Alert], bytes], stateful: Stateful | None = None,
     ) -> None:
+        """`stateful` receives the aggregating rules' rows and the suppressed rules' matches."""
         self.settings = settings
         self.detector = detector
         self.metrics = metrics
@@ -97,7 +100,9 @@ class BatchProcessor:
         """The throttle's counts, one store per assigned partition."""
         self.worker = worker
         self._encode_alert = encode_alert
+        self.stateful = stateful
         self._rules_by_id = {rule.rule_id: rule for rule in detector.rules}
+        self._aggregating_by_id = {rule.rule_id: rule for rule in detector.aggregating}
         self._consumed_counters: dict[Partition, tuple[PrometheusCounter, PrometheusCounter]] = {}
         self.progress = Progress()
         self.dead_letter_log = ReasonLog()
@@ -153,6 +158,8 @@ class BatchProcessor:
                     decoded += 1
                     for rule in verdict.matched:
                         self._alert(rule, verdict.record, message, consumed_at)
+                    if verdict.rows:
+                        self._route_rows(verdict, message)
                     self._count_excepted(verdict)
                 else:
                     decoded += self._handle_events(cast(EventsVerdict, verdict), message,
@@ -176,6 +183,8 @@ class BatchProcessor:
             for rule in judged.matched:
                 self._alert(rule, judged.record, message, consumed_at,
                             original=events.original(index), context=events.context)
+            if judged.rows:
+                self._route_rows(judged, message)
             self._count_excepted(judged)
         for index, failure in verdict.failures:
             if isinstance(failure, DecodeError):
@@ -183,6 +192,29 @@ class BatchProcessor:
             self._dead_letter(message, failure.reason, str(failure),
                               event=(index, events.original(index).encode("utf-8", "replace")))
         return len(verdict.verdicts)
+
+    def _to_repartition(self, topic: str, record: Encoded) -> None:
+        self.output.produce(topic, record.key, record.value, record.headers,
+                            partition=record.partition)
+
+    def _route_rows(self, verdict: Verdict, message: Message) -> None:
+        """An aggregating rule's rows go to their groups' partitions of the repartition topic."""
+        if self.stateful is None:
+            return
+        source = _origin(message)[:2]
+        wall_ms = int(time.time() * 1000)
+        for rule, rows in verdict.rows:
+            self.stateful.stage.route(source, rule.rule_id, verdict.record, rows,
+                                      wall_ms=wall_ms, produce=self._to_repartition)
+
+    def _suppressed(self, rule: LoadedRule, alert: Alert, record: dict[str, object],
+                    message: Message) -> bool:
+        """True when the alert went to its suppression group's partition instead of out."""
+        if self.stateful is None or rule.rule_id not in self.stateful.stage.rules:
+            return False
+        return self.stateful.stage.route(
+            _origin(message)[:2], rule.rule_id, record, alert,
+            wall_ms=int(time.time() * 1000), produce=self._to_repartition) > 0
 
     def _count_excepted(self, verdict: Verdict) -> None:
         for rule, item in verdict.excepted:
@@ -253,6 +285,15 @@ class BatchProcessor:
         its envelope carried (EventBridge id and time, Filebeat timestamps)."""
         self.metrics.rule_matches.labels(rule.rule_id).inc()
         now = datetime.now(UTC)
+        if self.stateful is not None and rule.rule_id in self.stateful.stage.rules:
+            payload = message.value()
+            if original is None and self.settings.include_event_original and payload:
+                original = self._original_json(record, payload)
+            suppressible = alert_for(rule, record, detected_at=now, original=original)
+            if context:
+                _add_context(suppressible.document, context)
+            if self._suppressed(rule, suppressible, record, message):
+                return
         counts = self.throttle_counts.partition(_origin(message)[:2])
         if not self.throttle.admit(rule.rule_id, now, counts,
                                    self.throttle_counts.partitions.values()):
@@ -298,6 +339,17 @@ class BatchProcessor:
         except (ValueError, RecursionError):
             # A producer wrote text that is not JSON into a free-form field: keep it as text.
             return json.dumps(record, separators=(",", ":"), default=str)
+
+    def send_stateful_alert(self, rule_id: str, alert: Alert) -> None:
+        """An alert of the stateful stage; one too large to produce is logged and counted (it
+        has no input message to dead-letter: the rows behind it are on the repartition topic)."""
+        rule = self._rules_by_id.get(rule_id) or self._aggregating_by_id.get(rule_id)
+        if not self._send_alert(alert):
+            self.metrics.dead_letters.labels("alert-too-large").inc()
+            log.error("alert %s of rule %s is too large to produce", alert.alert_id, rule_id)
+            return
+        self.metrics.alerts.labels(rule_id, rule.severity if rule else "unknown").inc()
+        self.progress.alerts += 1
 
     def _send_alert(self, alert: Alert) -> bool:
         return self._produce_if_fits(

@@ -16,7 +16,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -34,8 +34,9 @@ from consumer.rules.detector import Detector
 from consumer.rules.exceptions import ExceptionLoadError, ExceptionWatcher
 from consumer.rules.loader import LoadedRule
 from consumer.stream.batch import THROTTLE_STORE, BatchProcessor
-from consumer.stream.checkpoint import WEDGED_COMMIT_S, Checkpoint, CommitPolicy
+from consumer.stream.checkpoint import WEDGED_COMMIT_S, Checkpoint, CommitPolicy, Participant
 from consumer.stream.metrics import Metrics
+from consumer.stream.repartition import repartition_topic
 from consumer.stream.sink import AtLeastOnceSink, FatalSinkError, Sink, TransactionalSink
 from consumer.stream.source import InputSource, PartitionsCallback, Source
 from consumer.stream.state import (
@@ -45,6 +46,13 @@ from consumer.stream.state import (
     StateStore,
     changelog_topic,
     ensure_changelogs,
+)
+from consumer.stream.stateful import (
+    STORE,
+    Stateful,
+    StatefulStage,
+    ensure_internal_topics,
+    stateful_rules,
 )
 
 log = logging.getLogger(__name__)
@@ -120,17 +128,19 @@ class Clients(Protocol):
 
 class KafkaClients:
     def __init__(self, settings: Settings, worker: int, metrics: Metrics,
-                 lookback: timedelta) -> None:
+                 lookback: timedelta, internal_topics: Sequence[str] = ()) -> None:
+        """`internal_topics` are read by the same member besides the input (repartition)."""
         self._settings = settings
         self._worker = worker
         self._metrics = metrics
         self._lookback = lookback
+        self._internal_topics = list(internal_topics)
 
     def open_source(self, rebalance: Rebalance) -> InputSource:
         settings = self._settings
         return Source(
             config=settings.consumer_config(self._worker),
-            subscription=settings.subscription,
+            subscription=settings.subscription + self._internal_topics,
             start_from=settings.start_position(),
             lookback=self._lookback,
             metrics=self._metrics,
@@ -185,6 +195,11 @@ class Service:
         self.store_names = [THROTTLE_STORE]
         """The state stores this member keeps; their changelogs are created at start-up."""
         self.stores: dict[str, StateStore] = {}
+        self.stateful_rules = stateful_rules(detector.aggregating, detector.rules)
+        """Rules that need the stateful stage; none: no repartition topic, no stage."""
+        self.stateful: Stateful | None = None
+        self._repartitions = 0
+        self._inputs: frozenset[Partition] = frozenset()
         self.source: InputSource
         self.checkpoint: Checkpoint
         self.batch: BatchProcessor
@@ -199,8 +214,9 @@ class Service:
             if self.stopping.is_set():  # stopped while waiting for Kafka: nothing to close
                 self.finished.set()
                 return
+            internal = [repartition_topic(self.settings.group_id)] if self.stateful_rules else []
             clients = KafkaClients(self.settings, self.worker, self.metrics,
-                                   _rule_lookback(list(self.detector.rules)))
+                                   _rule_lookback(list(self.detector.rules)), internal)
         self.open(clients)
         try:
             while not self.stopping.is_set():
@@ -228,15 +244,27 @@ class Service:
         self.source = clients.open_source(
             Rebalance(self._after_assign, self._before_revoke, self._after_loss)
         )
+        participants: list[Participant] = list(self.stores.values())
+        if self.stateful_rules:
+            stage = StatefulStage(
+                self.stateful_rules, topic=repartition_topic(settings.group_id),
+                partitions=self._repartitions or settings.repartition_partitions or 1,
+                inputs=self._inputs,
+                allowed_lateness_ms=settings.duration_ms("allowed_lateness"),
+                idle_timeout_ms=settings.duration_ms("idle_timeout"), emit=self._emit_stateful,
+            )
+            self.stateful = Stateful(stage, StateStore(STORE, settings.group_id, reader),
+                                     getattr(self.source, "ends", {}))
+            participants.insert(0, self.stateful)
         self.checkpoint = Checkpoint(
             self.source, sink, clients.open_sink,
             CommitPolicy(settings.transaction_max_messages, settings.transaction_max_ms,
                          self._transaction_timeout_s()),
-            self.metrics, participants=list(self.stores.values()),
+            self.metrics, participants=participants,
         )
         self.batch = BatchProcessor(
             settings, self.detector, self.metrics, self.checkpoint, self.stores[THROTTLE_STORE],
-            worker=self.worker, encode_alert=self._encode_alert,
+            worker=self.worker, encode_alert=self._encode_alert, stateful=self.stateful,
         )
 
     def _transaction_timeout_s(self) -> float:
@@ -279,7 +307,9 @@ class Service:
                 missing = sorted(wanted - existing)
                 if not missing:
                     self._check_transaction_timeout(admin)
-                    if self._create_changelogs(admin, metadata.topics, delay):
+                    if self._create_changelogs(admin, metadata.topics, delay) and (
+                        self._create_internal_topics(admin, metadata.topics, delay)
+                    ):
                         self.health.waiting_for = "joining the consumer group"
                         return
                 else:
@@ -331,6 +361,39 @@ class Service:
             return False
         return True
 
+    def _input_topics(self, topics: Mapping[str, Any]) -> list[str]:
+        if self.settings.input_pattern:
+            pattern = re.compile(self.settings.input_pattern[1:])
+            return [name for name in topics if pattern.match(name) and not name.startswith(
+                f"{self.settings.group_id}.")]
+        return [name for name in self.settings.input_topics if name in topics]
+
+    def _create_internal_topics(self, admin: AdminClient, topics: Mapping[str, Any],
+                                delay: float) -> bool:
+        """The stateful stage's repartition topic and changelog, when a rule needs them; the
+        input partitions whose markers each repartition partition's watermark waits for."""
+        if not self.stateful_rules:
+            return True
+        inputs = self._input_topics(topics)
+        self._inputs = frozenset((name, number) for name in inputs
+                                 for number in topics[name].partitions)
+        largest = max((len(topics[name].partitions) for name in inputs), default=1)
+        try:
+            self._repartitions = ensure_internal_topics(
+                admin, self.settings.group_id, largest, self.settings.repartition_partitions)
+        except KafkaException as error:
+            self.health.waiting_for = f"cannot create the repartition topic: {error}"
+            log.error("cannot create the repartition topic or its changelog: %s; retrying in "
+                      "%.0fs", error, delay)
+            return False
+        return True
+
+    def _emit_stateful(self, rule_id: str, output: object) -> None:
+        """An alert the stage made (a run's row, a suppressed window's first alert or final
+        count): into the open batch, which consumed the marker that made it due."""
+        assert isinstance(output, Alert)
+        self.batch.send_stateful_alert(rule_id, output)
+
     # --- the loop ----------------------------------------------------------------------------
 
     def step(self) -> None:
@@ -343,10 +406,19 @@ class Service:
         # With a batch open, an empty input means commit now, not wait for more.
         messages = self.source.consume(batch_size, 0 if checkpoint.open else 0.1)
         if messages:
-            judged = self.batch.process(messages, time.monotonic())
-            checkpoint.consumed(judged.offsets, len(messages))
-            for message, error in judged.retry_later:
-                self._retry_later(message, error)
+            inputs = messages
+            if self.stateful is not None:
+                internal = [m for m in messages if m.topic() == self.stateful.topic]
+                if internal:
+                    checkpoint.consumed(self.stateful.consume(internal), len(internal))
+                    inputs = [m for m in messages if m.topic() != self.stateful.topic]
+            if inputs:
+                judged = self.batch.process(inputs, time.monotonic())
+                checkpoint.consumed(judged.offsets, len(inputs))
+                for message, error in judged.retry_later:
+                    self._retry_later(message, error)
+        elif self.stateful is not None and not checkpoint.open and self.stateful.heartbeat_due():
+            checkpoint.produced_alone(0)  # a batch of markers alone: the watermark moves on
         summaries = self.batch.emit_throttle_summaries(datetime.now(UTC))
         if summaries:
             checkpoint.produced_alone(summaries)
@@ -415,9 +487,14 @@ class Service:
 
     def _after_assign(self, partitions: list[TopicPartition]) -> None:
         """Restore the new partitions' state before their first message."""
+        internal = self.stateful.topic if self.stateful is not None else None
         for key in _keys(partitions):
+            if key[0] == internal:
+                continue
             for store in self.stores.values():
                 store.assign(key, self.source.committed.get(key))
+        if self.stateful is not None:
+            self.stateful.assigned(partitions, self.source.committed)
 
     def _before_revoke(self, revoked: list[TopicPartition]) -> None:
         """Inside a rebalance: land the open batch while we still own its partitions."""
@@ -438,6 +515,8 @@ class Service:
             self._paused_until.pop(key, None)
             for store in self.stores.values():
                 store.revoke(key)
+        if self.stateful is not None:
+            self.stateful.revoked(partitions)
 
 
 def install_signal_handlers(service: Service) -> None:

@@ -25,10 +25,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol, cast
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from consumer.alerts.document import Alert, Headers, run_alert_for
 from consumer.alerts.suppression import Suppressor
+from consumer.config import ConfigError
 from consumer.rules.esql.aggregate import AggregatingQuery, AggState
 from consumer.rules.loader import LoadedRule
 from consumer.rules.schedule import Schedule, WindowedAggregation, millis
@@ -47,7 +52,10 @@ from consumer.stream.repartition import (
     encode_marker,
     encode_routed,
     key_from_json,
+    repartition_topic,
 )
+from consumer.stream.state import Produce as StoreProduce
+from consumer.stream.state import StateStore, changelog_topic, ensure_changelogs
 
 log = logging.getLogger(__name__)
 
@@ -531,3 +539,129 @@ def stateful_rules(aggregating: Iterable[LoadedRule], row_at_a_time: Iterable[Lo
     found += [SuppressedRule(rule) for rule in row_at_a_time
               if rule.definition.rule.alert_suppression is not None]
     return found
+
+
+# --- in the service: one participant of the checkpoint ----------------------------------------
+
+STORE: Final = "aggregations"
+"""The stage's state store: changelog `<group.id>.aggregations-changelog`, one partition per
+repartition partition."""
+
+HEARTBEAT_S: Final = 1.0
+"""With no batch for this long, one is opened for the markers alone: an idle input still
+moves the watermark (and closes runs) as the wall clock goes on."""
+
+
+class Stateful:
+    """The stage as the service runs it: a checkpoint participant that routes, consumes the
+    repartition topic, and flushes markers, groups and its store with each batch."""
+
+    def __init__(self, stage: StatefulStage, store: StateStore,
+                 ends: Mapping[InputPartition, int]) -> None:
+        """`ends` is the source's live view of where each input partition ends (for idle)."""
+        self.stage = stage
+        self.store = store
+        self._ends = ends
+        self.last_flush = time.monotonic()
+
+    @property
+    def topic(self) -> str:
+        return self.stage.topic
+
+    def assigned(self, partitions: Iterable[TopicPartition],
+                 committed: Mapping[InputPartition, int]) -> None:
+        """Inside the assign callback, before the partitions' first message: restore the
+        repartition partitions' state, and read one that the group never committed from its
+        beginning (not from the input's start position: every row counts)."""
+        now_ms = int(time.time() * 1000)
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            if tp.topic != self.topic:
+                self.stage.tracker.assigned(key, now_ms)
+                continue
+            if key not in committed:
+                tp.offset = OFFSET_BEGINNING
+            started = time.monotonic()
+            self.store.assign(key, committed.get(key))
+            self.stage.assign(tp.partition, self.store.partition(key))
+            self.stage.last_restore_s = time.monotonic() - started
+
+    def revoked(self, partitions: Iterable[InputPartition]) -> None:
+        for topic, number in partitions:
+            if topic == self.topic:
+                self.stage.revoke(number)
+                self.store.revoke((topic, number))
+            else:
+                self.stage.tracker.revoked((topic, number))
+
+    def consume(self, messages: Sequence[Message]) -> dict[InputPartition, int]:
+        """The repartition topic's messages of a batch; the next offset of each partition."""
+        offsets: dict[InputPartition, int] = {}
+        for message in messages:
+            if message.error() is not None:
+                continue
+            number, offset = message.partition(), message.offset()
+            assert number is not None
+            assert offset is not None
+            if number in self.stage.owned:
+                headers = cast("list[tuple[str, bytes | None]] | None", message.headers())
+                self.stage.consume(number, message.key(), message.value(), headers)
+            offsets[(self.topic, number)] = offset + 1
+        return offsets
+
+    def heartbeat_due(self) -> bool:
+        return time.monotonic() - self.last_flush >= HEARTBEAT_S
+
+    # --- checkpoint participant ---------------------------------------------------------------
+
+    def flush(self, produce: StoreProduce, offsets: Mapping[InputPartition, int]) -> int:
+        """Markers (after the batch's rows: the last records of the batch to each repartition
+        partition), then the changed groups, then the store's changelog records."""
+
+        def caught_up(source: InputPartition) -> bool:
+            end = self._ends.get(source)
+            return end is not None and offsets.get(source, -1) >= end
+
+        def put(topic: str, record: Encoded) -> None:
+            produce(topic, record.key, record.value, record.headers, partition=record.partition)
+
+        self.last_flush = time.monotonic()
+        produced = self.stage.markers(int(time.time() * 1000), caught_up, put)
+        self.stage.flush()
+        return produced + self.store.flush(produce, offsets)
+
+    def committed(self) -> None:
+        self.store.committed()
+        self.stage.committed()
+
+    def rolled_back(self) -> None:
+        self.store.rolled_back()
+        self.stage.rolled_back()
+
+
+def ensure_internal_topics(admin: AdminClient, group_id: str, input_partitions: int,
+                           repartition_partitions: int | None) -> int:
+    """The repartition topic (as many partitions as the largest input topic unless set; plain
+    retention: a row is read once by its partition's owner) and the stage's compacted
+    changelog, one partition per repartition partition. Returns the repartition partitions."""
+    topic = repartition_topic(group_id)
+    existing = admin.list_topics(timeout=10).topics
+    if topic in existing:
+        partitions = len(existing[topic].partitions)
+        if repartition_partitions is not None and partitions != repartition_partitions:
+            raise ConfigError(
+                f"setting repartition_partitions: {repartition_partitions}, but {topic} has "
+                f"{partitions} partitions (groups are placed by partition count: delete the "
+                "internal topics, or the consumer group, to change it)")
+    else:
+        partitions = repartition_partitions or input_partitions
+        future = admin.create_topics([NewTopic(topic, num_partitions=partitions)],
+                                     request_timeout=30)[topic]
+        try:
+            future.result()
+            log.info("created repartition topic %s (%d partitions)", topic, partitions)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    ensure_changelogs(admin, [changelog_topic(group_id, STORE)], partitions)
+    return partitions
