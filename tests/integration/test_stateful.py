@@ -16,10 +16,12 @@ import random
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
@@ -27,6 +29,7 @@ from confluent_kafka.cimpl import NewTopic
 from consumer.offline.replay import avro_encoder
 from consumer.offline.scan import scan
 from consumer.rules.loader import load_rules
+from scripts.kafka_local import LocalKafka
 from tests.conftest import Broker
 from tests.support.events import event
 from tests.support.kafka import DetectorProcess, Topics, read_all, wait_until
@@ -59,6 +62,11 @@ severity = "low"
 """
 
 USERS = [f"user-{n}" for n in range(12)]
+
+QUIET_INPUT = {"DETECTOR_IDLE_TIMEOUT": "1h"}
+"""For tests that pause their input: a pause must not count as idle, or the wall clock would
+close every run and the rest of the (old) events would be late. Their runs close on event
+time (`Scenario.close_windows`)."""
 
 
 def reads(count: int, seed: int) -> list[dict[str, Any]]:
@@ -164,6 +172,21 @@ class Scenario:
     def produce(self, records: list[dict[str, Any]], seed: int) -> None:
         produce_unkeyed(self.bootstrap, self.topics.input, records, self.partitions, seed)
 
+    def closing(self) -> list[dict[str, Any]]:
+        """One read per input partition hours after the rest (each by its own user: no
+        alert): the watermark passes every run without waiting for the input to go idle."""
+        moment = (START + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return [event(event_id=f"closing-{p}", caller=f"closer-{p}", event_time=moment,
+                      request_parameters={"bucketName": "logs"})
+                for p in range(self.partitions)]
+
+    def close_windows(self) -> None:
+        producer = Producer({"bootstrap.servers": self.bootstrap})
+        encode = avro_encoder()
+        for partition, record in enumerate(self.closing()):
+            producer.produce(self.topics.input, value=encode(record), partition=partition)
+        assert producer.flush(60) == 0
+
     def wait_for(self, expected: dict[str, int], timeout: float = 90) -> list[tuple[str, int]]:
         """The alerts once every expected one arrived (then drained, to catch doubles)."""
         found: list[tuple[str, int]] = []
@@ -192,18 +215,92 @@ def test_kill_9_ten_times_loses_no_alert_and_doubles_none(
     broker: Broker, tmp_path: Path, detectors: list[DetectorProcess]
 ) -> None:
     records = reads(3000, seed=2)
-    expected = expected_alerts(tmp_path, records)
     scenario = Scenario(broker.bootstrap_servers, tmp_path, detectors)
+    expected = expected_alerts(tmp_path, records + scenario.closing())
     rng = random.Random(2)
     chunk = len(records) // 10
     for kill in range(10):
-        detector = scenario.detector()
+        # Static membership: the restarted member takes its partitions back at once instead
+        # of waiting out the killed one's session.
+        detector = scenario.detector(**QUIET_INPUT, DETECTOR_STATIC_MEMBERSHIP="true")
         detector.wait_ready()
         scenario.produce(records[kill * chunk:(kill + 1) * chunk], seed=kill)
         # Die somewhere inside the work: while rows, markers and runs are in flight (the
         # pause is where the fault strikes, not a wait for anything).
         threading.Event().wait(rng.uniform(0.1, 2.0))
         detector.kill()
-    scenario.detector().wait_ready()
+    survivor = scenario.detector(**QUIET_INPUT, DETECTOR_STATIC_MEMBERSHIP="true")
+    survivor.wait_ready()
+    scenario.close_windows()
 
     assert_exactly_once(scenario.wait_for(expected, timeout=180), expected)
+    assert "repartition partition" in survivor.log()  # its groups were restored
+
+
+def test_two_workers_on_input_not_keyed_by_user_count_every_group_once(
+    broker: Broker, tmp_path: Path, detectors: list[DetectorProcess]
+) -> None:
+    records = reads(1500, seed=3)
+    expected = expected_alerts(tmp_path, records)
+    scenario = Scenario(broker.bootstrap_servers, tmp_path, detectors, partitions=4)
+    detector = scenario.detector(DETECTOR_WORKERS="2")
+    scenario.produce(records, seed=3)
+
+    assert_exactly_once(scenario.wait_for(expected, timeout=120), expected)
+    assert detector.process is not None
+    assert detector.process.poll() is None
+
+
+def test_a_rebalance_in_the_middle_of_a_window_keeps_every_count(
+    broker: Broker, tmp_path: Path, detectors: list[DetectorProcess]
+) -> None:
+    records = reads(1500, seed=4)
+    scenario = Scenario(broker.bootstrap_servers, tmp_path, detectors, partitions=4)
+    expected = expected_alerts(tmp_path, records + scenario.closing())
+    first = scenario.detector("member-a", **QUIET_INPUT)
+    first.wait_ready()
+    half = len(records) // 2
+    scenario.produce(records[:half], seed=4)
+    wait_until(lambda: "cloudtrail_detector_alerts_total{" in first.metrics_text(), 60,
+               "the first member's first alerts")
+    # A second member joins while runs are open: partitions (input and repartition) move.
+    second = scenario.detector("member-b", **QUIET_INPUT)
+    second.wait_ready()
+    scenario.produce(records[half:], seed=5)
+    scenario.close_windows()
+
+    assert_exactly_once(scenario.wait_for(expected, timeout=120), expected)
+    assert "revoked" in first.log()
+
+
+def test_a_broker_restart_mid_stream_keeps_every_count(
+    own_broker: LocalKafka, tmp_path: Path, detectors: list[DetectorProcess]
+) -> None:
+    records = reads(1500, seed=6)
+    scenario = Scenario(own_broker.bootstrap_servers, tmp_path, detectors)
+    expected = expected_alerts(tmp_path, records + scenario.closing())
+    detector = scenario.detector(**QUIET_INPUT)
+    detector.wait_ready()
+    scenario.produce(records[:750], seed=6)
+    wait_until(lambda: "cloudtrail_detector_alerts_total{" in detector.metrics_text(), 60,
+               "the first alerts before the restart")
+    own_broker.stop()
+    threading.Event().wait(3.0)  # down for a while: the point of the test
+    own_broker.start()
+    scenario.produce(records[750:], seed=7)
+    scenario.close_windows()
+
+    assert_exactly_once(scenario.wait_for(expected, timeout=180), expected)
+    assert detector.process is not None
+    assert detector.process.poll() is None
+
+
+@pytest.fixture(scope="module")
+def own_broker(run_dir: Path) -> Iterator[LocalKafka]:
+    """This module's own broker, which one test restarts."""
+    local = LocalKafka(workdir=run_dir / "kafka-stateful")
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
