@@ -439,6 +439,8 @@ class Service:
                 "partitions)"
             )
         self.metrics.ready.set(1 if ready else 0)
+        if self.stateful is not None:
+            self.stateful.report(self.metrics)
         progress = self.batch.progress
         self.batch.dead_letter_log.flush()
         if progress.due():

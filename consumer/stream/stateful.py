@@ -37,6 +37,7 @@ from consumer.config import ConfigError
 from consumer.rules.esql.aggregate import AggregatingQuery, AggState
 from consumer.rules.loader import LoadedRule
 from consumer.rules.schedule import Schedule, WindowedAggregation, millis
+from consumer.stream.metrics import Metrics
 from consumer.stream.repartition import (
     MATCH,
     ROW,
@@ -95,6 +96,10 @@ class GroupState(Protocol):
 
     @property
     def state_bytes(self) -> int: ...
+
+    @property
+    def suppressed(self) -> int:
+        """Matches absorbed into suppression windows so far (0 without suppression)."""
 
 
 class StatefulRule(Protocol):
@@ -161,6 +166,9 @@ class StatefulStage:
         self.tracker = InputTracker(idle_timeout_ms)
         self._owned: dict[int, _Partition] = {}
         self.late_events: dict[str, int] = {}
+        """Late rows by rule since the last `take_counts` (for the metrics)."""
+        self.suppressed: dict[str, int] = {}
+        """Matches absorbed into suppression windows by rule since the last `take_counts`."""
         self.last_restore_s = 0.0
 
     # --- input side --------------------------------------------------------------------------
@@ -236,8 +244,12 @@ class StatefulStage:
             owned.store.put(WATERMARK_KEY, owned.watermark.dump())
             if watermark is not None:
                 for rule_id, state in owned.states.items():
+                    before = state.suppressed
                     for output in state.advance(watermark):
                         self._emit(rule_id, output)
+                    if state.suppressed > before:
+                        self.suppressed[rule_id] = (self.suppressed.get(rule_id, 0)
+                                                    + state.suppressed - before)
             return
         target = owned.states.get(record.rule_id)
         if target is None:
@@ -266,6 +278,12 @@ class StatefulStage:
         self.tracker.rolled_back()
         for partition, owned in list(self._owned.items()):
             self._owned[partition] = self._load(owned.store)
+
+    def take_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Late rows and suppressed matches by rule since the last call."""
+        late, self.late_events = self.late_events, {}
+        suppressed, self.suppressed = self.suppressed, {}
+        return late, suppressed
 
     def stats(self, wall_ms: int) -> StageStats:
         stats = StageStats()
@@ -547,6 +565,9 @@ STORE: Final = "aggregations"
 """The stage's state store: changelog `<group.id>.aggregations-changelog`, one partition per
 repartition partition."""
 
+REPORT_S: Final = 5.0
+"""How often the state's size is measured for the metrics."""
+
 HEARTBEAT_S: Final = 1.0
 """With no batch for this long, one is opened for the markers alone: an idle input still
 moves the watermark (and closes runs) as the wall clock goes on."""
@@ -563,6 +584,10 @@ class Stateful:
         self.store = store
         self._ends = ends
         self.last_flush = time.monotonic()
+        self.restores: list[float] = []
+        """Restore times not yet reported."""
+        self._reported = 0.0
+        self._lag_labels: set[int] = set()
 
     @property
     def topic(self) -> str:
@@ -584,7 +609,7 @@ class Stateful:
             started = time.monotonic()
             self.store.assign(key, committed.get(key))
             self.stage.assign(tp.partition, self.store.partition(key))
-            self.stage.last_restore_s = time.monotonic() - started
+            self.restores.append(time.monotonic() - started)
 
     def revoked(self, partitions: Iterable[InputPartition]) -> None:
         for topic, number in partitions:
@@ -611,6 +636,31 @@ class Stateful:
 
     def heartbeat_due(self) -> bool:
         return time.monotonic() - self.last_flush >= HEARTBEAT_S
+
+    def report(self, metrics: Metrics) -> None:
+        """The stage's metrics; the state's size walks all of it, so every REPORT_S only."""
+        late, suppressed = self.stage.take_counts()
+        for rule_id, count in late.items():
+            metrics.late_events.labels(rule_id).inc(count)
+        for rule_id, count in suppressed.items():
+            metrics.suppressed_matches.labels(rule_id).inc(count)
+        for seconds in self.restores:
+            metrics.state_restore.observe(seconds)
+        self.restores.clear()
+        now = time.monotonic()
+        if now - self._reported < REPORT_S:
+            return
+        self._reported = now
+        stats = self.stage.stats(int(time.time() * 1000))
+        for rule_id in self.stage.rules:
+            metrics.stateful_open_groups.labels(rule_id).set(stats.open_groups.get(rule_id, 0))
+            metrics.stateful_state_bytes.labels(rule_id).set(stats.state_bytes.get(rule_id, 0))
+        for partition in list(self._lag_labels - stats.watermark_lag_ms.keys()):
+            metrics.watermark_lag.remove(str(partition))
+            self._lag_labels.discard(partition)
+        for partition, lag_ms in stats.watermark_lag_ms.items():
+            metrics.watermark_lag.labels(str(partition)).set(lag_ms / 1000)
+            self._lag_labels.add(partition)
 
     # --- checkpoint participant ---------------------------------------------------------------
 

@@ -205,10 +205,16 @@ def test_one_detector_alerts_once_per_run_and_group_as_scan_does(
     records = reads(600, seed=1)
     expected = expected_alerts(tmp_path, records)
     scenario = Scenario(broker.bootstrap_servers, tmp_path, detectors)
-    scenario.detector().wait_ready()
+    detector = scenario.detector()
+    detector.wait_ready()
     scenario.produce(records, seed=1)
 
     assert_exactly_once(scenario.wait_for(expected), expected)
+    # Every run closed: no group left open, and the watermark stands near the wall clock.
+    wanted = (f'cloudtrail_detector_stateful_open_groups{{rule_id="{COUNT_ID}"}} 0.0',
+              'cloudtrail_detector_watermark_lag_seconds{partition="0"}')
+    wait_until(lambda: all(line in detector.metrics_text() for line in wanted), 30,
+               "the stateful metrics")
 
 
 def test_kill_9_ten_times_loses_no_alert_and_doubles_none(

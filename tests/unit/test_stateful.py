@@ -91,6 +91,8 @@ class CountByUser:
     def state_bytes(self) -> int:
         return sum(len(json.dumps(sorted(b.items()))) for b in self.groups.values())
 
+    suppressed = 0
+
 
 class CountRule:
     rule_id = RULE
