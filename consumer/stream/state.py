@@ -184,6 +184,11 @@ class StateStore:
                      "batches skipped) in %.3fs", self.name, topic, number, len(data), applied,
                      skipped, time.monotonic() - started)
 
+    def reload(self, committed: Mapping[Partition, int]) -> None:
+        """Restore every assigned partition again (the outcome of a batch was unknown)."""
+        for partition in list(self._partitions):
+            self.assign(partition, committed.get(partition))
+
     def revoke(self, partition: Partition) -> None:
         """Drop a partition's store; its next owner restores it from the changelog."""
         self._partitions.pop(partition, None)

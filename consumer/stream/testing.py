@@ -91,6 +91,13 @@ class InMemoryBroker:
     # --- Clients ------------------------------------------------------------------------------
 
     def open_sink(self) -> InMemorySink:
+        """A new producer; as init_transactions does, it settles a wedged predecessor's
+        transaction (committed or aborted, per its `wedge_commits`) before returning."""
+        for older in self.sinks:
+            wedge = older.wedge
+            if wedge is not None:
+                wedge.set()
+                older.settled.wait(5)
         sink = InMemorySink(self)
         self.sinks.append(sink)
         return sink
@@ -129,6 +136,9 @@ class InMemorySink:
         """How many of the next commits are abandoned (the batch is aborted)."""
         self.wedge: threading.Event | None = None
         """When set to an Event, the next commit blocks until it is set."""
+        self.wedge_commits = False
+        """Whether a wedged commit, once released, commits (else it is aborted)."""
+        self.settled = threading.Event()
         self.commits = 0
         self.aborts = 0
         self.closed = False
@@ -161,10 +171,14 @@ class InMemorySink:
         return list(self._pending)
 
     def commit(self, offsets: Sequence[TopicPartition], group: object) -> bool:
-        if self.wedge is not None:
-            released, self.wedge = self.wedge, None
-            released.wait()
-            return False
+        wedge = self.wedge
+        if wedge is not None:
+            wedge.wait()
+            outcome = self.wedge_commits and self._commit(offsets)
+            if not outcome:
+                self.abort()
+            self.settled.set()
+            return outcome
         self._check()
         if not self._open:
             return True
@@ -172,6 +186,9 @@ class InMemorySink:
             self.fail_commits -= 1
             self.abort()
             return False
+        return self._commit(offsets)
+
+    def _commit(self, offsets: Sequence[TopicPartition]) -> bool:
         for record in self._pending:
             self._broker.append(record)
         for tp in offsets:
@@ -282,6 +299,8 @@ class InMemorySource:
     def rewind_to_committed(self) -> None:
         for key in self.assignment:
             self._positions[key] = self._broker.committed.get(key, 0)
+            if key in self._broker.committed:
+                self.committed[key] = self._broker.committed[key]
 
     def pause_at(self, partition: Partition, offset: int) -> None:
         self._positions[partition] = offset
