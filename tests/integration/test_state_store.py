@@ -51,7 +51,7 @@ def throttled_rule_dir(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("stop", ["sigterm", "kill-9"])
 def test_throttled_matches_are_summarised_once_though_the_detector_stopped_mid_window(
     broker: Broker, new_topic: TopicFactory, run_dir: Path, detectors: list[DetectorProcess],
-    tmp_path: Path, admin: AdminClient, stop: str,
+    tmp_path: Path, *, admin: AdminClient, stop: str,
 ) -> None:
     bootstrap = broker.bootstrap_servers
     topics = Topics(input=new_topic("in", partitions=3), alerts=new_topic("alerts"),
