@@ -4,7 +4,6 @@ and the loop's pause and resume of a partition whose decode must be retried late
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message
@@ -178,9 +177,3 @@ def test_a_store_delete_of_a_key_added_in_the_same_batch_leaves_no_change() -> N
     store.delete("k")
     assert dict(store.changes) == {}
 
-
-def test_processor_is_free_of_kafka_clients() -> None:
-    source = Path(__file__).parents[2] / "consumer" / "stream" / "batch.py"
-    text = source.read_text()
-    assert "Consumer" not in text
-    assert "Producer(" not in text
