@@ -34,7 +34,7 @@ from consumer.rules.detector import Detector
 from consumer.rules.exceptions import ExceptionLoadError, ExceptionWatcher
 from consumer.rules.loader import LoadedRule
 from consumer.stream.batch import THROTTLE_STORE, BatchProcessor
-from consumer.stream.checkpoint import WEDGED_COMMIT_S, Checkpoint, CommitPolicy
+from consumer.stream.checkpoint import Checkpoint, CommitPolicy
 from consumer.stream.metrics import Metrics
 from consumer.stream.sink import AtLeastOnceSink, FatalSinkError, Sink, TransactionalSink
 from consumer.stream.source import InputSource, PartitionsCallback, Source
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
 EXIT_SHUTDOWN_TIMEOUT = 3
-
-__all__ = ["WEDGED_COMMIT_S", "Health", "Service", "install_signal_handlers"]
 
 DEFAULT_TRANSACTION_TIMEOUT_MS = "60000"
 """librdkafka's default transaction.timeout.ms."""
@@ -201,7 +199,7 @@ class Service:
                 return
             clients = KafkaClients(self.settings, self.worker, self.metrics,
                                    _rule_lookback(list(self.detector.rules)))
-        self.open(clients)
+        reader = self.open(clients)
         try:
             while not self.stopping.is_set():
                 self.step()
@@ -215,11 +213,13 @@ class Service:
             self.source.close()
             if self.health.fatal is None:  # a failed producer has nothing left to deliver
                 self.checkpoint.close(5.0)
+            reader.close()
             self.finished.set()
 
-    def open(self, clients: Clients) -> None:
+    def open(self, clients: Clients) -> ChangelogReader:
         """The sink first (its init_transactions fences an older instance and aborts what it
-        left open), then the source, whose rebalances land in the checkpoint."""
+        left open), then the source, whose rebalances land in the checkpoint. Returns the
+        changelog reader the stores restore with, to close at the end."""
         settings = self.settings
         reader = clients.changelog_reader()
         self.stores = {name: StateStore(name, settings.group_id, reader)
@@ -238,6 +238,7 @@ class Service:
             settings, self.detector, self.metrics, self.checkpoint, self.stores[THROTTLE_STORE],
             worker=self.worker, encode_alert=self._encode_alert,
         )
+        return reader
 
     def _transaction_timeout_s(self) -> float:
         if self.settings.delivery != "exactly-once":

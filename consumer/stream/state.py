@@ -91,6 +91,8 @@ class ChangelogReader(Protocol):
 
     def read(self, topic: str, partition: int) -> Iterable[ChangelogRecord]: ...
 
+    def close(self) -> None: ...
+
 
 class PartitionStore:
     """One store's keys for one input partition. Values are anything JSON can carry."""

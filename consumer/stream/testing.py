@@ -111,6 +111,9 @@ class InMemoryBroker:
     def changelog_reader(self) -> InMemoryBroker:
         return self
 
+    def close(self) -> None:
+        """As a `ChangelogReader`: nothing to close."""
+
 
 class InMemoryGroup:
     """`GroupMetadata` of the in-memory group."""
