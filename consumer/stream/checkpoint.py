@@ -239,26 +239,30 @@ class Checkpoint:
         self.sink = self._open_sink()
         return False
 
-    def _end(self, committed: bool, offsets: list[TopicPartition]) -> None:
+    def _end(self, committed: bool, offsets: list[TopicPartition], *, rewind: bool = True
+             ) -> None:
+        """The one end of every batch: committed, or rolled back (and read again unless the
+        partitions went to another member)."""
         self.offsets.clear()
         self.messages = 0
         self.open = False
         self._failure = None
+        uncertain, self._uncertain = self._uncertain, False
         if committed:
             for participant in self.participants:
                 participant.committed()
             self.source.record_committed(offsets)
-        else:
-            for participant in self.participants:
-                participant.rolled_back()
+            return
+        for participant in self.participants:
+            participant.rolled_back()
+        if rewind:
             self.source.rewind_to_committed()
-            if self._uncertain:
+            if uncertain:
                 for participant in self.participants:
                     participant.reload(self.source.committed)
-        self._uncertain = False
 
     def abort(self) -> None:
-        """Abandon the open batch (without reading it again: the caller decides that)."""
+        """Abandon the open batch without reading it again (its partitions are gone)."""
         if self._failure is None:
             try:
                 self.sink.abort()
@@ -266,12 +270,7 @@ class Checkpoint:
                 self._recover(error)
         else:
             self._recover(self._failure)
-        self.offsets.clear()
-        self.messages = 0
-        self.open = False
-        self._failure = None
-        for participant in self.participants:
-            participant.rolled_back()
+        self._end(False, [], rewind=False)
 
     # --- rebalances ---------------------------------------------------------------------------
 
