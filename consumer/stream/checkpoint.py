@@ -15,6 +15,8 @@ stores, the throttle's counts among them). Its lifecycle:
   a commit blocked that long is wedged, not slow (librdkafka#5456 after a broker restart), so
   the producer is replaced; the new one's `transactional.id` fences the old one, and the batch
   is either committed by it already or aborted, and read again.
+  As the abandoned batch may have committed after all, the participants then reload their
+  committed state (state stores restore from their changelogs).
 - **abort** (a failed commit, or a partition lost): participants roll back to where the batch
   began and the source rewinds to the committed offsets, so the batch is judged again as if for
   the first time.
@@ -60,6 +62,10 @@ class Participant(Protocol):
     def committed(self) -> None: ...
 
     def rolled_back(self) -> None: ...
+
+    def reload(self, committed: Mapping[Partition, int]) -> None:
+        """Read the committed state again: after a wedged commit nobody knows whether the
+        batch committed until the new producer's init has settled it."""
 
 
 class CommittingSource(Protocol):
@@ -109,6 +115,8 @@ class Checkpoint:
         """Messages the open batch consumed or produced without consuming (summaries)."""
         self.started = 0.0
         self.open = False
+        self._uncertain = False
+        """Whether the abandoned batch may have committed after all (a wedged commit)."""
         self._failure: FatalSinkError | None = None
         """A fatal producer error met while the batch was open: decided at commit."""
 
@@ -206,6 +214,7 @@ class Checkpoint:
             log.error("commit blocked for %.0fs: replacing the producer and reading the batch "
                       "again", self._wedged_after_s)
             self.sink = self._open_sink()
+            self._uncertain = True
             return False
         if failure:
             if isinstance(failure[0], FatalSinkError):
@@ -230,22 +239,30 @@ class Checkpoint:
         self.sink = self._open_sink()
         return False
 
-    def _end(self, committed: bool, offsets: list[TopicPartition]) -> None:
+    def _end(self, committed: bool, offsets: list[TopicPartition], *, rewind: bool = True
+             ) -> None:
+        """The one end of every batch: committed, or rolled back (and read again unless the
+        partitions went to another member)."""
         self.offsets.clear()
         self.messages = 0
         self.open = False
         self._failure = None
+        uncertain, self._uncertain = self._uncertain, False
         if committed:
             for participant in self.participants:
                 participant.committed()
             self.source.record_committed(offsets)
-        else:
-            for participant in self.participants:
-                participant.rolled_back()
+            return
+        for participant in self.participants:
+            participant.rolled_back()
+        if rewind:
             self.source.rewind_to_committed()
+            if uncertain:
+                for participant in self.participants:
+                    participant.reload(self.source.committed)
 
     def abort(self) -> None:
-        """Abandon the open batch (without reading it again: the caller decides that)."""
+        """Abandon the open batch without reading it again (its partitions are gone)."""
         if self._failure is None:
             try:
                 self.sink.abort()
@@ -253,12 +270,7 @@ class Checkpoint:
                 self._recover(error)
         else:
             self._recover(self._failure)
-        self.offsets.clear()
-        self.messages = 0
-        self.open = False
-        self._failure = None
-        for participant in self.participants:
-            participant.rolled_back()
+        self._end(False, [], rewind=False)
 
     # --- rebalances ---------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from consumer.rules.detector import Detector
 from consumer.rules.exceptions import ExceptionLoadError, ExceptionWatcher
 from consumer.rules.loader import LoadedRule
 from consumer.stream.batch import THROTTLE_STORE, BatchProcessor
-from consumer.stream.checkpoint import WEDGED_COMMIT_S, Checkpoint, CommitPolicy, Participant
+from consumer.stream.checkpoint import Checkpoint, CommitPolicy, Participant
 from consumer.stream.metrics import Metrics
 from consumer.stream.repartition import repartition_topic
 from consumer.stream.sink import AtLeastOnceSink, FatalSinkError, Sink, TransactionalSink
@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
 EXIT_SHUTDOWN_TIMEOUT = 3
-
-__all__ = ["WEDGED_COMMIT_S", "Health", "Service", "install_signal_handlers"]
 
 DEFAULT_TRANSACTION_TIMEOUT_MS = "60000"
 """librdkafka's default transaction.timeout.ms."""
@@ -217,7 +215,7 @@ class Service:
             internal = [repartition_topic(self.settings.group_id)] if self.stateful_rules else []
             clients = KafkaClients(self.settings, self.worker, self.metrics,
                                    _rule_lookback(list(self.detector.rules)), internal)
-        self.open(clients)
+        reader = self.open(clients)
         try:
             while not self.stopping.is_set():
                 self.step()
@@ -231,11 +229,13 @@ class Service:
             self.source.close()
             if self.health.fatal is None:  # a failed producer has nothing left to deliver
                 self.checkpoint.close(5.0)
+            reader.close()
             self.finished.set()
 
-    def open(self, clients: Clients) -> None:
+    def open(self, clients: Clients) -> ChangelogReader:
         """The sink first (its init_transactions fences an older instance and aborts what it
-        left open), then the source, whose rebalances land in the checkpoint."""
+        left open), then the source, whose rebalances land in the checkpoint. Returns the
+        changelog reader the stores restore with, to close at the end."""
         settings = self.settings
         reader = clients.changelog_reader()
         self.stores = {name: StateStore(name, settings.group_id, reader)
@@ -266,6 +266,7 @@ class Service:
             settings, self.detector, self.metrics, self.checkpoint, self.stores[THROTTLE_STORE],
             worker=self.worker, encode_alert=self._encode_alert, stateful=self.stateful,
         )
+        return reader
 
     def _transaction_timeout_s(self) -> float:
         if self.settings.delivery != "exactly-once":

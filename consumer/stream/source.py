@@ -300,6 +300,7 @@ class Source:
         if not partitions:
             return
         committed = self.consumer.committed(partitions, timeout=30)
+        self.record_committed([tp for tp in committed if tp.offset >= 0])
         to_start = [tp for tp in committed if tp.offset == OFFSET_INVALID]
         if to_start:
             self._start_offsets(to_start)

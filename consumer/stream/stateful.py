@@ -688,6 +688,14 @@ class Stateful:
         self.store.rolled_back()
         self.stage.rolled_back()
 
+    def reload(self, committed: Mapping[InputPartition, int]) -> None:
+        """After a commit of unknown outcome: the groups as the changelog has them. The
+        markers fall back to the event times last known committed, which only delays runs."""
+        self.store.reload(committed)
+        for partition in list(self.stage.owned):
+            self.stage.assign(partition, self.store.partition((self.topic, partition)))
+        self.stage.tracker.rolled_back()
+
 
 def ensure_internal_topics(admin: AdminClient, group_id: str, input_partitions: int,
                            repartition_partitions: int | None) -> int:

@@ -1,17 +1,22 @@
 """In-memory stand-ins for Kafka, for unit tests of the loop, the checkpoint and state stores.
 
 As bytewax ships `bytewax.testing`: an `InMemoryBroker` holds topics (committed records per
-partition, what a `read_committed` reader sees) and the group's committed offsets. Its
-`sink()` is a `Sink` whose open batch is a transaction: `commit` makes the batch's records
-visible and the offsets committed at once, `abort` drops them. Its `source(...)` is a `Source`
-that hands out the input topics' messages (real `confluent_kafka.Message` objects) from the
-group's committed offsets, and lets a test assign, revoke and lose partitions, which calls the
-service's hooks as librdkafka's rebalance callbacks would. The broker is also a
-`ChangelogReader`, so state stores restore from what the sink committed.
+partition, what a `read_committed` reader sees) and one group's committed offsets, and is the
+service's `Clients` (`Service(..., clients=broker)`, then `service.open(broker)` and
+`service.step()` from the test):
+- `open_sink()` gives an `InMemorySink`, whose open batch is a transaction: `commit` makes the
+  batch's records visible and commits the offsets at once, `abort` drops them;
+- `open_source(rebalance)` gives an `InMemorySource` over the broker's `inputs`, handing out real
+  `confluent_kafka.Message` objects from the group's committed offsets; the test calls its
+  `assign`, `revoke` and `lose`, which run the service's rebalance hooks as librdkafka's
+  callbacks would (the batch lifecycle's revoke and loss);
+- `changelog_reader()` is the broker itself: state stores restore from what sinks committed.
 
 Faults a test can inject into a sink: `fail_commits` (the next commits are abandoned, as a
-transaction the broker aborted), `wedge` (the next commit blocks until released, as
-librdkafka#5456), `fence(error)` (the producer reports a fatal error, as a fenced producer).
+transaction the broker aborted), `wedge` (the next commit blocks until the next `open_sink`,
+as librdkafka#5456; `wedge_commits` says whether it then commits after all), `fence(error)`
+(the producer reports a fatal error, as a fenced producer does). `member_fenced` on a source
+says the group membership is gone.
 """
 
 from __future__ import annotations
@@ -91,6 +96,13 @@ class InMemoryBroker:
     # --- Clients ------------------------------------------------------------------------------
 
     def open_sink(self) -> InMemorySink:
+        """A new producer; as init_transactions does, it settles a wedged predecessor's
+        transaction (committed or aborted, per its `wedge_commits`) before returning."""
+        for older in self.sinks:
+            wedge = older.wedge
+            if wedge is not None:
+                wedge.set()
+                older.settled.wait(5)
         sink = InMemorySink(self)
         self.sinks.append(sink)
         return sink
@@ -103,6 +115,9 @@ class InMemoryBroker:
 
     def changelog_reader(self) -> InMemoryBroker:
         return self
+
+    def close(self) -> None:
+        """As a `ChangelogReader`: nothing to close."""
 
 
 class InMemoryGroup:
@@ -129,6 +144,9 @@ class InMemorySink:
         """How many of the next commits are abandoned (the batch is aborted)."""
         self.wedge: threading.Event | None = None
         """When set to an Event, the next commit blocks until it is set."""
+        self.wedge_commits = False
+        """Whether a wedged commit, once released, commits (else it is aborted)."""
+        self.settled = threading.Event()
         self.commits = 0
         self.aborts = 0
         self.closed = False
@@ -161,10 +179,14 @@ class InMemorySink:
         return list(self._pending)
 
     def commit(self, offsets: Sequence[TopicPartition], group: object) -> bool:
-        if self.wedge is not None:
-            released, self.wedge = self.wedge, None
-            released.wait()
-            return False
+        wedge = self.wedge
+        if wedge is not None:
+            wedge.wait()
+            outcome = self.wedge_commits and self._commit(offsets)
+            if not outcome:
+                self.abort()
+            self.settled.set()
+            return outcome
         self._check()
         if not self._open:
             return True
@@ -172,6 +194,9 @@ class InMemorySink:
             self.fail_commits -= 1
             self.abort()
             return False
+        return self._commit(offsets)
+
+    def _commit(self, offsets: Sequence[TopicPartition]) -> bool:
         for record in self._pending:
             self._broker.append(record)
         for tp in offsets:
@@ -282,6 +307,8 @@ class InMemorySource:
     def rewind_to_committed(self) -> None:
         for key in self.assignment:
             self._positions[key] = self._broker.committed.get(key, 0)
+            if key in self._broker.committed:
+                self.committed[key] = self._broker.committed[key]
 
     def pause_at(self, partition: Partition, offset: int) -> None:
         self._positions[partition] = offset

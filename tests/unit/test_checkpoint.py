@@ -190,12 +190,32 @@ def test_a_wedged_commit_replaces_the_producer_and_the_batch_is_read_again(
 
     harness.step()
     replaced = harness.sink is not stuck
-    stuck.wedge = None
     harness.step()
 
     assert replaced
     assert harness.alert_ids() == ["m-000"]
     assert broker.committed == {("in", 0): 1}
+
+
+def test_a_wedged_commit_that_committed_after_all_reloads_the_state_it_committed(
+    broker: InMemoryBroker, tmp_path: Path
+) -> None:
+    rules = throttled_rules(tmp_path / "rules", max_signals=2, interval="1h")
+    harness = Harness(broker, settings_for(rules_dir=rules, disable_rules=[SEED_ID]))
+    harness.service.checkpoint._wedged_after_s = 0.05
+    harness.source.assign([("in", 0)])
+    for n in range(5):
+        broker.produce("in", match(n), partition=0)
+    stuck = harness.sink
+    stuck.wedge = threading.Event()
+    stuck.wedge_commits = True
+
+    harness.step(2)
+
+    assert harness.alert_ids() == ["m-000", "m-001"]
+    assert broker.committed == {("in", 0): 5}
+    counts = dict(harness.service.stores["throttle"].partition(("in", 0)).items())
+    assert [value[:2] for value in counts.values()] == [[2, 3]]  # type: ignore[index]
 
 
 def test_a_transaction_older_than_its_timeout_recovers_with_a_new_producer(
