@@ -11,9 +11,10 @@ default) or sent on its own without suppression fields (`doNotSuppress`).
 
 A topic cannot update a message, so the count reaches the SIEM as an update alert: when the
 window closes (the watermark passes its end) and it absorbed any alert, the first alert is sent
-again, same `kibana.alert.uuid` and instance id, with the final count and end. An indexer that
-writes by alert id (Elastic's own `_id`) replaces the first document with it, as Kibana's update
-does; a consumer that keeps the last document per id sees the same. Alerts found in the same
+again, whole (event.original included), same `kibana.alert.uuid` and instance id, with the final
+count and end. An indexer that writes by alert id (Elastic's own `_id`) replaces the first
+document with it, as Kibana's update does; a consumer that keeps the last document per id sees
+the same. Alerts found in the same
 evaluation (one `due`) as the window's close go out once, already counted, as Kibana counts
 the alerts of one run in memory.
 
@@ -133,15 +134,14 @@ class _Match:
 @dataclass(slots=True)
 class _Window:
     first: Alert
-    """The first alert as sent, without event.original (the update does not repeat it)."""
+    """The first alert, whole: the update replaces it, so it repeats every field."""
     first_ms: int
     run_ms: int
     start_ms: int
     end_ms: int
     count: int = 0
-    unsent: Alert | None = None
-    """The first alert as found (event.original included) until it is sent: within the `due`
-    that opened the window, so it never reaches a changelog."""
+    sent: bool = True
+    """False only inside the `due` that opened the window, so never in a changelog."""
 
 
 class Suppressor:
@@ -169,8 +169,8 @@ class Suppressor:
     def for_rule(cls, rule: LoadedRule | RuleDefinition) -> Suppressor | None:
         """The rule's suppressor, or None when it has no alert_suppression."""
         definition = rule.definition.rule if isinstance(rule, LoadedRule) else rule
-        if definition.alert_suppression is None:
-            return None
+        if definition.alert_suppression is None or not definition.alert_suppression.group_by:
+            return None  # a threshold rule's suppression groups by its threshold fields
         interval_ms = round(definition.interval.total_seconds() * 1000)
         return cls(definition.rule_id, definition.alert_suppression, interval_ms)
 
@@ -206,7 +206,7 @@ class Suppressor:
         return match.ts_ms <= window.first_ms + self.duration_ms
 
     def _document(self, window: _Window, terms: Terms) -> Alert:
-        document = copy.deepcopy((window.unsent or window.first).document)
+        document = copy.deepcopy(window.first.document)
         fields = {
             "kibana.alert.instance.id": instance_id(self.rule_id, terms),
             "kibana.alert.suppression.terms": [
@@ -223,13 +223,8 @@ class Suppressor:
         return Alert(window.first.alert_id, window.first.key, window.first.headers, document)
 
     def _open(self, terms: Terms, match: _Match) -> None:
-        document = dict(match.alert.document)
-        event = document.get("event")
-        if isinstance(event, dict) and "original" in event:
-            document["event"] = {key: value for key, value in event.items() if key != "original"}
-        first = Alert(match.alert.alert_id, match.alert.key, match.alert.headers, document)
-        self._windows[terms] = _Window(first, match.ts_ms, match.run_ms, match.ts_ms, match.ts_ms,
-                                       unsent=match.alert)
+        self._windows[terms] = _Window(match.alert, match.ts_ms, match.run_ms, match.ts_ms,
+                                       match.ts_ms, sent=False)
 
     def due(self, watermark_ms: int) -> list[Alert]:
         """The alerts to send now that the watermark is at `watermark_ms`: first alerts of
@@ -268,9 +263,9 @@ class Suppressor:
             if close_all or (watermark_ms is not None and self._closes_at(window) <= watermark_ms):
                 out += self._close(terms, window)
                 self._changed.add(terms)
-            elif window.unsent is not None:
+            elif not window.sent:
                 out.append(self._document(window, terms))
-                window.unsent = None
+                window.sent = True
         if watermark_ms is not None:
             self._released_to = max(watermark_ms, self._released_to or watermark_ms)
         return out
@@ -279,7 +274,7 @@ class Suppressor:
         """The window's last word: its first alert if not sent yet (already counted), else
         the update when it absorbed any."""
         del self._windows[terms]
-        if window.unsent is not None or window.count:
+        if not window.sent or window.count:
             return [self._document(window, terms)]
         return []
 

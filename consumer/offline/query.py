@@ -2,14 +2,16 @@
 
 Elastic publishes AWS hunting queries in ES|QL; an analyst can run them on a trail export. The
 records are read as `scan` reads them and go through the query in table mode (SORT and LIMIT
-over the whole result, ES|QL's default LIMIT 1000). Rows print as an aligned table on a
-terminal and as JSON Lines otherwise (null columns left out, as Elastic's documents do).
+over the whole result, ES|QL's default LIMIT 1000; STATS over every record). Rows print as an
+aligned table on a terminal and as JSON Lines otherwise (null columns left out, as Elastic's
+documents do).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,7 +19,8 @@ from typing import Any, TextIO
 from consumer.cloudtrail.files import expand, read_records
 from consumer.cloudtrail.record import NotCloudTrailError, json_to_avro
 from consumer.cloudtrail.types import CloudTrailRecord
-from consumer.rules.esql import Table, compile_query
+from consumer.rules.esql import Table
+from consumer.rules.esql.aggregate import AggregatingQuery, compile_esql
 
 MAX_CELL = 60
 
@@ -45,8 +48,11 @@ def run_query(
 
     Raises EsqlError for a query we cannot run.
     """
-    compiled = compile_query(query)
-    table = compiled.run(records_in(paths, errors))
+    compiled = compile_esql(query)
+    if isinstance(compiled, AggregatingQuery):  # NOW() is now, as in a hunt on a cluster
+        table = compiled.run(records_in(paths, errors), now_ms=time.time_ns() // 1_000_000)
+    else:
+        table = compiled.run(records_in(paths, errors))
     if as_table if as_table is not None else output.isatty():
         output.write(format_table(table))
     else:

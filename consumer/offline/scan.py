@@ -6,12 +6,12 @@ max_signals throttling of row-at-a-time rules, since a file scan has no schedule
 alerts over.
 
 Aggregating rules (STATS) run over Elastic's schedule in event time (`consumer.rules.schedule`)
-and suppressed rules through `consumer.alerts.suppression`, exactly as the stream's stateful
-stage runs them, with the watermark at the end of the input: every run that reads any event is
-evaluated and every suppression window closes (or, with `watermark_ms`, only what a stream
-whose watermark stands there would have emitted). So a scan of the events a stream read is the
-oracle for the stream's alerts: compare the last document per `kibana.alert.uuid`, since the
-stream may send a suppressed alert's first document before its final count.
+and suppressed rules through `consumer.alerts.suppression`, by the same `StatefulRules` the
+stream's stateful stage can run, with the watermark at the end of the input: every run that
+reads any event is evaluated and every suppression window closes (or, with `watermark_ms`, only
+what a stream whose watermark stands there would have emitted). So a scan of the events a stream
+read is the oracle for the stream's alerts: compare the last document per `kibana.alert.uuid`,
+since the stream may send a suppressed alert's first document before its final count.
 """
 
 from __future__ import annotations
@@ -26,18 +26,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from consumer.alerts.document import Alert, alert_for, encode_json, run_alert_for
-from consumer.alerts.suppression import Suppressor
+from consumer.alerts.document import Alert, alert_for, encode_json
+from consumer.alerts.stateful_rules import StatefulRules
 from consumer.cloudtrail.decode import JsonDecoder
 from consumer.cloudtrail.files import FileRecord, expand, read_records
 from consumer.cloudtrail.record import NotCloudTrailError, json_to_avro
-from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.offline.scan_output import AlertTable, ProgressBar, summary
 from consumer.rules.detector import Detector, RuleEvaluationError, Verdict
-from consumer.rules.esql.aggregate import AggState
 from consumer.rules.exceptions import NO_EXCEPTIONS, ExceptionSet
 from consumer.rules.loader import LoadedRule
-from consumer.rules.schedule import Row, Schedule, WindowedAggregation, millis
 
 
 @dataclass
@@ -66,70 +63,6 @@ class ScanCounts:
         if self.late_events:
             text += f"; {self.late_events:,} late events not counted"
         return text
-
-
-class StatefulRules:
-    """The rules that need state, over one watermark: aggregating rules on their schedule, and
-    suppression for every rule that has it (row-at-a-time ones included)."""
-
-    def __init__(self, rules: Sequence[LoadedRule]) -> None:
-        self.schedules = {rule.rule_id: Schedule.for_rule(rule) for rule in rules}
-        self.windows: dict[str, tuple[LoadedRule, WindowedAggregation[AggState]]] = {
-            rule.rule_id: (rule, WindowedAggregation(rule.aggregation,
-                                                     self.schedules[rule.rule_id]))
-            for rule in rules if rule.aggregation is not None
-        }
-        self.suppressors = {
-            rule.rule_id: suppressor for rule in rules
-            if (suppressor := Suppressor.for_rule(rule)) is not None
-        }
-
-    def match(self, rule: LoadedRule, record: CloudTrailRecord, alert: Alert) -> Alert | None:
-        """A row-at-a-time rule's alert: itself, or None while its suppression holds it."""
-        suppressor = self.suppressors.get(rule.rule_id)
-        ts = self.schedules[rule.rule_id].event_time(record)
-        if suppressor is None or ts is None:
-            return alert
-        return suppressor.offer(alert, ts)
-
-    def count(self, rule: LoadedRule, record: CloudTrailRecord, rows: Sequence[Row]) -> None:
-        """An event's rows for an aggregating rule, at the event's time by the rule."""
-        ts = self.schedules[rule.rule_id].event_time(record)
-        if ts is None:
-            return
-        _, windows = self.windows[rule.rule_id]
-        for row in rows:
-            windows.add(ts, row)
-
-    def advance(self, watermark_ms: int | None, detected_at: datetime) -> list[Alert]:
-        """The alerts due once the watermark is at `watermark_ms` (None: the end of input)."""
-        out: list[Alert] = []
-        for rule_id, (rule, windows) in self.windows.items():
-            suppressor = self.suppressors.get(rule_id)
-            timestamp = self.schedules[rule_id].timestamp_field
-            for run in windows.flush() if watermark_ms is None else windows.due(watermark_ms):
-                for row, key in zip(run.rows, run.keys, strict=True):
-                    alert = run_alert_for(rule, run.run_ms, row, key, detected_at=detected_at)
-                    if suppressor is None:
-                        out.append(alert)
-                        continue
-                    # Kibana takes a row's suppression time from its timestamp column, if it
-                    # kept one, else from the alert's creation: the run.
-                    ts = millis(row.get(timestamp))
-                    passed = suppressor.offer(alert, run.run_ms if ts is None else ts, run.run_ms)
-                    if passed is not None:
-                        out.append(passed)
-        for suppressor in self.suppressors.values():
-            out += suppressor.flush() if watermark_ms is None else suppressor.due(watermark_ms)
-        return out
-
-    @property
-    def late_events(self) -> int:
-        return sum(windows.late_events for _, windows in self.windows.values())
-
-    @property
-    def suppressed(self) -> int:
-        return sum(suppressor.suppressed for suppressor in self.suppressors.values())
 
 
 def _size(path: Path) -> int:

@@ -182,6 +182,10 @@ def parse_rule(
         raise RuleLoadError(
             [f"{source}: {_dotted(error['loc'])}: {error['msg']}" for error in invalid.errors()]
         ) from None
+    override = definition.rule.timestamp_override
+    if override is not None and override not in fields:
+        raise RuleLoadError([f"{source}: rule.timestamp_override: {override} is not a field "
+                             "of the events (the schedule reads event times from it)"])
     compiled = _compile(definition.rule, source, fields)
     if isinstance(compiled, tuple):
         return SkippedRule(definition, source, *compiled)

@@ -242,11 +242,18 @@ class WindowedAggregation(Generic[S]):
                 if into is None:
                     into = merged[key] = self.query.new_state()
                 self.query.merge(into, state)
-        rows = self.query.finish(merged.items(), run_ms)
-        if len(rows) > self.schedule.max_signals:
-            self.truncated_rows += len(rows) - self.schedule.max_signals
-            rows = rows[: self.schedule.max_signals]
-        return RunRows(run_ms, rows, [row_key(self.query.group_by, row) for row in rows])
+        rows: list[Row] = []
+        keys: list[GroupKey] = []
+        for row in self.query.finish(merged.items(), run_ms):
+            key = row_key(self.query.group_by, row)
+            if key in keys:  # Kibana keeps one alert per id (uniqBy)
+                continue
+            if len(rows) == self.schedule.max_signals:
+                self.truncated_rows += 1
+                continue
+            rows.append(row)
+            keys.append(key)
+        return RunRows(run_ms, rows, keys)
 
     def due(self, watermark_ms: int) -> list[RunRows]:
         """Evaluate, in order, every run at or before the watermark not evaluated yet; runs
@@ -306,11 +313,14 @@ class WindowedAggregation(Generic[S]):
         """Put back one group's buckets from `dump_group`, replacing what it had."""
         for bucket in self._buckets.values():
             bucket.pop(key, None)
+        self._put_group(key, data)
+        self._buckets = {end: bucket for end, bucket in self._buckets.items() if bucket}
+
+    def _put_group(self, key: GroupKey, data: object) -> None:
         if not isinstance(data, dict):
             raise ValueError(f"a group's state is a JSON object, got {data!r}")
         for end, state in data.items():
             self._buckets.setdefault(int(end), {})[key] = self.query.load(state)
-        self._buckets = {end: bucket for end, bucket in self._buckets.items() if bucket}
 
     def dump_progress(self) -> dict[str, int | None]:
         """What is not per group: how far the runs got, and the counters."""
@@ -345,4 +355,4 @@ class WindowedAggregation(Generic[S]):
         self._changed = set()
         self.load_progress(data.get("progress"))
         for key, group in data.get("groups") or []:
-            self.load_group(_key_from_json(key), group)
+            self._put_group(_key_from_json(key), group)

@@ -317,7 +317,7 @@ def test_evaluation_never_parses(monkeypatch: pytest.MonkeyPatch) -> None:
 
 REJECTED: list[tuple[str, int, int, str]] = [
     ("from x | stats count() by kw", 1, 10, "aggregating rule: needs stateful evaluation"),
-    ("from x\n| mv_expand kw", 2, 3, "unsupported command MV_EXPAND"),
+    ("from x\n| fork (where true)", 2, 3, "unsupported command FORK"),
     ("from x | enrich policy", 1, 10, "unsupported command ENRICH"),
     ("from x | lookup join y on kw", 1, 10, "unsupported command LOOKUP"),
     ("from x | stats count(*)\n| where kw == 1 ~ 2", 2, 17, "unexpected character '~'"),

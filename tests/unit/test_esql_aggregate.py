@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from consumer.cloudtrail.decode import JsonDecoder
 from consumer.cloudtrail.record import json_to_avro
 from consumer.rules.detector import Detector
-from consumer.rules.esql import EsqlError, RowField, UnsupportedEsqlError
+from consumer.rules.esql import (
+    Call,
+    Compare,
+    Const,
+    EsqlError,
+    RowField,
+    UnsupportedEsqlError,
+    compile_query,
+)
 from consumer.rules.esql.aggregate import (
     AggregatingQuery,
     AggState,
@@ -130,6 +138,15 @@ def test_now_is_the_run_time() -> None:
     assert table(query, ROWS, now_ms=last + 3_600_001) == []
 
 
+def test_a_second_stats_aggregates_the_rows_of_the_first() -> None:
+    rows = table(
+        "FROM t | STATS c = COUNT(*) BY user | EVAL many = c > 1 "
+        "| STATS users = COUNT(user), total = SUM(c) BY many | SORT many",
+        ROWS,
+    )
+    assert rows == [{"users": 1, "total": 2, "many": False}, {"users": 1, "total": 2, "many": True}]
+
+
 def test_median_percentile_and_top() -> None:
     rows = table(
         "FROM t | STATS m = MEDIAN(n), p = PERCENTILE(n, 25), top = TOP(n, 2, \"desc\"), "
@@ -143,9 +160,9 @@ def test_median_percentile_and_top() -> None:
     ("query", "reason"),
     [
         ("FROM t | LIMIT 5 | STATS c = COUNT(*)", "LIMIT before STATS"),
-        ("FROM t | STATS c = COUNT(*) BY user | STATS d = COUNT(*)", "a second STATS"),
         ("FROM t | STATS s = STD_DEV(n)", "aggregate function STD_DEV is not supported"),
         ("FROM .alerts-security.* | STATS c = COUNT(*)", "reads Kibana's alerts"),
+        ("FROM t | STATS v = VALUES(nope)", "field 'nope' is not derived"),
     ],
 )
 def test_what_we_cannot_run_is_refused_with_its_reason(query: str, reason: str) -> None:
@@ -181,6 +198,30 @@ def test_rows_carry_only_the_columns_stats_reads() -> None:
     assert query.fields_read == {"action", "user", "ok", "ip"}
     assert query.group_by == ("ip",)
     assert query.columns == ("c", "v", "ip")
+
+
+def test_mv_expand_gives_a_row_per_value_before_and_after_stats() -> None:
+    rows = table(
+        "FROM t | MV_EXPAND tags | STATS c = COUNT(*) BY tags, user | MV_EXPAND user "
+        "| SORT tags NULLS LAST, user NULLS LAST",
+        ROWS,
+    )
+    assert rows == [
+        {"c": 2, "tags": "a", "user": "alice"},
+        {"c": 1, "tags": "b", "user": "alice"},
+        {"c": 1, "tags": None, "user": "bob"},
+        {"c": 1, "tags": None, "user": None},
+    ]
+
+
+def test_a_stateless_rule_with_mv_expand_matches_when_any_row_passes() -> None:
+    query = compile_query('FROM t | MV_EXPAND tags | WHERE tags == "b"', FIELDS, metadata={})
+    assert query.matches(ROWS[0])
+    assert query.evaluate(ROWS[0]) is not None
+    assert not query.matches(ROWS[1])
+    assert isinstance(query.condition, Compare)
+    assert query.condition.left == Call("<computed>", (), 32), "the prefilter must not read tags"
+    assert query.condition.right == Const("b", 40)
 
 
 # --- partial states --------------------------------------------------------------------------

@@ -62,10 +62,20 @@ def test_a_table_aligns_rows_under_the_column_names(trail: Path) -> None:
     assert lines[-1] == "(1 rows)"
 
 
+def test_a_hunt_with_stats_counts_over_every_record(trail: Path) -> None:
+    out = io.StringIO()
+    hunt = "FROM logs-* | STATS calls = COUNT(*), actions = VALUES(event.action) BY user.name"
+    assert run_query(hunt + " | SORT user.name", [trail], out, as_table=False) == 2
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [
+        {"calls": 2, "actions": ["CreateAccessKey", "CreateUser"], "user.name": "alice"},
+        {"calls": 1, "actions": "ListUsers", "user.name": "bob"},
+    ]
+
+
 def test_the_cli_prints_rows_and_reports_a_bad_query(
     trail: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["query", "FROM logs-* | STATS c = COUNT(*) BY user.name", str(trail)]) == 2
-    assert "aggregating rule" in capsys.readouterr().err
+    assert main(["query", "FROM logs-* | STATS c = COUNT(*) BY nope", str(trail)]) == 2
+    assert "field 'nope' is not derived" in capsys.readouterr().err
     assert main(["query", "FROM logs-* | KEEP user.name | LIMIT 1", str(trail)]) == 0
     assert json.loads(capsys.readouterr().out) == {"user.name": "alice"}

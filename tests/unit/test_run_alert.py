@@ -3,12 +3,16 @@ an id from rule, run and group."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
 
+from consumer.alerts.avro import WireAlertEncoder, to_avro_record
 from consumer.alerts.document import build_run_alert, encode_json
+from consumer.alerts.suppression import Suppressor
 from consumer.rules.loader import LoadedRule, load_rules
+from consumer.rules.model import AlertSuppression, SuppressionDuration
 from consumer.rules.schedule import alert_id
 
 SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
@@ -58,3 +62,21 @@ def test_the_id_is_the_runs_and_groups_whatever_the_aggregates_say(rule: LoadedR
     ids = [doc["kibana"]["alert"]["uuid"] for doc in (first, again, later)]  # type: ignore[index]
     assert ids[0] == ids[1] == alert_id(SEED_ID, RUN_MS, ("alice",))
     assert ids[2] != ids[0]
+
+
+def test_a_run_alert_and_a_suppression_update_encode_as_avro(rule: LoadedRule) -> None:
+    alert = build_run_alert(rule=rule.definition.rule, ruleset=rule.source, run_ms=RUN_MS,
+                            row={"Esql.event_count": 3, "user.name": "alice"},
+                            group_key=("alice",), detected_at=DETECTED_AT)
+    settings = AlertSuppression(group_by=["user.name"],
+                                duration=SuppressionDuration(value=5, unit="m"))
+    suppressor = Suppressor(SEED_ID, settings, 300_000)
+    suppressor.offer(alert, RUN_MS, RUN_MS)
+    suppressor.offer(alert, RUN_MS + 60_000, RUN_MS + 300_000)
+
+    (counted,) = suppressor.due(RUN_MS + 300_000)
+
+    record = to_avro_record(counted)
+    assert record["alert_uuid"] == alert.alert_id
+    assert json.loads(record["document"])["kibana"]["alert"]["suppression"]["docs_count"] == 1
+    assert WireAlertEncoder(1)(counted).startswith(b"\x00\x00\x00\x00\x01")

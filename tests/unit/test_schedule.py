@@ -14,7 +14,7 @@ import pytest
 from consumer.cloudtrail.normalize import INGESTED_MS
 from consumer.cloudtrail.record import json_to_avro
 from consumer.rules.esql.aggregate import compile_aggregating_query
-from consumer.rules.loader import parse_rule
+from consumer.rules.loader import RuleLoadError, parse_rule
 from consumer.rules.schedule import (
     GroupKey,
     Row,
@@ -407,3 +407,23 @@ def test_the_real_aggregating_query_runs_on_the_schedule_and_survives_a_restart(
         (5 * MINUTE, [("alice",)]), (10 * MINUTE, [("alice",), ("bob",)])
     ], "the 6-minute window of 12:10 still holds alice's reads at 12:04:10 and 12:04:50"
     assert whole[0].rows[0]["Esql.n"] == 3
+
+
+def test_rows_of_one_run_that_stand_for_the_same_group_give_one_alert() -> None:
+    class Duplicating(CountBy):
+        def finish(self, groups: Iterable[tuple[GroupKey, dict[str, int]]], now_ms: int
+                   ) -> list[Row]:
+            rows = super().finish(groups, now_ms)
+            return rows + rows
+
+    agg = WindowedAggregation(Duplicating(), Schedule(5 * MINUTE, 5 * MINUTE))
+    agg.add(T, {"user": "alice"})
+
+    assert table(agg.due(T)) == [(0, [{"user": "alice", "n": 1}])]
+    assert agg.truncated_rows == 0
+
+
+def test_a_timestamp_override_naming_no_field_of_the_events_is_a_load_error() -> None:
+    with pytest.raises(RuleLoadError, match=r"rule\.timestamp_override: event\.ingestd"):
+        parse_rule(RULE.replace('severity = "low"', 'severity = "low"\n'
+                                'timestamp_override = "event.ingestd"'), "test")

@@ -75,7 +75,7 @@ def test_the_first_alert_goes_out_once_the_watermark_passes_it_and_later_ones_ar
     assert update[0].document["kibana"]["alert"]["instance"]["id"] == (
         first[0].document["kibana"]["alert"]["instance"]["id"]
     )
-    assert "original" not in update[0].document["event"]
+    assert update[0].document["event"]["original"] == "raw 1", "it replaces the first whole"
     assert supp.suppressed == 2
 
 

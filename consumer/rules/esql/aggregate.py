@@ -49,6 +49,7 @@ from consumer.rules.esql.query import (
     ColumnDef,
     CompiledQuery,
     FieldSpec,
+    Prepared,
     Table,
     TableStages,
     compile_query,
@@ -80,7 +81,7 @@ from consumer.rules.esql.syntax import (
     Where,
     parse,
 )
-from consumer.rules.esql.values import INT_RANGE, NUMERIC_TYPES, ORDERABLE_TYPES
+from consumer.rules.esql.values import INT_RANGE, NUMERIC_TYPES, ORDERABLE_TYPES, display
 
 Row = dict[str, object]
 """Column -> ES|QL engine value (None, a scalar, or a list for a multi-valued one)."""
@@ -194,12 +195,12 @@ class _Sum(_Aggregator):
     fraction, so the sum is the correctly rounded one whatever the order of addition."""
 
     def __init__(self, kind: str) -> None:
-        self.type = "double" if kind == "double" else "long"
+        self.type = kind if kind in ("double", "null") else "long"
 
     def add(self, state: Any, value: Any) -> Any:
         if value is None:
             return state
-        total = (Fraction(0) if self.type == "double" else 0) if state is None else state
+        total = (Fraction(0) if self.type != "long" else 0) if state is None else state
         for item in _each(value):
             total += Fraction(item) if self.type == "double" else item
         return total
@@ -331,7 +332,7 @@ AGGREGATE_FUNCTIONS = frozenset(
 _KNOWN_UNSUPPORTED = frozenset(
     {"MEDIAN_ABSOLUTE_DEVIATION", "STD_DEV", "WEIGHTED_AVG", "SAMPLE", "ST_CENTROID_AGG"}
     | {"ST_EXTENT_AGG", "RATE", "FIRST", "LAST", "FIRST_OVER_TIME", "LAST_OVER_TIME"}
-    | {"ABSENT", "PRESENT", "CATEGORIZE", "BUCKET", "AVG_OVER_TIME", "VARIANCE"}
+    | {"ABSENT", "PRESENT", "CATEGORIZE", "BUCKET", "AVG_OVER_TIME", "VARIANCE", "STD_VAR"}
 )
 
 
@@ -397,18 +398,29 @@ def _replace(node: Expr, change: Callable[[Expr], Expr | None]) -> Expr:
 class _StatsCompiler:
     """Type-checks one STATS command over the columns before it."""
 
-    def __init__(self, source: Source, scope: Mapping[str, ColumnDef]) -> None:
+    def __init__(
+        self,
+        source: Source,
+        scope: Mapping[str, ColumnDef],
+        unknown: Callable[[FieldRef], Exception],
+    ) -> None:
         self.source = source
         self.scope = scope
+        self.unknown = unknown
         self.inputs: dict[str, tuple[str, str | None]] = {}
         """Pre-STATS columns STATS reads: name -> (frame key, source field)."""
         self.row_compiler = ExprCompiler(source, self.row_column)
-        self.calls: list[_Input] = []
+        self.aliases: dict[str, Column] = {}
+        """BY columns by name, once the BY clause is compiled: inside an aggregate function
+        (and its filter) a BY name is that row's value of the BY expression."""
 
     def row_column(self, node: FieldRef) -> Column:
+        alias = self.aliases.get(node.name)
+        if alias is not None:
+            return alias
         entry = self.scope.get(node.name)
         if entry is None:
-            raise self.source.error(f"unknown column '{node.name}'", node.pos)
+            raise self.unknown(node)
         kind, key, field = entry.type, entry.key, entry.source
         if kind.startswith("unsupported:"):
             raise self.source.unsupported(
@@ -490,129 +502,174 @@ class _Group:
     """An earlier BY column this one copies: it takes that one's value, not every value."""
 
 
-class AggregatingQuery:
-    """A compiled `... | STATS ... BY ... | ...` query; see the module docstring."""
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One STATS command compiled over the columns before it: rows (column name -> engine
+    value) in, one output row (aggregates, then BY columns) per group out."""
 
-    def __init__(  # noqa: PLR0917 - assembled once by compile_aggregating_query
-        self,
-        pre_stats: CompiledQuery,
-        frame: Callable[[Any], dict[str, Any] | None],
-        from_row: bool,
-        inputs: Mapping[str, tuple[str, str | None]],
-        groups: Sequence[_Group],
-        calls: Sequence[_Input],
-        outputs: Sequence[tuple[str, str, ValueFn]],
-        post: TableStages,
-        reads_now: bool,
-    ) -> None:
-        self.pre_stats = pre_stats
-        """The commands before STATS as a stateless query: `matches` tells whether an event
-        gives a row, `condition` serves the prefilter."""
-        self.query = pre_stats.query
-        self.index_patterns = pre_stats.index_patterns
-        self.fields_read: frozenset[str] = frozenset(pre_stats.fields_read) | {
-            field for _, field in inputs.values() if field is not None
-        }
-        self.group_by: tuple[str, ...] = tuple(group.name for group in groups)
-        self.columns: tuple[str, ...] = tuple(name for name, _ in post.columns)
-        self.column_types: tuple[tuple[str, str], ...] = tuple(post.columns)
-        self.reads_now_before_stats = reads_now
-        """Whether NOW() comes before STATS: then a row depends on the run time."""
-        self._frame = frame
-        self._from_row = from_row
-        self._inputs = [(name, key) for name, (key, _) in inputs.items()]
-        self._groups = tuple(groups)
-        self._tied = [(i, g.same_as) for i, g in enumerate(groups) if g.same_as is not None]
-        self._calls = tuple(calls)
-        self._outputs = tuple(outputs)
-        self._post = post
+    inputs: Mapping[str, tuple[str, str | None]]
+    groups: tuple[_Group, ...]
+    calls: tuple[_Input, ...]
+    outputs: tuple[tuple[str, str, ValueFn], ...]
 
-    def rows(self, record: CloudTrailRecord | None, now_ms: int | None = None) -> list[Row]:
-        """The pre-STATS commands for one event: no row, or the row of the columns STATS
-        reads. NOW() before STATS is `now_ms` when given, else the wall clock
-        (`reads_now_before_stats` tells whether it matters)."""
-        token = RUN_TIME.set(now_ms) if now_ms is not None else None
-        try:
-            frame = self._frame(record)
-        finally:
-            if token is not None:
-                RUN_TIME.reset(token)
-        if frame is None:
-            return []
-        return [{name: frame[key] for name, key in self._inputs}]
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        names = {group.name for group in self.groups}
+        columns = [(name, kind) for name, kind, _ in self.outputs if name not in names]
+        return columns + [(group.name, group.type) for group in self.groups]
 
     def group_keys(self, row: Row) -> list[GroupKey]:
-        """The groups a row belongs to: one per combination of distinct BY values."""
         choices: list[list[Any]] = []
-        for group in self._groups:
-            value = group.fetch(row)
+        tied = False
+        for group in self.groups:
             if group.same_as is not None:
                 choices.append([None])
-            elif value.__class__ is list:
-                choices.append(list(dict.fromkeys(value)))
-            else:
-                choices.append([value])
-        if all(len(choice) == 1 for choice in choices) and not self._tied:
+                tied = True
+                continue
+            value = group.fetch(row)
+            choices.append(list(dict.fromkeys(value)) if value.__class__ is list else [value])
+        if not tied and all(len(choice) == 1 for choice in choices):
             return [tuple(choice[0] for choice in choices)]
         keys = [list(key) for key in itertools.product(*choices)]
-        for index, earlier in self._tied:
-            for key in keys:
-                key[index] = key[earlier]
+        for index, group in enumerate(self.groups):
+            if group.same_as is not None:
+                for key in keys:
+                    key[index] = key[group.same_as]
         return [tuple(key) for key in keys]
 
     def new_state(self) -> AggState:
-        return [call.aggregator.new() for call in self._calls]
+        return [call.aggregator.new() for call in self.calls]
 
     def add(self, state: AggState, row: Row) -> None:
-        for index, call in enumerate(self._calls):
+        for index, call in enumerate(self.calls):
             if call.keep is not None and not call.keep(row):
                 continue
             value = call.fetch(row) if call.fetch is not None else True
             state[index] = call.aggregator.add(state[index], value)
 
+    def output(self, key: GroupKey, state: AggState) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            f"{_HIDDEN}{index}": call.aggregator.final(part)
+            for index, (call, part) in enumerate(zip(self.calls, state, strict=True))
+        }
+        for group, value in zip(self.groups, key, strict=True):
+            values[group.name] = value
+        row = {name: fetch(values) for name, _kind, fetch in self.outputs}
+        for group, value in zip(self.groups, key, strict=True):
+            row[group.name] = value
+        return {name: row[name] for name, _ in self.columns}
+
+    def outputs_of(self, groups: Iterable[tuple[GroupKey, AggState]]) -> list[dict[str, Any]]:
+        """Output rows in order of the group keys (nulls first); without BY, one row even
+        for no group."""
+        ordered = sorted(groups, key=lambda item: _sort_key(item[0]))
+        if not self.groups and not ordered:
+            ordered = [((), self.new_state())]
+        return [self.output(key, state) for key, state in ordered]
+
+    def table(self, rows: Iterable[Row]) -> list[dict[str, Any]]:
+        """Table mode: every row into its groups, then their output rows."""
+        states: dict[GroupKey, AggState] = {}
+        for row in rows:
+            for key in self.group_keys(row):
+                state = states.get(key)
+                if state is None:
+                    state = states[key] = self.new_state()
+                self.add(state, row)
+        return self.outputs_of(states.items())
+
+
+@dataclass(frozen=True, slots=True)
+class _Chain:
+    """What follows the first STATS: commands, and any further STATS over their rows."""
+
+    stages: tuple[TableStages | _Plan, ...]
+    columns: tuple[tuple[str, str], ...]
+
+    def run(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for stage in self.stages:
+            rows = stage.table(rows) if isinstance(stage, _Plan) else stage.run(rows)
+        return rows
+
+
+class AggregatingQuery:
+    """A compiled `... | STATS ... BY ... | ...` query; see the module docstring."""
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        plan: _Plan,
+        chain: _Chain,
+        reads_now: bool,
+    ) -> None:
+        self.pre_stats = prepared.query
+        """The commands before STATS as a stateless query: `matches` tells whether an event
+        gives a row, `condition` serves the prefilter."""
+        self.query = prepared.query.query
+        self.index_patterns = prepared.query.index_patterns
+        self.fields_read: frozenset[str] = frozenset(prepared.query.fields_read) | {
+            field for _, field in plan.inputs.values() if field is not None
+        }
+        self.group_by: tuple[str, ...] = tuple(group.name for group in plan.groups)
+        self.columns: tuple[str, ...] = tuple(name for name, _ in chain.columns)
+        self.column_types: tuple[tuple[str, str], ...] = chain.columns
+        self.reads_now_before_stats = reads_now
+        """Whether NOW() comes before STATS: then a row depends on the run time."""
+        self._frames = prepared.frames
+        self._from_row = prepared.from_row
+        self._inputs = [(name, key) for name, (key, _) in plan.inputs.items()]
+        self._plan = plan
+        self._chain = chain
+
+    def rows(self, record: CloudTrailRecord | None, now_ms: int | None = None) -> list[Row]:
+        """The pre-STATS commands for one event: its rows (none, one, or several after
+        MV_EXPAND) of the columns STATS reads. NOW() before STATS is `now_ms` when given,
+        else the wall clock (`reads_now_before_stats` tells whether it matters)."""
+        token = RUN_TIME.set(now_ms) if now_ms is not None else None
+        try:
+            frames = self._frames(record)
+            return [{name: frame[key] for name, key in self._inputs} for frame in frames]
+        finally:
+            if token is not None:
+                RUN_TIME.reset(token)
+
+    def group_keys(self, row: Row) -> list[GroupKey]:
+        """The groups a row belongs to: one per combination of distinct BY values."""
+        return self._plan.group_keys(row)
+
+    def new_state(self) -> AggState:
+        return self._plan.new_state()
+
+    def add(self, state: AggState, row: Row) -> None:
+        self._plan.add(state, row)
+
     def merge(self, into: AggState, other: AggState) -> None:
         """Adds `other` into `into`; `other` stays as it was."""
-        for index, call in enumerate(self._calls):
+        for index, call in enumerate(self._plan.calls):
             into[index] = call.aggregator.merge(into[index], _copy(other[index]))
 
     def dump(self, state: AggState) -> object:
         """The state as JSON-able data (lists, ints, strings, floats, booleans, null)."""
-        return [call.aggregator.dump(part) for call, part in zip(self._calls, state, strict=True)]
+        calls = self._plan.calls
+        return [call.aggregator.dump(part) for call, part in zip(calls, state, strict=True)]
 
     def load(self, data: object) -> AggState:
         assert isinstance(data, list)
-        return [call.aggregator.load(part) for call, part in zip(self._calls, data, strict=True)]
+        calls = self._plan.calls
+        return [call.aggregator.load(part) for call, part in zip(calls, data, strict=True)]
 
     def finish(self, groups: Iterable[tuple[GroupKey, AggState]], now_ms: int) -> list[Row]:
         """STATS's output rows for these groups, then the post-STATS commands, with NOW() at
         `now_ms`; display values (dates as ISO-8601 text, addresses as text). Groups are
         taken in order of their keys (nulls first), so the result does not depend on the
         order they come in."""
-        ordered = sorted(groups, key=lambda item: _sort_key(item[0]))
-        if not self._groups and not ordered:
-            ordered = [((), self.new_state())]
         token = RUN_TIME.set(now_ms)
         try:
-            frames = [self._stats_frame(key, state) for key, state in ordered]
-            return list(self._post.run(frames))
+            rows = self._chain.run(self._plan.outputs_of(groups))
         finally:
             RUN_TIME.reset(token)
-
-    def _stats_frame(self, key: GroupKey, state: AggState) -> dict[str, Any]:
-        values: dict[str, Any] = {
-            f"{_HIDDEN}{index}": call.aggregator.final(part)
-            for index, (call, part) in enumerate(zip(self._calls, state, strict=True))
-        }
-        for group, value in zip(self._groups, key, strict=True):
-            values[group.name] = value
-        frame: dict[str, Any] = {}
-        keys = self._post.keys
-        for name, _kind, fetch in self._outputs:
-            frame[keys[name]] = fetch(values)
-        for group, value in zip(self._groups, key, strict=True):
-            if group.name in keys and keys[group.name] not in frame:
-                frame[keys[group.name]] = value
-        return frame
+        kinds = self.column_types
+        return [{name: display(kind, row[name]) for name, kind in kinds} for row in rows]
 
     def run(self, records: Iterable[CloudTrailRecord | None], now_ms: int) -> Table:
         """Table mode: every record into its groups, then `finish`."""
@@ -656,60 +713,75 @@ def compile_aggregating_query(
     fields: Mapping[str, FieldSpec] = ECS_FIELDS,
     metadata: Mapping[str, FieldSpec] = CLOUDTRAIL_METADATA,
 ) -> AggregatingQuery:
-    """Compile a query with one STATS command; raises EsqlError (UnsupportedEsqlError for what
-    we cannot run: a second STATS, LIMIT before STATS, an aggregate function we lack)."""
+    """Compile a query with STATS; raises EsqlError (UnsupportedEsqlError for what we cannot
+    run: LIMIT before the first STATS, an aggregate function we lack). The first STATS is
+    the one whose states add and merge; a later one runs over the rows of `finish`."""
     source, commands = parse(query)
     at = [index for index, command in enumerate(commands) if isinstance(command, Stats)]
     if not at:
         raise source.error("not an aggregating query: it has no STATS", 0)
-    if len(at) > 1:
-        second = commands[at[1]]
-        raise source.unsupported("a second STATS command is not supported", second.pos)
     stats = commands[at[0]]
     assert isinstance(stats, Stats)
-    before, after = commands[: at[0]], commands[at[0] + 1 :]
+    before = commands[: at[0]]
     for command in before:
         if isinstance(command, Limit):
             raise source.unsupported(
                 "LIMIT before STATS (it limits the whole window) is not supported", command.pos
             )
     prepared = prepare(query, source, before, fields, metadata)
-    compiler = _StatsCompiler(source, prepared.scope)
+    plan = _compile_stats(source, prepared.scope, stats, prepared.unknown)
+    stages: list[TableStages | _Plan] = []
+    columns = plan.columns
+    bounds = [*at, len(commands)]
+    for start, end in itertools.pairwise(bounds):
+        table = compile_table_stages(source, columns, commands[start + 1 : end], fields)
+        stages.append(table)
+        columns = list(table.columns)
+        if end < len(commands):
+            later = commands[end]
+            assert isinstance(later, Stats)
+            scope = {name: ColumnDef(kind, name, None) for name, kind in columns}
+            stages.append(later_plan := _compile_stats(source, scope, later, prepared.unknown))
+            columns = later_plan.columns
+    chain = _Chain(tuple(stages), tuple(columns))
+    return AggregatingQuery(prepared, plan, chain, _reads_now(before))
+
+
+def _compile_stats(
+    source: Source,
+    scope: Mapping[str, ColumnDef],
+    stats: Stats,
+    unknown: Callable[[FieldRef], Exception],
+) -> _Plan:
+    compiler = _StatsCompiler(source, scope, unknown)
     groups: list[_Group] = []
     origins: dict[str, int] = {}
-    for name, expr, _pos in stats.groups:
+    last = {name: index for index, (name, _, _) in enumerate(stats.groups)}
+    for index, (name, expr, pos) in enumerate(stats.groups):
+        if any(isinstance(node, Call) and node.name in AGGREGATE_FUNCTIONS for node in _walk(expr)):
+            raise source.error("an aggregate function cannot be a BY group", pos)
+        if last[name] != index:  # shadowed by a later BY column of the same name
+            continue
         kind, fetch = compiler.row_compiler.value(expr)
-        entry = prepared.scope.get(expr.name) if isinstance(expr, FieldRef) else None
+        if kind in ("date_period", "time_duration"):
+            raise source.error(f"cannot group by a {kind}", pos)
+        entry = scope.get(expr.name) if isinstance(expr, FieldRef) else None
         same_as = origins.get(entry.origin) if entry is not None else None
         if entry is not None and same_as is None:
             origins[entry.origin] = len(groups)
         groups.append(_Group(name, kind, fetch, same_as))
-    for group, (_, expr, pos) in zip(groups, stats.groups, strict=True):
-        if any(isinstance(node, Call) and node.name in AGGREGATE_FUNCTIONS for node in _walk(expr)):
-            raise source.error("an aggregate function cannot be a BY group", pos)
-        if group.type in ("date_period", "time_duration"):
-            raise source.error(f"cannot group by a {group.type}", pos)
     group_types = {group.name: group.type for group in groups}
+    compiler.aliases = {group.name: Column(group.type, group.fetch) for group in groups}
     calls: list[_Input] = []
     outputs: dict[str, tuple[str, ValueFn]] = {}
     for aggregate in stats.aggregates:
         outputs.pop(aggregate.name, None)
         outputs[aggregate.name] = _output(source, compiler, aggregate, calls, group_types)
-    for group in groups:
-        outputs.pop(group.name, None)
-    columns = [(name, kind) for name, (kind, _) in outputs.items()]
-    columns += [(group.name, group.type) for group in groups]
-    post = compile_table_stages(source, columns, after, fields)
-    return AggregatingQuery(
-        pre_stats=prepared.query,
-        frame=prepared.frame,
-        from_row=prepared.from_row,
+    return _Plan(
         inputs=compiler.inputs,
-        groups=groups,
-        calls=calls,
-        outputs=[(name, kind, fetch) for name, (kind, fetch) in outputs.items()],
-        post=post,
-        reads_now=_reads_now(before),
+        groups=tuple(groups),
+        calls=tuple(calls),
+        outputs=tuple((name, kind, fetch) for name, (kind, fetch) in outputs.items()),
     )
 
 
@@ -736,7 +808,9 @@ def _output(
         return FieldRef(name, node.pos)
 
     lifted = _replace(aggregate.expr, lift)
-    if not hidden:
+    if not hidden and not any(
+        isinstance(node, FieldRef) and node.name in group_types for node in _walk(lifted)
+    ):
         raise source.error(
             f"'{aggregate.name}' must be an aggregate function or use one", aggregate.pos
         )

@@ -1110,6 +1110,93 @@ def _mv_reduce(name: str) -> Handler:
     return handler
 
 
+def _mv_sort(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+    """MV_SORT(values[, "ASC" | "DESC"]): the order a constant."""
+    compiler.arity(node, 1, 2)
+    kind, fetch = compiler.value(node.args[0])
+    if kind not in ORDERABLE_TYPES | {"boolean", "null"}:
+        raise compiler.error(f"MV_SORT does not apply to {kind}", node)
+    descending = False
+    if len(node.args) == 2:
+        order = node.args[1]
+        if not isinstance(order, Const) or str(order.value).upper() not in ("ASC", "DESC"):
+            raise compiler.error("MV_SORT takes 'ASC' or 'DESC' as its order", order)
+        descending = str(order.value).upper() == "DESC"
+
+    def evaluate(ctx: Any) -> Any:
+        value = fetch(ctx)
+        return sorted(value, reverse=descending) if value.__class__ is list else value
+
+    return kind, evaluate
+
+
+def _mv_dedupe(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+    """MV_DEDUPE: each value once, in the order first seen."""
+    compiler.arity(node, 1)
+    kind, fetch = compiler.value(node.args[0])
+
+    def evaluate(ctx: Any) -> Any:
+        value = fetch(ctx)
+        return single(list(dict.fromkeys(value))) if value.__class__ is list else value
+
+    return kind, evaluate
+
+
+def _mv_slice(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+    """MV_SLICE(values, start[, end]): zero-based, `end` included, negative from the end;
+    null when the range holds no value."""
+    compiler.arity(node, 2, 3)
+    kind, fetch = compiler.value(node.args[0])
+    start_fetch = _integer_argument(compiler, node, node.args[1])
+    end_fetch = _integer_argument(compiler, node, node.args[-1])
+
+    def evaluate(ctx: Any) -> Any:
+        value = fetch(ctx)
+        start, end = start_fetch(ctx), end_fetch(ctx)
+        if value is None or start is None or end is None:
+            return None
+        values = value if value.__class__ is list else [value]
+        count = len(values)
+        first = start + count if start < 0 else start
+        last = end + count if end < 0 else end
+        if first > last or first >= count or last < 0:
+            return None
+        return single(values[max(first, 0) : last + 1])
+
+    return kind, evaluate
+
+
+def _mv_average(median: bool) -> Handler:
+    """MV_AVG (a double) and MV_MEDIAN (of integers: the mean of the middle two rounded
+    down, as an integer)."""
+
+    def handler(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+        compiler.arity(node, 1)
+        kind, fetch = compiler.value(node.args[0])
+        if kind not in NUMERIC_TYPES | {"null"}:
+            raise compiler.error(f"{node.name} needs numbers, found {kind}", node)
+        result = kind if median and kind != "null" else "double"
+
+        def evaluate(ctx: Any) -> Any:
+            value = fetch(ctx)
+            if value is None:
+                return None
+            values = sorted(value) if value.__class__ is list else [value]
+            if not median:
+                return _finite(math.fsum(values) / len(values))
+            middle = len(values) // 2
+            if len(values) % 2:
+                return values[middle] if result != "double" else float(values[middle])
+            low, high = values[middle - 1], values[middle]
+            if result == "double":
+                return (low + high) / 2
+            return (low + high) // 2
+
+        return result, evaluate
+
+    return handler
+
+
 def _mv_concat(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
     compiler.arity(node, 2)
     values = compiler.string_argument(node.name, node.args[0])
@@ -1283,6 +1370,11 @@ _FUNCTIONS: Mapping[str, Handler] = {
     "MV_MAX": _mv_reduce("MV_MAX"),
     "MV_SUM": _mv_reduce("MV_SUM"),
     "MV_CONCAT": _mv_concat,
+    "MV_SORT": _mv_sort,
+    "MV_DEDUPE": _mv_dedupe,
+    "MV_SLICE": _mv_slice,
+    "MV_AVG": _mv_average(median=False),
+    "MV_MEDIAN": _mv_average(median=True),
     "TO_LOWER": _case_change(str.lower),
     "TO_UPPER": _case_change(str.upper),
     "LENGTH": _length,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from operator import itemgetter
@@ -53,6 +53,7 @@ from consumer.rules.esql.syntax import (
     Limit,
     Logical,
     Match,
+    MvExpand,
     NamePattern,
     Neg,
     Not,
@@ -73,6 +74,9 @@ from consumer.rules.esql.values import (
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
+MAX_EXPANDED_ROWS = 10_000
+"""Rows MV_EXPAND may make of one record: each expansion multiplies them, and a stream must
+not let one event hold a worker."""
 
 
 class FieldSpec(Protocol):
@@ -292,12 +296,17 @@ class _Pipeline:
         self.read.setdefault(node.name, spec)
         return Column(kind, fetcher(spec.extract, kind), spec.extract)
 
+    def unknown(self, node: FieldRef) -> Exception:
+        """A name not in scope: an error for a source field no longer a column, else a field
+        we do not derive (Elasticsearch may have it)."""
+        if node.name in self.fields:
+            return self.source.error(f"unknown column '{node.name}'", node.pos)
+        return self.not_derived(node.name, node.pos)
+
     def frame_column(self, node: FieldRef) -> Column:
         entry = self.scope.get(node.name)
         if entry is None:
-            if node.name in self.fields:
-                raise self.source.error(f"unknown column '{node.name}'", node.pos)
-            raise self.not_derived(node.name, node.pos)
+            raise self.unknown(node)
         if entry.type.startswith("unsupported:"):
             raise self.source.unsupported(
                 f"column '{node.name}' has type {entry.type.split(':', 1)[1]}, "
@@ -323,6 +332,13 @@ class _Pipeline:
     def slot(self) -> str:
         self.slots += 1
         return f"#{self.slots}"
+
+    def redefine(self, name: str) -> str:
+        """A new frame key for a column whose values change in place (MV_EXPAND): no longer
+        the source field it showed, nor a copy of another column."""
+        key = self.slot()
+        self.scope[name] = ColumnDef(self.scope[name].type, key, None)
+        return key
 
     def define(self, name: str, kind: str, same_as: str | None = None) -> str:
         key = self.slot()
@@ -420,6 +436,8 @@ class _Stages:
 
     steps: list[tuple[str, Any]] = field(default_factory=list)
     filters: bool = False
+    expands: bool = False
+    """MV_EXPAND: one record may give several rows."""
     limit_zero: bool = False
     has_limit: bool = False
 
@@ -442,8 +460,10 @@ class Prepared:
     in scope with their types and frame keys."""
 
     query: CompiledQuery
-    frame: Callable[[Any], dict[str, Any] | None]
+    frames: Callable[[Any], list[Any]]
     scope: Mapping[str, ColumnDef]
+    unknown: Callable[[FieldRef], Exception]
+    """The error for a name not in scope."""
     from_row: bool
     """A ROW query: its one frame whatever the record."""
 
@@ -503,20 +523,39 @@ def prepare(
         frame.update(row_values)
         return frame
 
-    def evaluate(record: Any) -> dict[str, Any] | None:
-        if stages.limit_zero or not prefix(record):
-            return None
-        frame = new_frame(record)
-        return emit(frame) if through(frame) else None
+    per_row = [(kind, step) for kind, step in stages.steps if kind in ("row", "expand")]
 
-    def frame_of(record: Any) -> dict[str, Any] | None:
+    def frames_of(record: Any) -> list[_Frame]:
+        """The rows one record gives, before any SORT or LIMIT."""
         if not prefix(record):
+            return []
+        if not stages.expands:
+            frame = new_frame(record)
+            return [frame] if through(frame) else []
+        frames = [new_frame(record)]
+        for kind, step in per_row:
+            if kind == "row":
+                frames = [frame for frame in frames if step(frame)]
+            else:
+                frames = [row for frame in frames for row in step(frame)]
+                if len(frames) > MAX_EXPANDED_ROWS:
+                    raise source.unsupported(
+                        f"MV_EXPAND gives more than {MAX_EXPANDED_ROWS} rows for one record",
+                        step.pos,
+                    )
+        return frames
+
+    def evaluate(record: Any) -> dict[str, Any] | None:
+        """The record's first row: a stream alerts once per event."""
+        if stages.limit_zero:
             return None
-        frame = new_frame(record)
-        return frame if through(frame) else None
+        frames = frames_of(record)
+        return emit(frames[0]) if frames else None
 
     if stages.limit_zero:
         matches: Predicate = lambda _record: False  # noqa: E731
+    elif stages.expands:
+        matches = lambda record: bool(frames_of(record))  # noqa: E731
     elif stages.filters:
         matches = lambda record: prefix(record) and through(new_frame(record))  # noqa: E731
     else:
@@ -552,33 +591,40 @@ def prepare(
         _run=run,
     )
     scope = dict(pipeline.scope)
-    return Prepared(compiled, frame_of, scope, row is not None)
+    return Prepared(compiled, frames_of, scope, pipeline.unknown, row is not None)
 
 
-def _apply(stages: _Stages, frames: list[Any]) -> list[Any]:
-    """Table mode: every step over the whole list, ES|QL's default LIMIT when none is given."""
+def _apply(stages: _Stages, frames: Iterable[Any]) -> list[Any]:
+    """Table mode: every step over the whole table, ES|QL's default LIMIT when none is given.
+    Rows flow lazily up to a SORT, so a LIMIT stops MV_EXPAND early."""
+    rows: Iterator[Any] = iter(frames)
     for kind, step in stages.steps:
         if kind == "row":
-            frames = [frame for frame in frames if step(frame)]
+            rows = filter(step, rows)
+        elif kind == "expand":
+            rows = _expanded(step, rows)
         elif kind == "sort":
-            frames = step(frames)
+            rows = iter(step(list(rows)))
         else:
-            frames = frames[:step]
+            rows = islice(rows, step)
     if not stages.has_limit:
-        frames = frames[:DEFAULT_LIMIT]
-    return frames
+        rows = islice(rows, DEFAULT_LIMIT)
+    return list(rows)
+
+
+def _expanded(step: Callable[[Any], list[Any]], rows: Iterator[Any]) -> Iterator[Any]:
+    for frame in rows:
+        yield from step(frame)
 
 
 @dataclass(frozen=True, slots=True)
 class TableStages:
     """Commands compiled over a table of given columns (the output of STATS)."""
 
-    keys: Mapping[str, str]
-    """Input column name -> its key in a frame."""
     columns: tuple[tuple[str, str], ...]
     """Output columns (name, ES|QL type)."""
     run: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
-    """Input frames (key -> engine value) -> output rows (name -> display value)."""
+    """Input rows -> output rows (column name -> engine value)."""
 
 
 def compile_table_stages(
@@ -597,12 +643,12 @@ def compile_table_stages(
         for name, entry in pipeline.scope.items()
     ]
 
-    def run(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        table = [_Frame.of(frame) for frame in frames]
-        table = _apply(stages, table)
-        return [{name: display(kind, frame[key]) for name, kind, key in output} for frame in table]
+    def run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        frames = (_Frame.of({keys[name]: value for name, value in row.items()}) for row in rows)
+        table = _apply(stages, frames)
+        return [{name: frame[key] for name, _kind, key in output} for frame in table]
 
-    return TableStages(keys, tuple((name, kind) for name, kind, _ in output), run)
+    return TableStages(tuple((name, kind) for name, kind, _ in output), run)
 
 
 def _conjunction(tests: list[Predicate]) -> Predicate:
@@ -660,6 +706,9 @@ def _compile_stages(pipeline: _Pipeline, commands: list[Command]) -> _Stages:
             stages.has_limit = True
             stages.limit_zero = stages.limit_zero or command.count == 0
             stages.steps.append(("limit", min(command.count, MAX_LIMIT)))
+        elif isinstance(command, MvExpand):
+            stages.steps.append(("expand", _expand_step(pipeline, command)))
+            stages.expands = True
         elif isinstance(command, Stats):
             raise pipeline.source.unsupported(
                 "aggregating rule: needs stateful evaluation", command.pos
@@ -667,6 +716,35 @@ def _compile_stages(pipeline: _Pipeline, commands: list[Command]) -> _Stages:
         else:
             raise pipeline.source.error("a source command must come first", command.pos)
     return stages
+
+
+def _expand_step(pipeline: _Pipeline, command: MvExpand) -> _Expand:
+    """One row per value of a multi-valued column (a null or single value: the row as is)."""
+    (name,) = pipeline.matching(command.column)
+    old = pipeline.scope[name].key
+    key = pipeline.redefine(name)
+
+    return _Expand(old, key, command.pos)
+
+
+@dataclass(frozen=True, slots=True)
+class _Expand:
+    old: str
+    key: str
+    pos: int
+
+    def __call__(self, frame: _Frame) -> list[_Frame]:
+        value = frame[self.old]
+        if value.__class__ is not list:
+            frame[self.key] = value
+            return [frame]
+        out: list[_Frame] = []
+        for item in value:
+            copy = _Frame(frame.record, frame.fetchers)
+            copy.update(frame)
+            copy[self.key] = item
+            out.append(copy)
+        return out
 
 
 def _assign(key: str, fetch: ValueFn) -> _RowStage:

@@ -266,7 +266,16 @@ class Stats:
     pos: int
 
 
-Command = From | Row | Where | Eval | Keep | Drop | Rename | Grok | Dissect | Sort | Limit | Stats
+@dataclass(frozen=True, slots=True)
+class MvExpand:
+    column: NamePattern
+    pos: int
+
+
+Command = (
+    From | Row | Where | Eval | Keep | Drop | Rename | Grok | Dissect | Sort | Limit | Stats
+    | MvExpand
+)
 
 
 # --- lexing ---------------------------------------------------------------------------------
@@ -317,7 +326,7 @@ _UNITS = {
 UNSUPPORTED_COMMANDS = frozenset(
     {
         *("CHANGE_POINT", "COMPLETION", "ENRICH", "EXPLAIN", "FORK", "FUSE", "INLINESTATS"),
-        *("INLINE", "JOIN", "LOOKUP", "METRICS", "MV_EXPAND", "RERANK", "SAMPLE", "SHOW"),
+        *("INLINE", "JOIN", "LOOKUP", "METRICS", "RERANK", "SAMPLE", "SHOW"),
         *("TS", "SET", "INSIST", "URI_PARTS", "REGISTERED_DOMAIN"),
     }
 )
@@ -943,6 +952,11 @@ def _parse_command(  # noqa: PLR0917 - one command's span and place in the query
         return Keep(patterns, pos) if name == "KEEP" else Drop(patterns, pos)
     if name == "RENAME":
         return _rename(source, pos, body, end)
+    if name == "MV_EXPAND":
+        columns = _name_list(source, body, end, "column name")
+        if len(columns) > 1 or columns[0].wildcard:
+            raise source.error("MV_EXPAND takes one column name", columns[-1].pos)
+        return MvExpand(columns[0], pos)
     parser = Parser(source, source.tokens(body, end))
     if name == "WHERE":
         return Where(parser.condition(), pos)
