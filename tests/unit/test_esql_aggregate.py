@@ -154,13 +154,15 @@ def test_median_percentile_and_top() -> None:
         ROWS,
     )
     assert rows == [{"m": 4.0, "p": 2.5, "top": [7, 5], "low": "alice"}]
+    spread = table("FROM t | STATS v = VARIANCE(n), sd = STD_DEV(n), p = PRESENT(x)", ROWS)
+    assert spread == [{"v": 5.0, "sd": 5.0**0.5, "p": True}]
 
 
 @pytest.mark.parametrize(
     ("query", "reason"),
     [
         ("FROM t | LIMIT 5 | STATS c = COUNT(*)", "LIMIT before STATS"),
-        ("FROM t | STATS s = STD_DEV(n)", "aggregate function STD_DEV is not supported"),
+        ("FROM t | STATS s = WEIGHTED_AVG(n, x)", "aggregate function WEIGHTED_AVG is not"),
         ("FROM .alerts-security.* | STATS c = COUNT(*)", "reads Kibana's alerts"),
         ("FROM t | STATS v = VALUES(nope)", "field 'nope' is not derived"),
     ],
@@ -230,7 +232,8 @@ MERGE_QUERY = (
     "FROM t | STATS c = COUNT(*), cn = COUNT(tags), d = COUNT_DISTINCT(tags), v = VALUES(ip), "
     "lo = MIN(ts), hi = MAX(ok), s = SUM(n), sb = SUM(big), sx = SUM(x), a = AVG(x), "
     "m = MEDIAN(n), p = PERCENTILE(x, 90), top = TOP(n, 3, \"asc\"), "
-    "w = COUNT(*) WHERE ok, wv = VALUES(user) WHERE n > 0 BY user"
+    "w = COUNT(*) WHERE ok, wv = VALUES(user) WHERE n > 0, sd = STD_DEV(x), "
+    "var = VARIANCE(n), seen = PRESENT(ip), none = ABSENT(tags) BY user"
 )
 MERGING = compile_aggregating_query(MERGE_QUERY, FIELDS, metadata={})
 

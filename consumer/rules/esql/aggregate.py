@@ -260,6 +260,63 @@ class _Avg(_Aggregator):
         return _finite(float(state[0] / state[1])) if state[1] else None
 
 
+class _Variance(_Aggregator):
+    """The population variance (or standard deviation), from exact sums."""
+
+    type = "double"
+
+    def __init__(self, root: bool) -> None:
+        self.root = root
+
+    def new(self) -> list[Any]:
+        return [0, Fraction(0), Fraction(0)]
+
+    def add(self, state: list[Any], value: Any) -> list[Any]:
+        for item in _each(value):
+            exact = Fraction(item)
+            state[0] += 1
+            state[1] += exact
+            state[2] += exact * exact
+        return state
+
+    def merge(self, into: list[Any], other: list[Any]) -> list[Any]:
+        return [into[0] + other[0], into[1] + other[1], into[2] + other[2]]
+
+    def dump(self, state: list[Any]) -> object:
+        return [state[0], *(part for total in state[1:] for part in total.as_integer_ratio())]
+
+    def load(self, data: Any) -> list[Any]:
+        return [data[0], Fraction(data[1], data[2]), Fraction(data[3], data[4])]
+
+    def final(self, state: list[Any]) -> float | None:
+        count, total, squares = state
+        if not count:
+            return None
+        variance = float((squares - total * total / count) / count)
+        return _finite(math.sqrt(variance) if self.root else variance)
+
+
+class _Presence(_Aggregator):
+    """PRESENT (any value at all) and ABSENT (none)."""
+
+    type = "boolean"
+
+    def __init__(self, present: bool) -> None:
+        self.present = present
+
+    def new(self) -> bool:
+        return False
+
+    def add(self, state: bool, value: Any) -> bool:
+        return state or value is not None
+
+    def merge(self, into: bool, other: bool) -> bool:
+        return into or other
+
+    def final(self, state: bool) -> bool:
+        return state if self.present else not state
+
+
 class _Percentile(_Aggregator):
     """Every value, kept sorted; the percentile interpolates linearly between the two closest
     ranks, as Elasticsearch's t-digest does while it still holds every value."""
@@ -327,12 +384,12 @@ class _Top(_Aggregator):
 
 AGGREGATE_FUNCTIONS = frozenset(
     {"COUNT", "COUNT_DISTINCT", "VALUES", "MIN", "MAX", "SUM", "AVG", "MEDIAN", "PERCENTILE"}
-    | {"TOP"}
+    | {"TOP", "STD_DEV", "VARIANCE", "STD_VAR", "PRESENT", "ABSENT"}
 )
 _KNOWN_UNSUPPORTED = frozenset(
-    {"MEDIAN_ABSOLUTE_DEVIATION", "STD_DEV", "WEIGHTED_AVG", "SAMPLE", "ST_CENTROID_AGG"}
+    {"MEDIAN_ABSOLUTE_DEVIATION", "WEIGHTED_AVG", "SAMPLE", "ST_CENTROID_AGG"}
     | {"ST_EXTENT_AGG", "RATE", "FIRST", "LAST", "FIRST_OVER_TIME", "LAST_OVER_TIME"}
-    | {"ABSENT", "PRESENT", "CATEGORIZE", "BUCKET", "AVG_OVER_TIME", "VARIANCE", "STD_VAR"}
+    | {"CATEGORIZE", "BUCKET", "AVG_OVER_TIME"}
 )
 
 
@@ -455,6 +512,8 @@ class _StatsCompiler:
             return _Count()
         if name in ("COUNT_DISTINCT", "VALUES"):
             return _Distinct(kind, count=name == "COUNT_DISTINCT")
+        if name in ("PRESENT", "ABSENT"):
+            return _Presence(present=name == "PRESENT")
         if name in ("MIN", "MAX"):
             if kind not in ORDERABLE_TYPES | {"boolean", "null"} or kind == "text":
                 raise self.source.error(f"{name} does not apply to {kind} values", node.pos)
@@ -469,6 +528,8 @@ class _StatsCompiler:
             return _Sum(kind)
         if name == "AVG":
             return _Avg()
+        if name in ("STD_DEV", "VARIANCE", "STD_VAR"):
+            return _Variance(root=name == "STD_DEV")
         if name == "MEDIAN":
             return _Percentile(50.0)
         return _Percentile(self._constant_number(node, node.args[1]))
