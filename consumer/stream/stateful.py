@@ -669,8 +669,9 @@ class Stateful:
         partition), then the changed groups, then the store's changelog records."""
 
         def caught_up(source: InputPartition) -> bool:
+            """Read to the end (an empty partition, never committed, is read to its end)."""
             end = self._ends.get(source)
-            return end is not None and offsets.get(source, -1) >= end
+            return end is not None and offsets.get(source, 0) >= end
 
         def put(topic: str, record: Encoded) -> None:
             produce(topic, record.key, record.value, record.headers, partition=record.partition)
