@@ -259,15 +259,24 @@ class Suppressor:
                 if window is not None:
                     out += self._close(terms, window)
                 self._open(terms, match)
-        for terms, window in sorted(self._windows.items(), key=lambda item: _canonical(item[0])):
-            if close_all or (watermark_ms is not None and self._closes_at(window) <= watermark_ms):
+        def closes(window: _Window) -> bool:
+            return close_all or (
+                watermark_ms is not None and self._closes_at(window) <= watermark_ms
+            )
+
+        acting = [(terms, window) for terms, window in self._windows.items()
+                  if not window.sent or closes(window)]
+        for terms, window in sorted(acting, key=lambda item: _canonical(item[0])):
+            if closes(window):
                 out += self._close(terms, window)
                 self._changed.add(terms)
-            elif not window.sent:
+            else:
                 out.append(self._document(window, terms))
                 window.sent = True
-        if watermark_ms is not None:
-            self._released_to = max(watermark_ms, self._released_to or watermark_ms)
+        if watermark_ms is not None and (
+            self._released_to is None or watermark_ms > self._released_to
+        ):
+            self._released_to = watermark_ms
         return out
 
     def _close(self, terms: Terms, window: _Window) -> list[Alert]:
