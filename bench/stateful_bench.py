@@ -8,7 +8,8 @@ One repartition partition's stage holds `--groups` open groups of a COUNT + VALU
 - resident memory per group (RSS growth over the groups);
 - the changelog's size per group (what `flush` writes to the store);
 - restore: loading every group back from the store into a new stage, as assignment does after
-  the changelog was read (the read itself is the store's, measured by its own benchmark).
+  the changelog was read; with `--kafka`, also the whole restore on assignment from a real
+  local broker: the compacted changelog read back by `StateStore.assign`, then loaded.
 """
 
 from __future__ import annotations
@@ -21,10 +22,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
 from consumer.rules.loader import load_rules
 from consumer.stream.repartition import Encoded, encode_routed
-from consumer.stream.state import PartitionStore
-from consumer.stream.stateful import AggregatingRule, StatefulStage
+from consumer.stream.state import (
+    OFFSET_HEADER,
+    KafkaChangelogReader,
+    PartitionStore,
+    StateStore,
+    changelog_topic,
+    ensure_changelogs,
+)
+from consumer.stream.stateful import STORE, AggregatingRule, StatefulStage
+from scripts.kafka_local import running_broker
 
 RULE = """
 [metadata]
@@ -68,6 +80,8 @@ def stage_for(rule: AggregatingRule) -> StatefulStage:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, default=1_000_000)
+    parser.add_argument("--kafka", action="store_true",
+                        help="also restore through a changelog on a local broker")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "bench.toml").write_text(RULE)
@@ -110,7 +124,9 @@ def main() -> None:
     restore_s = time.perf_counter() - started
     assert restored.owned[0].states[rule.rule_id].open_groups == open_groups == args.groups
 
+    kafka = restore_from_kafka(rule, store, args.groups) if args.kafka else {}
     print(json.dumps({
+        **kafka,
         "groups": args.groups,
         "rows_per_s": round(args.groups / added_s),
         "rss_bytes_per_group": round(grown / args.groups),
@@ -119,6 +135,46 @@ def main() -> None:
         "restore_load_s": round(restore_s, 2),
         "restore_groups_per_s": round(args.groups / restore_s),
     }, indent=2))
+
+
+def write_changelog(config: dict[str, str], topic: str, store: PartitionStore) -> None:
+    """The store's records as its flush writes them (key: repartition topic, NUL, store key)."""
+    producer = Producer({**config, "linger.ms": "20", "compression.type": "lz4"})
+    prefix = TOPIC.encode() + b"\0"
+    headers: list[tuple[str, str | bytes | None]] = [(OFFSET_HEADER, b"1")]
+    for key, value in store.items():
+        while True:
+            try:
+                producer.produce(topic, key=prefix + key.encode(), partition=0, headers=headers,
+                                 value=json.dumps(value, separators=(",", ":")).encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(120) == 0
+
+
+def restore_from_kafka(rule: AggregatingRule, store: PartitionStore, groups: int
+                       ) -> dict[str, float]:
+    """Write the store's records to a compacted changelog on a local broker, as the stage's
+    flush does, then time the restore a newly assigned partition goes through."""
+    group = "bench"
+    with tempfile.TemporaryDirectory() as workdir, running_broker(workdir=Path(workdir)) as kafka:
+        config = {"bootstrap.servers": kafka.bootstrap_servers}
+        ensure_changelogs(AdminClient({**config}), [changelog_topic(group, STORE)], 1)
+        write_changelog(config, changelog_topic(group, STORE), store)
+        reader = KafkaChangelogReader(config, group)
+        try:
+            states = StateStore(STORE, group, reader)
+            started = time.perf_counter()
+            states.assign((TOPIC, 0), 1)
+            read_s = time.perf_counter() - started
+            restored = stage_for(rule)
+            restored.assign(0, states.partition((TOPIC, 0)))
+            total_s = time.perf_counter() - started
+        finally:
+            reader.close()
+        assert restored.owned[0].states[rule.rule_id].open_groups == groups
+    return {"kafka_changelog_read_s": round(read_s, 2), "kafka_restore_total_s": round(total_s, 2)}
 
 
 if __name__ == "__main__":
