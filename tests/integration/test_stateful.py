@@ -31,7 +31,7 @@ from consumer.offline.scan import scan
 from consumer.rules.loader import load_rules
 from scripts.kafka_local import LocalKafka
 from tests.conftest import Broker
-from tests.support.events import event
+from tests.support.events import create_access_key, event
 from tests.support.kafka import DetectorProcess, Topics, read_all, wait_until
 
 COUNT_ID = "5c1f3e0a-8d2b-4f6e-9a7c-1b3d5e7f9a0b"
@@ -310,3 +310,49 @@ def own_broker(run_dir: Path) -> Iterator[LocalKafka]:
         yield local
     finally:
         local.stop()
+
+
+SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
+
+
+def test_suppression_on_the_seed_rule_sends_the_first_alert_then_the_count(
+    broker: Broker, tmp_path: Path, detectors: list[DetectorProcess]
+) -> None:
+    seed = (Path(__file__).resolve().parents[2] / "consumer" / "rules" / "builtin" /
+            "aws_iam_user_created_access_keys_for_another_user.toml").read_text()
+    folder = rules_dir(tmp_path)
+    # Ours replaces the built-in rule of the same id, adding suppression by the caller.
+    (folder / "seed.toml").write_text(seed.replace(
+        "[detector]\n", "[detector.alert_suppression]\ngroup_by = [\"user.name\"]\n"
+        'duration = { value = 30, unit = "m" }\n\n[detector]\n', 1))
+    keys = []
+    for number, minute in enumerate((0, 5, 10, 50)):
+        record = create_access_key(event_id=f"key-{number}", caller="mallory",
+                                   target=f"t{number}")
+        record["eventTime"] = (START + timedelta(minutes=minute)).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ")
+        keys.append(record)
+    scenario = Scenario(broker.bootstrap_servers, tmp_path, detectors)
+    scenario.detector().wait_ready()
+    scenario.produce(keys, seed=8)
+
+    def seed_alerts() -> list[tuple[str, int | None]]:
+        found = []
+        for message in read_all(broker.bootstrap_servers, scenario.topics.alerts, wanted=0,
+                                timeout=3):
+            alert = json.loads(message.value() or b"{}")
+            if alert["kibana"]["alert"]["rule"]["rule_id"] == SEED_ID:
+                found.append((alert["event"]["id"],
+                              alert["kibana"]["alert"]["suppression"]["docs_count"]))
+        return found
+
+    # The first window (key-0 absorbing key-1 and key-2) and the next one (key-3, alone). A
+    # window's first alert goes out when the watermark passes it, and again with the final
+    # count when the window closes; found in one evaluation, the two are one message.
+    def last_counts() -> dict[str, int | None]:
+        return dict(seed_alerts())
+
+    wait_until(lambda: last_counts() == {"key-0": 2, "key-3": 0}, 90, "the suppressed alerts")
+    found = seed_alerts()
+    assert Counter(event_id for event_id, _ in found)["key-0"] <= 2
+    assert [count for event_id, count in found if event_id == "key-3"] == [0]
