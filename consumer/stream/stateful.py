@@ -352,6 +352,8 @@ class _Windows:
         self._schedule = schedule
         self.windows: WindowedAggregation[AggState] = WindowedAggregation(self._keys, schedule)
         self.suppressor = Suppressor.for_rule(rule)
+        self._progress: object = None
+        """The progress as the store has it."""
 
     def add(self, key: GroupKey, event_ms: int, row: Row) -> bool:
         self._keys.key = key
@@ -385,12 +387,14 @@ class _Windows:
             for terms in self.suppressor.take_changed():
                 changes["s" + _subkey(terms)] = self.suppressor.dump_group(terms)
             progress["s"] = self.suppressor.dump_progress()
-        changes[PROGRESS_KEY] = progress
+        if progress != self._progress:  # written when it moved, not at every checkpoint
+            changes[PROGRESS_KEY] = self._progress = progress
         return changes
 
     def load(self, subkey: str, data: object) -> None:
         if subkey == PROGRESS_KEY:
             assert isinstance(data, dict)
+            self._progress = data
             self.windows.load_progress(data["w"])
             if self.suppressor is not None and "s" in data:
                 self.suppressor.load_progress(data["s"])
@@ -479,6 +483,7 @@ class _Suppression:
 
     def __init__(self, suppressor: Suppressor) -> None:
         self.suppressor = suppressor
+        self._progress: object = None
 
     def add(self, key: GroupKey, event_ms: int, row: Row) -> bool:
         """A late match is folded in at the next watermark, never dropped (suppression.py)."""
@@ -494,12 +499,15 @@ class _Suppression:
             "s" + _subkey(terms): self.suppressor.dump_group(terms)
             for terms in self.suppressor.take_changed()
         }
-        changes[PROGRESS_KEY] = {"s": self.suppressor.dump_progress()}
+        progress = {"s": self.suppressor.dump_progress()}
+        if progress != self._progress:
+            changes[PROGRESS_KEY] = self._progress = progress
         return changes
 
     def load(self, subkey: str, data: object) -> None:
         assert isinstance(data, dict)
         if subkey == PROGRESS_KEY:
+            self._progress = data
             self.suppressor.load_progress(data["s"])
         else:
             self.suppressor.load_group(key_from_json(json.loads(subkey[1:])), data)
