@@ -122,6 +122,8 @@ def parse_spec(path: Path) -> list[Case]:
             index += 1
             if text == ";":
                 break
+            if text.startswith("#"):  # doc tags around the expected table
+                continue
             if not header_seen:
                 if not text or text.startswith("//"):
                     continue

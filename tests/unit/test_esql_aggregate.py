@@ -147,6 +147,19 @@ def test_a_second_stats_aggregates_the_rows_of_the_first() -> None:
     assert rows == [{"users": 1, "total": 2, "many": False}, {"users": 1, "total": 2, "many": True}]
 
 
+def test_now_before_stats_is_the_time_rows_are_taken_at() -> None:
+    query = compile_aggregating_query(
+        "FROM t | WHERE ts >= NOW() - 1 hour | STATS c = COUNT(*)", FIELDS, metadata={}
+    )
+    assert query.reads_now_before_stats
+    at = 1_699_999_200_000  # 2023-11-14T22:00:00Z, 13m20s before ROWS[0]
+    assert query.rows(ROWS[0], now_ms=at + 3_600_000) == [{}]
+    assert query.rows(ROWS[0], now_ms=at + 2 * 3_600_000) == []
+    assert not compile_aggregating_query(
+        "FROM t | STATS c = MAX(ts) | WHERE c < NOW()", FIELDS, metadata={}
+    ).reads_now_before_stats
+
+
 def test_median_percentile_and_top() -> None:
     rows = table(
         "FROM t | STATS m = MEDIAN(n), p = PERCENTILE(n, 25), top = TOP(n, 2, \"desc\"), "

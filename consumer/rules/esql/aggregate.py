@@ -514,14 +514,13 @@ class _StatsCompiler:
             return _Distinct(kind, count=name == "COUNT_DISTINCT")
         if name in ("PRESENT", "ABSENT"):
             return _Presence(present=name == "PRESENT")
-        if name in ("MIN", "MAX"):
-            if kind not in ORDERABLE_TYPES | {"boolean", "null"} or kind == "text":
+        if name in ("MIN", "MAX", "TOP"):
+            if kind not in ORDERABLE_TYPES | {"boolean", "null"}:
                 raise self.source.error(f"{name} does not apply to {kind} values", node.pos)
+            kind = "keyword" if kind == "text" else kind  # as Elasticsearch returns them
+            if name == "TOP":
+                return self._top(node, kind)
             return _Extreme(kind, min if name == "MIN" else max)
-        if name == "TOP":
-            if kind not in ORDERABLE_TYPES | {"boolean", "null"} or kind == "text":
-                raise self.source.error(f"TOP does not apply to {kind} values", node.pos)
-            return self._top(node, kind)
         if kind not in NUMERIC_TYPES | {"null"}:
             raise self.source.error(f"{name} needs numbers, found {kind}", node.pos)
         if name == "SUM":

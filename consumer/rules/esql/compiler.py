@@ -1197,6 +1197,47 @@ def _mv_average(median: bool) -> Handler:
     return handler
 
 
+def _round_integral(value: int, decimals: int) -> int:
+    """Half away from zero at 10^-decimals, as Elasticsearch's Maths.round(long, long)."""
+    if decimals >= 0:
+        return value
+    scale: int = 10 ** (-decimals)
+    quotient, remainder = divmod(abs(value), scale)
+    if 2 * remainder >= scale:
+        quotient += 1
+    return int(quotient * scale * (1 if value >= 0 else -1))
+
+
+def _round_double(value: float, decimals: int) -> float:
+    """Elasticsearch's Maths.round(double, long): Math.round of |value| scaled, signed."""
+    scale = 10.0**decimals
+    middle = value * scale
+    if math.isinf(middle) or math.isnan(middle):
+        return value
+    sign = 1 if middle >= 0 else -1
+    return math.floor(abs(middle) + 0.5) / scale * sign
+
+
+def _round(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
+    compiler.arity(node, 1, 2)
+    kind, fetch = compiler.value(node.args[0])
+    if kind not in NUMERIC_TYPES | {"null"}:
+        raise compiler.error(f"ROUND needs a number, found {kind}", node)
+    decimals = _integer_argument(compiler, node, node.args[1]) if len(node.args) == 2 else None
+    check: Callable[[Any], Any] = _checked(kind) if kind in INTEGRAL_TYPES else _finite
+
+    def evaluate(ctx: Any) -> Any:
+        value = fetch(ctx)
+        places = 0 if decimals is None else decimals(ctx)
+        if value is None or value.__class__ is list or places is None or places.__class__ is list:
+            return None
+        if kind == "double":
+            return check(_round_double(value, places))
+        return check(_round_integral(value, places))
+
+    return kind, evaluate
+
+
 def _mv_concat(compiler: ExprCompiler, node: Call) -> tuple[str, ValueFn]:
     compiler.arity(node, 2)
     values = compiler.string_argument(node.name, node.args[0])
@@ -1371,6 +1412,7 @@ _FUNCTIONS: Mapping[str, Handler] = {
     "MV_SUM": _mv_reduce("MV_SUM"),
     "MV_CONCAT": _mv_concat,
     "MV_SORT": _mv_sort,
+    "ROUND": _round,
     "MV_DEDUPE": _mv_dedupe,
     "MV_SLICE": _mv_slice,
     "MV_AVG": _mv_average(median=False),
