@@ -100,6 +100,10 @@ SETTING_HELP = {
     "kafka_producer": "librdkafka property for the producer only, KEY=VALUE (repeatable)",
     "kafka_sasl_password_file": "file holding the SASL password",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "allowed_lateness": "how far the watermark of aggregating rules trails event time (2m)",
+    "idle_timeout": "an input partition caught up and quiet this long no longer holds the "
+    "watermark",
+    "repartition_partitions": "partitions of <group_id>.repartition (default: largest input's)",
 }
 """Every setting with a flag. The two secrets themselves (kafka_sasl_password,
 schema_registry_basic_auth) have none: a command line is visible to every user of the host."""

@@ -198,6 +198,20 @@ class Settings(BaseSettings):
         )
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    allowed_lateness: str = Field(
+        "2m",
+        description="Aggregating and suppressed rules: how far behind the highest event time "
+        "the watermark stays (a run at t is evaluated once the watermark passes t); an event "
+        "later than that is counted in late_events and dropped.",
+    )
+    idle_timeout: str = Field(
+        "30s",
+        description="An input partition caught up with no event for this long is idle: it no "
+        "longer holds the watermark back (the wall clock stands in for its event time).",
+    )
+    repartition_partitions: PositiveInt | None = Field(
+        None, description="Partitions of <group_id>.repartition; default the largest input's."
+    )
 
     @field_validator("input_topics", "enable_rules", "disable_rules", mode="before")
     @classmethod
@@ -226,6 +240,15 @@ class Settings(BaseSettings):
     def _start_from(cls, value: str) -> str:
         parse_start_from(value)
         return value
+
+    @field_validator("allowed_lateness", "idle_timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    def duration_ms(self, name: Literal["allowed_lateness", "idle_timeout"]) -> int:
+        return int(parse_duration(getattr(self, name)).total_seconds() * 1000)
 
     @field_validator("kafka", "kafka_consumer", "kafka_producer", mode="before")
     @classmethod

@@ -159,6 +159,36 @@ class Metrics:
             "query (query) is not supported yet; each is named in the start-up log.",
             ["reason_kind"], registry=registry,
         )
+        self.stateful_open_groups = Gauge(
+            name("stateful_open_groups"),
+            "Groups with state (aggregation buckets, suppression windows) on this worker's "
+            "repartition partitions, by rule.", ["rule_id"], registry=registry,
+        )
+        self.stateful_state_bytes = Gauge(
+            name("stateful_state_bytes"),
+            "Bytes of that state as its changelog holds it (JSON), by rule.", ["rule_id"],
+            registry=registry,
+        )
+        self.watermark_lag = Gauge(
+            name("watermark_lag_seconds"),
+            "Wall clock minus the watermark of each repartition partition this worker owns.",
+            ["partition"], registry=registry,
+        )
+        self.late_events = Counter(
+            name("late_events"),
+            "Rows of aggregating rules that arrived after every run reading their time was "
+            "evaluated: counted here and dropped.", ["rule_id"], registry=registry,
+        )
+        self.suppressed_matches = Counter(
+            name("suppressed_matches"),
+            "Alerts absorbed into a suppression window's count (alert_suppression), by rule.",
+            ["rule_id"], registry=registry,
+        )
+        self.state_restore = Histogram(
+            name("state_restore_seconds"),
+            "Time to restore a repartition partition's state from its changelog.",
+            buckets=(*COMMIT_BUCKETS, 30.0, 60.0, 120.0), registry=registry,
+        )
         self.build = Info(
             name("build"), "Version, worker index and enabled rules of this detector.",
             registry=registry,
