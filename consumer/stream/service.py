@@ -186,9 +186,10 @@ class Service:
 
     def _open_sink(self) -> Sink:
         config = self.settings.producer_config(self.worker)
+        topics = (self.settings.alerts_topic, self.settings.dead_letter_topic)
         if self.settings.delivery == "at-least-once":
-            return AtLeastOnceSink(config, self.metrics, 30.0)
-        transactional = TransactionalSink(config, self.metrics)
+            return AtLeastOnceSink(config, self.metrics, 30.0, topics)
+        transactional = TransactionalSink(config, self.metrics, topics=topics)
         transactional.init(deadline=float("inf"))
         return transactional
 
@@ -638,14 +639,19 @@ class Service:
                 failure.append(error)
 
         helper = threading.Thread(target=commit, name="commit", daemon=True)
+        started = time.monotonic()
         helper.start()
-        helper.join(WEDGED_COMMIT_S)
+        helper.join(0.1)
+        while helper.is_alive() and time.monotonic() - started < WEDGED_COMMIT_S:
+            if sink.commit_wedged():  # the sink's faster signal, e.g. after a broker restart
+                break
+            helper.join(0.1)
         if helper.is_alive():
             sink.poll()  # serves the producer's error reports, a fatal one among them
             if sink.fatal_error is not None:
                 raise FatalSinkError(f"transactional producer failed: {sink.fatal_error}")
             log.error("commit blocked for %.0fs: replacing the producer and reading the batch "
-                      "again", WEDGED_COMMIT_S)
+                      "again", time.monotonic() - started)
             self.sink = self._open_sink()
             return False
         if failure:

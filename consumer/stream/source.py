@@ -25,6 +25,7 @@ from confluent_kafka import (
 )
 
 from consumer.config import StartFrom, start_timestamp_ms
+from consumer.stream.kafka_log import client_errors, librdkafka_logger
 from consumer.stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,8 @@ class Source:
         read_committed, else the high watermark), from librdkafka's statistics."""
         self._positions: dict[tuple[str, int], int] = {}
         self.broker_reachable = False
-        self.consumer = Consumer(
-            {**FETCH_DEFAULTS, **config, "stats_cb": self._on_stats, "error_cb": self._on_error}
-        )
+        self.consumer = Consumer({**FETCH_DEFAULTS, **config, "stats_cb": self._on_stats,
+                                  "error_cb": self._on_error, "logger": librdkafka_logger})
         self.consumer.subscribe(
             subscription,
             on_assign=self._on_assign,
@@ -176,7 +176,7 @@ class Source:
     def _on_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
             self.broker_reachable = False
-        log.warning("consumer: %s", error)
+        client_errors.report("consumer", error)
 
     def _on_stats(self, stats_json: str) -> None:
         """Partition ends from librdkafka's statistics. Its own committed_offset and

@@ -1,0 +1,134 @@
+"""The sink's own decisions, without a broker: retry pauses, wedged commits, message sizes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from consumer.stream.sink import (
+    RECORD_OVERHEAD,
+    RETRY_BACKOFF_S,
+    WEDGED_AFTER_UP_S,
+    WedgeWatch,
+    _retry,
+    record_size,
+)
+
+
+class Failing:
+    """A transactional call that fails `times` times with `error`, then succeeds."""
+
+    def __init__(self, times: int, error: KafkaError) -> None:
+        self.left = times
+        self.error = error
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.left:
+            self.left -= 1
+            raise KafkaException(self.error)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CONFLICT = KafkaError(KafkaError._CONFLICT, "another call is in flight", retriable=True)
+
+
+def test_a_retriable_error_that_returns_at_once_is_retried_after_growing_bounded_pauses() -> None:
+    pauses: list[float] = []
+    action = Failing(7, CONFLICT)
+
+    _retry(action, "abort", time.monotonic() + 3600, sleep=pauses.append)
+
+    assert action.calls == 8
+    assert pauses == [*RETRY_BACKOFF_S, 1.0, 1.0]
+    assert RETRY_BACKOFF_S == (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def test_retries_stop_at_the_deadline_and_no_pause_runs_past_it() -> None:
+    clock = Clock()
+    pauses: list[float] = []
+
+    def sleep(pause: float) -> None:
+        pauses.append(pause)
+        clock.now += pause
+
+    with pytest.raises(KafkaException):
+        _retry(Failing(1000, CONFLICT), "abort", clock.now + 2.0, sleep=sleep, clock=clock)
+
+    assert pauses == [0.05, 0.1, 0.2, 0.5, 1.0, pytest.approx(0.15)]
+
+
+def test_an_error_that_is_not_retriable_is_raised_without_a_pause() -> None:
+    pauses: list[float] = []
+    fenced = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+
+    with pytest.raises(KafkaException):
+        _retry(Failing(1, fenced), "commit", time.monotonic() + 3600, sleep=pauses.append)
+
+    assert pauses == []
+
+
+def stats(*states: tuple[str, int]) -> str:
+    """librdkafka's statistics JSON with brokers in the given (state, nodeid)s."""
+    return json.dumps({"brokers": {f"b{i}": {"state": state, "nodeid": node}
+                                   for i, (state, node) in enumerate(states)}})
+
+
+def test_a_commit_blocked_while_the_broker_is_down_is_waiting_not_wedged() -> None:
+    clock = Clock()
+    watch = WedgeWatch(clock)
+    watch.on_stats(stats(("UP", 1)))
+    watch.commit_started()
+    watch.on_stats(stats(("TRY_CONNECT", 1), ("INIT", -1)))
+    clock.now += 60
+
+    assert not watch.wedged()
+
+
+def test_a_commit_still_blocked_after_the_broker_is_back_for_a_while_is_wedged() -> None:
+    clock = Clock()
+    watch = WedgeWatch(clock)
+    watch.commit_started()
+    watch.on_stats(stats(("DOWN", 1)))
+    clock.now += 30
+    watch.on_stats(stats(("UP", 1), ("UP", -1)))  # the broker is back; -1: bootstrap, logical
+    clock.now += WEDGED_AFTER_UP_S - 0.5
+    assert not watch.wedged()
+    watch.on_stats(stats(("UP", 1)))
+    clock.now += 0.5
+
+    assert watch.wedged()
+
+
+def test_a_commit_that_ended_or_a_broker_only_up_as_bootstrap_is_not_wedged() -> None:
+    clock = Clock()
+    watch = WedgeWatch(clock)
+    watch.commit_started()
+    watch.on_stats(stats(("UP", -1)))
+    clock.now += 60
+    assert not watch.wedged()
+    watch.on_stats(stats(("UP", 2)))
+    watch.commit_ended()
+    clock.now += 60
+
+    assert not watch.wedged()
+
+
+def test_a_record_is_never_larger_on_the_wire_than_its_size_bound() -> None:
+    headers = [("dlq.reason", b"undecodable"), ("dlq.source.offset", b"12345")]
+
+    size = record_size(b"k" * 10, b"v" * 1000, headers)
+
+    assert size == RECORD_OVERHEAD + 10 + 1000 + sum(10 + len(k) + len(v) for k, v in headers)
+    assert record_size(None, None, []) == RECORD_OVERHEAD
