@@ -34,6 +34,7 @@ header (61) and the record's own varints; each header adds up to 10 more."""
 PRODUCER_ONLY = ("transactional.id", "enable.idempotence", "acks", "linger.ms", "compression.type")
 """Producer properties an admin client of the same cluster leaves out."""
 
+
 class FatalSinkError(Exception):
     """The producer cannot go on (fenced by a newer instance, or a fatal librdkafka error)."""
 
@@ -265,13 +266,17 @@ WEDGED_AFTER_UP_S = 5.0
 
 class WedgeWatch:
     """Tells a commit that waits on the cluster from one that waits on nothing: blocked for
-    WEDGED_AFTER_UP_S while a broker was up, librdkafka lost the coordinator it waits for."""
+    WEDGED_AFTER_UP_S while a broker was up and every message of the batch was delivered,
+    librdkafka lost the coordinator it waits for (a commit flushing a large batch is busy,
+    not wedged)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._committing_since: float | None = None
         self._brokers_up_since: float | None = None
         """Since when the producer has had a broker up, without a break; None while none is."""
+        self._drained_since: float | None = None
+        """Since when the producer has had no message in flight; None while it has."""
 
     def commit_started(self) -> None:
         self._committing_since = self._clock()
@@ -292,11 +297,17 @@ class WedgeWatch:
         self.brokers_up(any(broker.get("state") == "UP" and broker.get("nodeid", -1) >= 0
                             for broker in brokers))
 
-    def wedged(self) -> bool:
+    def wedged(self, in_flight: int) -> bool:
+        """`in_flight`: the messages the producer has not delivered yet."""
+        if in_flight:
+            self._drained_since = None
+            return False
+        if self._drained_since is None:
+            self._drained_since = self._clock()
         if self._committing_since is None or self._brokers_up_since is None:
             return False
-        blocked_up = self._clock() - max(self._committing_since, self._brokers_up_since)
-        return blocked_up >= WEDGED_AFTER_UP_S
+        since = max(self._committing_since, self._brokers_up_since, self._drained_since)
+        return self._clock() - since >= WEDGED_AFTER_UP_S
 
 
 class TransactionalSink(_ProducerSink):
@@ -314,13 +325,13 @@ class TransactionalSink(_ProducerSink):
         return {**super()._callbacks(), "stats_cb": self._watch.on_stats}
 
     def commit_wedged(self) -> bool:
-        """The commit has been blocked for WEDGED_AFTER_UP_S while a broker was up: the
-        transactional call waits on a coordinator librdkafka lost, and never returns."""
+        """The commit has been blocked for WEDGED_AFTER_UP_S while a broker was up and the
+        batch delivered: the transactional call waits on a coordinator librdkafka lost."""
         try:
             self._producer.poll(0)  # serves the statistics (and a fatal error)
         except KafkaException as exception:
             self._fatal(exception)
-        return self._watch.wedged()
+        return self._watch.wedged(len(self._producer))
 
     def init(self, deadline: float) -> None:
         """Fence older instances with our transactional.id and abort what they left open."""

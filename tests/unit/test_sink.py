@@ -93,7 +93,7 @@ def test_a_commit_blocked_while_the_broker_is_down_is_waiting_not_wedged() -> No
     watch.on_stats(stats(("TRY_CONNECT", 1), ("INIT", -1)))
     clock.now += 60
 
-    assert not watch.wedged()
+    assert not watch.wedged(0)
 
 
 def test_a_commit_still_blocked_after_the_broker_is_back_for_a_while_is_wedged() -> None:
@@ -101,14 +101,15 @@ def test_a_commit_still_blocked_after_the_broker_is_back_for_a_while_is_wedged()
     watch = WedgeWatch(clock)
     watch.commit_started()
     watch.on_stats(stats(("DOWN", 1)))
+    assert not watch.wedged(0)  # the service asks every 100 ms
     clock.now += 30
     watch.on_stats(stats(("UP", 1), ("UP", -1)))  # the broker is back; -1: bootstrap, logical
     clock.now += WEDGED_AFTER_UP_S - 0.5
-    assert not watch.wedged()
+    assert not watch.wedged(0)
     watch.on_stats(stats(("UP", 1)))
     clock.now += 0.5
 
-    assert watch.wedged()
+    assert watch.wedged(0)
 
 
 def test_a_commit_that_ended_or_a_broker_only_up_as_bootstrap_is_not_wedged() -> None:
@@ -117,12 +118,12 @@ def test_a_commit_that_ended_or_a_broker_only_up_as_bootstrap_is_not_wedged() ->
     watch.commit_started()
     watch.on_stats(stats(("UP", -1)))
     clock.now += 60
-    assert not watch.wedged()
+    assert not watch.wedged(0)
     watch.on_stats(stats(("UP", 2)))
     watch.commit_ended()
     clock.now += 60
 
-    assert not watch.wedged()
+    assert not watch.wedged(0)
 
 
 def test_a_record_is_never_larger_on_the_wire_than_its_size_bound() -> None:
@@ -132,3 +133,20 @@ def test_a_record_is_never_larger_on_the_wire_than_its_size_bound() -> None:
 
     assert size == RECORD_OVERHEAD + 10 + 1000 + sum(10 + len(k) + len(v) for k, v in headers)
     assert record_size(None, None, []) == RECORD_OVERHEAD
+
+
+def test_a_commit_flushing_a_large_batch_is_busy_until_it_delivered_the_batch() -> None:
+    clock = Clock()
+    watch = WedgeWatch(clock)
+    watch.on_stats(stats(("UP", 1)))
+    watch.commit_started()
+    for _ in range(100):  # 10 s of polls every 100 ms, messages still in flight
+        clock.now += 0.1
+        assert not watch.wedged(in_flight=5000)
+    clock.now += WEDGED_AFTER_UP_S - 0.1
+    assert not watch.wedged(0)  # drained just now
+    clock.now += 0.1
+    assert not watch.wedged(0)
+    clock.now += WEDGED_AFTER_UP_S
+
+    assert watch.wedged(0)
