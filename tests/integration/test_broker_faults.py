@@ -7,7 +7,6 @@ start their broker, so the module runs its own, not the session's.
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -25,7 +24,6 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from consumer.offline.replay import account_of, avro_encoder
-from consumer.stream.sink import WEDGED_AFTER_UP_S
 from scripts.kafka_local import LocalKafka, free_port
 from tests.support.events import mixed_workload
 from tests.support.kafka import (
@@ -69,11 +67,10 @@ def fresh_topics(label: str) -> Topics:
 
 
 def start_detector(
-    bootstrap: str, topics: Topics, run_dir: Path, started: list[DetectorProcess],
-    env: dict[str, str] | None = None,
+    bootstrap: str, topics: Topics, run_dir: Path, started: list[DetectorProcess]
 ) -> DetectorProcess:
     detector = DetectorProcess(bootstrap, topics, run_dir / "detectors",
-                               group=f"g-{uuid.uuid4().hex}", extra_env=env)
+                               group=f"g-{uuid.uuid4().hex}")
     started.append(detector)
     return detector.start()
 
@@ -140,15 +137,14 @@ class Restart:
 
 
 def restart_mid_stream(
-    scenario: str, own_broker: LocalKafka, run_dir: Path, detectors: list[DetectorProcess],
-    env: dict[str, str] | None = None,
+    scenario: str, own_broker: LocalKafka, run_dir: Path, detectors: list[DetectorProcess]
 ) -> Restart:
     """Stop the broker under a stream for longer than the clients' backoff, start it again,
     and check the detector rode it out in one process and alerted exactly once."""
     topics = fresh_topics("restart")
     create_topics(own_broker.bootstrap_servers, topics.input, topics.alerts, topics.dlq)
     events, matches = mixed_workload(20_000, every=200)
-    detector = start_detector(own_broker.bootstrap_servers, topics, run_dir, detectors, env)
+    detector = start_detector(own_broker.bootstrap_servers, topics, run_dir, detectors)
     detector.wait_ready()
     assert detector.process is not None
     feeder = threading.Thread(
@@ -206,21 +202,6 @@ def test_detector_recovers_from_a_broker_restart_mid_stream_without_restarting_i
 
     assert restart.stall_s < RESTART_STALL_S
     assert restart.outage_lines <= OUTAGE_LOG_LINES
-
-
-def test_a_commit_wedged_on_a_lost_coordinator_is_abandoned_seconds_after_the_broker_is_back(
-    own_broker: LocalKafka, run_dir: Path, detectors: list[DetectorProcess]
-) -> None:
-    """librdkafka's default re-bootstrap loses the group coordinator and the first commit
-    after the restart never returns (#5456): the sink's signal, not the 20 s watchdog,
-    replaces the producer."""
-    producer = json.dumps({"metadata.recovery.strategy": "rebootstrap"})
-    restart = restart_mid_stream("broker restart, rebootstrap", own_broker, run_dir, detectors,
-                                 env={"DETECTOR_KAFKA_PRODUCER": producer})
-
-    assert restart.stall_s < RESTART_STALL_S + WEDGED_AFTER_UP_S
-
-
 
 
 def test_a_detector_started_before_its_broker_logs_the_address_and_starts_when_it_comes_up(
