@@ -294,9 +294,11 @@ class WedgeWatch:
             self._brokers_up_since = self._clock()
 
     def on_stats(self, stats_json: str) -> None:
-        """librdkafka's statistics callback: the brokers' states."""
+        """librdkafka's statistics callback: the brokers' states. The transaction coordinator
+        (a logical broker) counts: in the wedge it is up while the learned broker it stands
+        for stays in TRY_CONNECT, unused."""
         brokers = json.loads(stats_json).get("brokers", {}).values()
-        self.brokers_up(any(broker.get("state") == "UP" and broker.get("nodeid", -1) >= 0
+        self.brokers_up(any(broker.get("state") == "UP" and broker.get("source") != "internal"
                             for broker in brokers))
 
     def wedged(self, in_flight: int) -> bool:

@@ -79,18 +79,19 @@ def test_an_error_that_is_not_retriable_is_raised_without_a_pause() -> None:
     assert pauses == []
 
 
-def stats(*states: tuple[str, int]) -> str:
-    """librdkafka's statistics JSON with brokers in the given (state, nodeid)s."""
-    return json.dumps({"brokers": {f"b{i}": {"state": state, "nodeid": node}
-                                   for i, (state, node) in enumerate(states)}})
+def stats(*states: tuple[str, str]) -> str:
+    """librdkafka's statistics JSON with brokers in the given (state, source)s."""
+    return json.dumps({"brokers": {f"b{i}": {"state": state, "source": source}
+                                   for i, (state, source) in enumerate(states)}})
 
 
 def test_a_commit_blocked_while_the_broker_is_down_is_waiting_not_wedged() -> None:
     clock = Clock()
     watch = WedgeWatch(clock)
-    watch.on_stats(stats(("UP", 1)))
+    watch.on_stats(stats(("UP", "learned")))
     watch.commit_started()
-    watch.on_stats(stats(("TRY_CONNECT", 1), ("INIT", -1)))
+    watch.on_stats(stats(("TRY_CONNECT", "learned"), ("INIT", "configured"),
+                         ("TRY_CONNECT", "logical"), ("INIT", "internal")))
     clock.now += 60
 
     assert not watch.wedged(0)
@@ -100,26 +101,28 @@ def test_a_commit_still_blocked_after_the_broker_is_back_for_a_while_is_wedged()
     clock = Clock()
     watch = WedgeWatch(clock)
     watch.commit_started()
-    watch.on_stats(stats(("DOWN", 1)))
+    watch.on_stats(stats(("DOWN", "learned")))
     assert not watch.wedged(0)  # the service asks every 100 ms
     clock.now += 30
-    watch.on_stats(stats(("UP", 1), ("UP", -1)))  # the broker is back; -1: bootstrap, logical
+    # As in librdkafka#5456: the transaction coordinator is back, the learned broker unused.
+    watch.on_stats(stats(("TRY_CONNECT", "learned"), ("UP", "logical")))
     clock.now += WEDGED_AFTER_UP_S - 0.5
     assert not watch.wedged(0)
-    watch.on_stats(stats(("UP", 1)))
+    watch.on_stats(stats(("TRY_CONNECT", "learned"), ("UP", "logical")))
     clock.now += 0.5
 
     assert watch.wedged(0)
 
 
-def test_a_commit_that_ended_or_a_broker_only_up_as_bootstrap_is_not_wedged() -> None:
+def test_a_commit_that_ended_or_only_the_internal_broker_up_is_not_wedged() -> None:
     clock = Clock()
     watch = WedgeWatch(clock)
     watch.commit_started()
-    watch.on_stats(stats(("UP", -1)))
+    watch.on_stats(stats(("UP", "internal")))
+    assert not watch.wedged(0)
     clock.now += 60
     assert not watch.wedged(0)
-    watch.on_stats(stats(("UP", 2)))
+    watch.on_stats(stats(("UP", "learned")))
     watch.commit_ended()
     clock.now += 60
 
@@ -138,7 +141,7 @@ def test_a_record_is_never_larger_on_the_wire_than_its_size_bound() -> None:
 def test_a_commit_flushing_a_large_batch_is_busy_until_it_delivered_the_batch() -> None:
     clock = Clock()
     watch = WedgeWatch(clock)
-    watch.on_stats(stats(("UP", 1)))
+    watch.on_stats(stats(("UP", "learned")))
     watch.commit_started()
     for _ in range(100):  # 10 s of polls every 100 ms, messages still in flight
         clock.now += 0.1
