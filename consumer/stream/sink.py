@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -68,26 +68,30 @@ class Sink(Protocol):
     def close(self, timeout: float) -> None: ...
 
 
-def topic_limits(config: dict[str, str], topics: Iterable[str], timeout: float = 5.0
+_known_limits: dict[str, int] = {}
+"""The limits read so far in this process: a producer replaced after a wedged commit (the
+broker may be down again) does not wait for them a second time."""
+
+
+def topic_limits(config: dict[str, str], topics: Sequence[str], timeout: float = 5.0
                  ) -> dict[str, int]:
     """Each topic's `max.message.bytes`, as the broker enforces it: the producer's own
     message.max.bytes does not know it, and a larger message fails the whole transaction.
-    Empty when the broker does not say (not authorised to describe, unreachable)."""
-    wanted = sorted(set(topics))
-    if not wanted:
-        return {}
-    admin = AdminClient({k: v for k, v in config.items() if k not in PRODUCER_ONLY})
-    resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in wanted]
-    limits: dict[str, int] = {}
-    try:
-        for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
-            entry = future.result().get("max.message.bytes")
-            if entry is not None and entry.value is not None:
-                limits[resource.name] = int(entry.value)
-    except KafkaException as error:
-        log.info("cannot read the max.message.bytes of %s: %s; a message over it is "
-                 "dead-lettered once its delivery failed", ", ".join(wanted), error)
-    return limits
+    Without those the broker does not give (not authorised to describe, unreachable)."""
+    wanted = sorted(set(topics) - set(_known_limits))
+    if wanted:
+        admin = AdminClient({k: v for k, v in config.items() if k not in PRODUCER_ONLY})
+        resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in wanted]
+        try:
+            described = admin.describe_configs(resources, request_timeout=timeout)
+            for resource, future in described.items():
+                entry = future.result().get("max.message.bytes")
+                if entry is not None and entry.value is not None:
+                    _known_limits[resource.name] = int(entry.value)
+        except KafkaException as error:
+            log.info("cannot read the max.message.bytes of %s: %s; a message over it is "
+                     "dead-lettered once its delivery failed", ", ".join(wanted), error)
+    return {topic: _known_limits[topic] for topic in topics if topic in _known_limits}
 
 
 def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
@@ -99,7 +103,7 @@ def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int
 class _ProducerSink:
     def __init__(
         self, config: dict[str, str], metrics: Metrics, timeout: float,
-        topics: Iterable[str] = (),
+        topics: Sequence[str] = (),
     ) -> None:
         self._limits = topic_limits(config, topics)
         """max.message.bytes of the topics this sink writes, learned from the broker, and
@@ -319,7 +323,7 @@ class TransactionalSink(_ProducerSink):
 
     def __init__(
         self, config: dict[str, str], metrics: Metrics, timeout: float = 30.0,
-        topics: Iterable[str] = (),
+        topics: Sequence[str] = (),
     ) -> None:
         self._watch = WedgeWatch()
         super().__init__({**TRANSACTIONAL_DEFAULTS, **config}, metrics, timeout, topics)
