@@ -205,14 +205,19 @@ class Checkpoint:
                 failure.append(error)
 
         helper = threading.Thread(target=commit, name="commit", daemon=True)
+        started = time.monotonic()
         helper.start()
-        helper.join(self._wedged_after_s)
+        helper.join(0.1)
+        while helper.is_alive() and time.monotonic() - started < self._wedged_after_s:
+            if sink.commit_wedged():  # the sink's faster signal, e.g. after a broker restart
+                break
+            helper.join(0.1)
         if helper.is_alive():
             sink.poll()  # serves the producer's error reports, a fatal one among them
             if sink.fatal_error is not None:
                 raise FatalSinkError(f"transactional producer failed: {sink.fatal_error}")
             log.error("commit blocked for %.0fs: replacing the producer and reading the batch "
-                      "again", self._wedged_after_s)
+                      "again", time.monotonic() - started)
             self.sink = self._open_sink()
             self._uncertain = True
             return False

@@ -142,6 +142,12 @@ class Metrics:
             name("produce_errors"), "Messages whose delivery failed, by error name.",
             ["error"], registry=registry,
         )
+        self.messages_too_large = Counter(
+            name("messages_too_large"),
+            "Messages refused as larger than their topic's max.message.bytes or the producer's "
+            "message.max.bytes (alerts go without event.original, dead letters without value).",
+            ["topic"], registry=registry,
+        )
         self.messages_in_flight = Gauge(
             name("producer_messages_in_flight"), "Messages waiting in the producer's queue.",
             registry=registry,

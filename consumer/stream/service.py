@@ -149,9 +149,10 @@ class KafkaClients:
 
     def open_sink(self) -> Sink:
         config = self._settings.producer_config(self._worker)
+        topics = (self._settings.alerts_topic, self._settings.dead_letter_topic)
         if self._settings.delivery == "at-least-once":
-            return AtLeastOnceSink(config, self._metrics, 30.0)
-        transactional = TransactionalSink(config, self._metrics)
+            return AtLeastOnceSink(config, self._metrics, 30.0, topics)
+        transactional = TransactionalSink(config, self._metrics, topics=topics)
         transactional.init(deadline=float("inf"))
         return transactional
 

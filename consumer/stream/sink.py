@@ -10,14 +10,19 @@ Either way `commit()` returning False means the batch did not land and must be r
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._resource import ResourceType
 
 from consumer.alerts.document import Headers
+from consumer.stream.kafka_log import client_errors, librdkafka_logger
 from consumer.stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,14 @@ class GroupMetadata(Protocol):
     def metadata(self) -> object: ...
 
     def commit(self, offsets: list[TopicPartition]) -> None: ...
+
+
+RECORD_OVERHEAD = 61 + 36
+"""Bytes a record batch of one record adds to its key, value and headers at most: the batch
+header (61) and the record's own varints; each header adds up to 10 more."""
+
+PRODUCER_ONLY = ("transactional.id", "enable.idempotence", "acks", "linger.ms", "compression.type")
+"""Producer properties an admin client of the same cluster leaves out."""
 
 
 class FatalSinkError(Exception):
@@ -54,6 +67,11 @@ class Sink(Protocol):
     def commit(self, offsets: Sequence[TopicPartition], group: GroupMetadata) -> bool:
         """Make the batch's messages and offsets durable together; False when it was abandoned."""
 
+    def commit_wedged(self) -> bool:
+        """True while a commit (in another thread) waits on something that will not come,
+        though the producer reaches the cluster: replace the producer now, not at the
+        watchdog's deadline. Call it every ~100 ms while waiting for `commit`."""
+
     def abort(self) -> None:
         """Abandon the open batch; its input will be read again."""
 
@@ -63,9 +81,53 @@ class Sink(Protocol):
     def close(self, timeout: float) -> None: ...
 
 
+_known_limits: dict[str, int] = {}
+"""The limits read so far in this process: a producer replaced after a wedged commit (the
+broker may be down again) does not wait for them a second time."""
+
+
+def topic_limits(config: dict[str, str], topics: Sequence[str], timeout: float = 5.0
+                 ) -> dict[str, int]:
+    """Each topic's `max.message.bytes`, as the broker enforces it: the producer's own
+    message.max.bytes does not know it, and a larger message fails the whole transaction.
+    Without those the broker does not give (not authorised to describe, unreachable)."""
+    wanted = sorted(set(topics) - set(_known_limits))
+    if wanted:
+        admin = AdminClient({k: v for k, v in config.items() if k not in PRODUCER_ONLY})
+        resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in wanted]
+        try:
+            described = admin.describe_configs(resources, request_timeout=timeout)
+            for resource, future in described.items():
+                entry = future.result().get("max.message.bytes")
+                if entry is not None and entry.value is not None:
+                    _known_limits[resource.name] = int(entry.value)
+        except KafkaException as error:
+            log.info("cannot read the max.message.bytes of %s: %s; a message over it is "
+                     "dead-lettered once its delivery failed", ", ".join(wanted), error)
+    return {topic: _known_limits[topic] for topic in topics if topic in _known_limits}
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """An upper bound of the bytes one message takes in a record batch, uncompressed."""
+    return (RECORD_OVERHEAD + len(key or b"") + len(value or b"")
+            + sum(10 + len(name) + len(data or b"") for name, data in headers))
+
+
 class _ProducerSink:
-    def __init__(self, config: dict[str, str], metrics: Metrics, timeout: float) -> None:
-        self._producer = Producer({**config, "error_cb": self._on_error})
+    def __init__(
+        self, config: dict[str, str], metrics: Metrics, timeout: float,
+        topics: Sequence[str] = (),
+    ) -> None:
+        self._limits = topic_limits(config, topics)
+        """max.message.bytes of the topics this sink writes, learned from the broker, and
+        lowered to below a message whose delivery failed as too large."""
+        self._limit_logged: set[str] = set()
+        producer_config: dict[str, Any] = {**config, **self._callbacks()}
+        smallest = min(self._limits.values(), default=None)
+        if smallest is not None and smallest < int(config.get("batch.size", 1_000_000)):
+            # The broker checks a whole record batch against max.message.bytes.
+            producer_config["batch.size"] = str(smallest)
+        self._producer = Producer(producer_config)
         self._metrics = metrics
         self._timeout = timeout
         self._failed_deliveries = 0
@@ -73,16 +135,51 @@ class _ProducerSink:
         self.fatal_error: KafkaError | None = None
         """A fatal error the producer reported (fenced by a newer instance, ...), if any."""
 
+    def _callbacks(self) -> dict[str, Any]:
+        return {"error_cb": self._on_error, "logger": librdkafka_logger}
+
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
             self.fatal_error = error
-        log.warning("producer: %s", error)
+        client_errors.report("producer", error)
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
             self._failed_deliveries += 1
             self._metrics.produce_errors.labels(error.name()).inc()
             log.error("delivery to %s failed: %s", message.topic(), error)
+            if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                # Read again, the batch's same message is refused at once, and dead-lettered.
+                topic = str(message.topic())
+                headers = cast("Headers", message.headers() or [])
+                size = record_size(message.key(), message.value(), headers)
+                self._limits[topic] = min(self._limits.get(topic, size), size - 1)
+
+    def _refuse_if_too_large(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> None:
+        """Raise MSG_SIZE_TOO_LARGE, as the producer does over its message.max.bytes, for a
+        message over its topic's max.message.bytes: the broker would fail the transaction."""
+        limit = self._limits.get(topic)
+        if limit is None:
+            return
+        size = record_size(key, value, headers)
+        if size <= limit:
+            return
+        self._count_too_large(topic, f"{size} bytes, above the max.message.bytes={limit} of "
+                                     f"topic {topic}")
+        raise KafkaException(KafkaError(
+            KafkaError.MSG_SIZE_TOO_LARGE,
+            f"message of {size} bytes is above the max.message.bytes={limit} of topic {topic}",
+        ))
+
+    def _count_too_large(self, topic: str, why: str) -> None:
+        self._metrics.messages_too_large.labels(topic).inc()
+        if topic not in self._limit_logged:
+            self._limit_logged.add(topic)
+            log.error("a message for %s was refused as too large (%s); such messages are "
+                      "counted in messages_too_large_total{topic=%r} and not logged again",
+                      topic, why, topic)
 
     def _fatal(self, exception: KafkaException) -> None:
         """Re-raise a fatal producer error (fenced by a newer instance, ...) as the sink's own,
@@ -97,6 +194,8 @@ class _ProducerSink:
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
         *, partition: int | None = None,
     ) -> None:
+        if self._limits:
+            self._refuse_if_too_large(topic, key, value, headers)
         while True:
             try:
                 if partition is None:
@@ -112,6 +211,9 @@ class _ProducerSink:
             except BufferError:
                 self._producer.poll(0.05)
             except KafkaException as exception:
+                if exception.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    self._count_too_large(topic, "above the producer's message.max.bytes")
+                    raise
                 self._fatal(exception)
 
     @property
@@ -125,6 +227,10 @@ class _ProducerSink:
             # A fenced producer raises from poll() too: that is the fatal error, not a crash.
             self._fatal(exception)
         self._metrics.messages_in_flight.set(len(self._producer))
+        client_errors.flush()
+
+    def commit_wedged(self) -> bool:
+        return False
 
     def close(self, timeout: float) -> None:
         self._producer.flush(timeout)
@@ -135,8 +241,12 @@ RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 while another call is in flight) must not spin the loop."""
 
 
-def _retry(action: Callable[[], Any], what: str, deadline: float) -> None:
-    """Run a transactional call, retrying while librdkafka says the error is retriable."""
+def _retry(
+    action: Callable[[], Any], what: str, deadline: float,
+    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Run a transactional call, retrying while librdkafka says the error is retriable, with
+    a growing pause (RETRY_BACKOFF_S) between attempts, until `deadline` (on `clock`)."""
     attempt = 0
     while True:
         try:
@@ -144,31 +254,114 @@ def _retry(action: Callable[[], Any], what: str, deadline: float) -> None:
             return
         except KafkaException as exception:
             error: KafkaError = exception.args[0]
-            if error.retriable() and time.monotonic() < deadline:
-                log.warning("%s: %s; retrying", what, error)
-                time.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
-                attempt += 1
-                continue
-            raise
+            if not error.retriable() or clock() >= deadline:
+                raise
+            pause = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+            log.warning("%s: %s; retrying in %.2fs", what, error, pause)
+            sleep(min(pause, max(deadline - clock(), 0.0)))
+            attempt += 1
 
 
-TRANSACTIONAL_DEFAULTS = {"retry.backoff.ms": "10"}
+TRANSACTIONAL_DEFAULTS = {
+    "retry.backoff.ms": "10",
+    "metadata.recovery.strategy": "none",
+    "reconnect.backoff.max.ms": "1000",
+    "statistics.interval.ms": "1000",
+}
 """Producer settings for transactions; `kafka_producer` overrides them.
 
-Until the broker has written the markers of the transaction just committed, it answers the next
-transaction's first request with CONCURRENT_TRANSACTIONS, and librdkafka retries after
-`retry.backoff.ms`: 100 ms by default, which made every send_offsets_to_transaction take
-~100 ms (Kafka's Java producer retries this case after 20 ms). Retries still back off
-exponentially up to `retry.backoff.max.ms`.
+- `retry.backoff.ms`: until the broker has written the markers of the transaction just
+  committed, it answers the next transaction's first request with CONCURRENT_TRANSACTIONS, and
+  librdkafka retries after `retry.backoff.ms`: 100 ms by default, which made every
+  send_offsets_to_transaction take ~100 ms (Kafka's Java producer retries this case after
+  20 ms). Retries still back off exponentially up to `retry.backoff.max.ms`.
+- `metadata.recovery.strategy=none`: when every broker is down, librdkafka's default
+  `rebootstrap` decommissions the brokers it knows, the group coordinator among them; a
+  send_offsets_to_transaction then waits forever for that broker to come up again
+  (confluentinc/librdkafka#5456, #5511): every broker restart stalled the stream for the
+  whole wedged-commit watchdog. Without it the broker's own connection comes back and the
+  commit goes on. A replacement producer (after a wedged commit) bootstraps afresh.
+- `reconnect.backoff.max.ms=1000`: after an outage the transaction coordinator's connection
+  was retried up to 10 s apart (the default), and the first commit waited for it.
+- `statistics.interval.ms=1000`: the brokers' states, for `commit_wedged`.
 """
+
+WEDGED_AFTER_UP_S = 8.0
+"""A commit still blocked this long after the producer has a broker up again is wedged. A
+restarted broker accepts connections seconds before its coordinators have loaded: at 5 s a
+slow start on a loaded machine was taken for a wedge (a needless, if harmless, replacement)."""
+
+
+class WedgeWatch:
+    """Tells a commit that waits on the cluster from one that waits on nothing: blocked for
+    WEDGED_AFTER_UP_S while a broker was up and every message of the batch was delivered,
+    librdkafka lost the coordinator it waits for (a commit flushing a large batch is busy,
+    not wedged)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._committing_since: float | None = None
+        self._brokers_up_since: float | None = None
+        """Since when the producer has had a broker up, without a break; None while none is."""
+        self._drained_since: float | None = None
+        """Since when the producer has had no message in flight; None while it has."""
+
+    def commit_started(self) -> None:
+        self._committing_since = self._clock()
+
+    def commit_ended(self) -> None:
+        self._committing_since = None
+
+    def brokers_up(self, up: bool) -> None:
+        """What the producer's latest statistics say: is any broker of the cluster up?"""
+        if not up:
+            self._brokers_up_since = None
+        elif self._brokers_up_since is None:
+            self._brokers_up_since = self._clock()
+
+    def on_stats(self, stats_json: str) -> None:
+        """librdkafka's statistics callback: the brokers' states. The transaction coordinator
+        (a logical broker) counts: in the wedge it is up while the learned broker it stands
+        for stays in TRY_CONNECT, unused."""
+        brokers = json.loads(stats_json).get("brokers", {}).values()
+        self.brokers_up(any(broker.get("state") == "UP" and broker.get("source") != "internal"
+                            for broker in brokers))
+
+    def wedged(self, in_flight: int) -> bool:
+        """`in_flight`: the messages the producer has not delivered yet."""
+        if in_flight:
+            self._drained_since = None
+            return False
+        if self._drained_since is None:
+            self._drained_since = self._clock()
+        if self._committing_since is None or self._brokers_up_since is None:
+            return False
+        since = max(self._committing_since, self._brokers_up_since, self._drained_since)
+        return self._clock() - since >= WEDGED_AFTER_UP_S
 
 
 class TransactionalSink(_ProducerSink):
     """Exactly-once: alerts, dead letters and offsets in one Kafka transaction."""
 
-    def __init__(self, config: dict[str, str], metrics: Metrics, timeout: float = 30.0) -> None:
-        super().__init__({**TRANSACTIONAL_DEFAULTS, **config}, metrics, timeout)
+    def __init__(
+        self, config: dict[str, str], metrics: Metrics, timeout: float = 30.0,
+        topics: Sequence[str] = (),
+    ) -> None:
+        self._watch = WedgeWatch()
+        super().__init__({**TRANSACTIONAL_DEFAULTS, **config}, metrics, timeout, topics)
         self._initialised = False
+
+    def _callbacks(self) -> dict[str, Any]:
+        return {**super()._callbacks(), "stats_cb": self._watch.on_stats}
+
+    def commit_wedged(self) -> bool:
+        """The commit has been blocked for WEDGED_AFTER_UP_S while a broker was up and the
+        batch delivered: the transactional call waits on a coordinator librdkafka lost."""
+        try:
+            self._producer.poll(0)  # serves the statistics (and a fatal error)
+        except KafkaException as exception:
+            self._fatal(exception)
+        return self._watch.wedged(len(self._producer))
 
     def init(self, deadline: float) -> None:
         """Fence older instances with our transactional.id and abort what they left open."""
@@ -184,6 +377,13 @@ class TransactionalSink(_ProducerSink):
     def commit(self, offsets: Sequence[TopicPartition], group: GroupMetadata) -> bool:
         if not self._open:
             return True
+        self._watch.commit_started()
+        try:
+            return self._commit(offsets, group)
+        finally:
+            self._watch.commit_ended()
+
+    def _commit(self, offsets: Sequence[TopicPartition], group: GroupMetadata) -> bool:
         deadline = time.monotonic() + self._timeout
         try:
             if offsets:

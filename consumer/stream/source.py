@@ -28,6 +28,7 @@ from confluent_kafka import (
 )
 
 from consumer.config import StartFrom, start_timestamp_ms
+from consumer.stream.kafka_log import client_errors, librdkafka_logger
 from consumer.stream.metrics import Metrics
 from consumer.stream.sink import GroupMetadata
 
@@ -130,7 +131,8 @@ class Source:
         """The consumer reported a fatal error (e.g. another instance took our
         group.instance.id): this member's group membership is gone."""
         self.consumer = Consumer(
-            {**FETCH_DEFAULTS, **config, "stats_cb": self._on_stats, "error_cb": self._on_error}
+            {**FETCH_DEFAULTS, **config, "stats_cb": self._on_stats, "error_cb": self._on_error,
+             "logger": librdkafka_logger}
         )
         self.consumer.subscribe(
             subscription,
@@ -236,7 +238,7 @@ class Source:
             self.member_fenced = True
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
             self.broker_reachable = False
-        log.warning("consumer: %s", error)
+        client_errors.report("consumer", error)
 
     def _on_stats(self, stats_json: str) -> None:
         """Partition ends from librdkafka's statistics. Its own committed_offset and

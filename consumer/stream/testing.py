@@ -146,6 +146,8 @@ class InMemorySink:
         """When set to an Event, the next commit blocks until it is set."""
         self.wedge_commits = False
         """Whether a wedged commit, once released, commits (else it is aborted)."""
+        self.signals_wedge = False
+        """Whether a wedged commit also raises the sink's faster wedge signal."""
         self.settled = threading.Event()
         self.commits = 0
         self.aborts = 0
@@ -177,6 +179,9 @@ class InMemorySink:
     @property
     def pending(self) -> list[Record]:
         return list(self._pending)
+
+    def commit_wedged(self) -> bool:
+        return self.signals_wedge and self.wedge is not None and not self.wedge.is_set()
 
     def commit(self, offsets: Sequence[TopicPartition], group: object) -> bool:
         wedge = self.wedge

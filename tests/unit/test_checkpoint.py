@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -193,6 +194,28 @@ def test_a_wedged_commit_replaces_the_producer_and_the_batch_is_read_again(
     harness.step()
 
     assert replaced
+    assert harness.alert_ids() == ["m-000"]
+    assert broker.committed == {("in", 0): 1}
+
+
+def test_the_sinks_wedge_signal_replaces_the_producer_before_the_watchdog_deadline(
+    broker: InMemoryBroker,
+) -> None:
+    """After a broker restart the sink says at once what the 20 s watchdog would find out."""
+    harness = Harness(broker, settings_for())
+    harness.service.checkpoint._wedged_after_s = 30
+    harness.source.assign([("in", 0)])
+    broker.produce("in", match(0), partition=0)
+    stuck = harness.sink
+    stuck.wedge = threading.Event()
+    stuck.signals_wedge = True
+
+    started = time.monotonic()
+    harness.step()
+    replaced_before_the_deadline = harness.sink is not stuck and time.monotonic() - started < 20
+    harness.step()
+
+    assert replaced_before_the_deadline
     assert harness.alert_ids() == ["m-000"]
     assert broker.committed == {("in", 0): 1}
 
