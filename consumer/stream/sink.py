@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumer.alerts.document import Headers
+from consumer.kafka_properties import TRANSACTIONAL_DEFAULTS
 from consumer.stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -130,22 +131,11 @@ def _retry(action: Callable[[], Any], what: str, deadline: float) -> None:
             raise
 
 
-TRANSACTIONAL_DEFAULTS = {"retry.backoff.ms": "10"}
-"""Producer settings for transactions; `kafka_producer` overrides them.
-
-Until the broker has written the markers of the transaction just committed, it answers the next
-transaction's first request with CONCURRENT_TRANSACTIONS, and librdkafka retries after
-`retry.backoff.ms`: 100 ms by default, which made every send_offsets_to_transaction take
-~100 ms (Kafka's Java producer retries this case after 20 ms). Retries still back off
-exponentially up to `retry.backoff.max.ms`.
-"""
-
-
 class TransactionalSink(_ProducerSink):
     """Exactly-once: alerts, dead letters and offsets in one Kafka transaction."""
 
     def __init__(self, config: dict[str, str], metrics: Metrics, timeout: float = 30.0) -> None:
-        super().__init__({**TRANSACTIONAL_DEFAULTS, **config}, metrics, timeout)
+        super().__init__({**TRANSACTIONAL_DEFAULTS.values(), **config}, metrics, timeout)
         self._initialised = False
 
     def init(self, deadline: float) -> None:
