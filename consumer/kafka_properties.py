@@ -101,6 +101,10 @@ PRODUCER = ClientProperties("producer", (
     KafkaProperty("transactional.id", "DETECTOR_GROUP_ID-DETECTOR_MEMBER_NAME-worker",
                   "exactly-once only: stable across restarts of the same replica and worker, so "
                   "a restart fences its zombie; unique within the group", literal=False),
+    KafkaProperty("batch.size", "the smallest max.message.bytes of its topics, if lower",
+                  "the broker checks a whole record batch against the topic's "
+                  "max.message.bytes: a batch above it would fail the transaction",
+                  literal=False),
 ))
 
 TRANSACTIONAL_DEFAULTS = ClientProperties("transactional producer (defaults)", (
@@ -110,6 +114,18 @@ TRANSACTIONAL_DEFAULTS = ClientProperties("transactional producer (defaults)", (
                   "retries after this: 100 ms by default made every send_offsets_to_transaction "
                   "take ~100 ms (Kafka's Java producer retries this case after 20 ms); retries "
                   "still back off exponentially up to retry.backoff.max.ms"),
+    KafkaProperty("metadata.recovery.strategy", "none",
+                  "when every broker is down, librdkafka's default `rebootstrap` decommissions "
+                  "the brokers it knows, the group coordinator among them, and "
+                  "send_offsets_to_transaction then waits forever for it (librdkafka#5456, "
+                  "#5511): every broker restart stalled the stream for the whole wedged-commit "
+                  "watchdog; a replacement producer bootstraps afresh"),
+    KafkaProperty("reconnect.backoff.max.ms", "1000",
+                  "after an outage the transaction coordinator's connection was retried up to "
+                  "10 s apart (the default), and the first commit waited for it"),
+    KafkaProperty("statistics.interval.ms", "1000",
+                  "the brokers' states every second: a commit blocked while a broker is up is "
+                  "wedged, and the producer is replaced without waiting for the watchdog"),
 ))
 
 TOOLS_PRODUCER = ClientProperties("replay producer", (
@@ -141,6 +157,21 @@ DLQ_READER = ClientProperties("dlq reader", (
                   "readers see them"),
 ))
 
+CHANGELOG_READER = ClientProperties("changelog reader", (
+    KafkaProperty("group.id", "DETECTOR_GROUP_ID.restore",
+                  "librdkafka needs a group to consume; the reader only assigns changelog "
+                  "partitions and commits nothing, so the group holds no offsets",
+                  literal=False),
+    KafkaProperty("enable.auto.commit", "false",
+                  "a restore reads a changelog partition from its beginning every time"),
+    KafkaProperty("isolation.level", "read_committed",
+                  "the state changes of aborted transactions never come back"),
+    KafkaProperty("enable.partition.eof", "true",
+                  "a restore ends where the partition ends, which librdkafka reports as EOF"),
+    KafkaProperty("auto.offset.reset", "earliest",
+                  "the oldest record left, should compaction have removed where a read starts"),
+))
+
 SETTINGS_CHECK = ClientProperties("settings check", (
     KafkaProperty("log_level", "0",
                   "the clients built without brokers at start-up only let librdkafka check the "
@@ -149,6 +180,6 @@ SETTINGS_CHECK = ClientProperties("settings check", (
 
 ALL = (
     EVERY_CLIENT, CONSUMER, CONSUMER_DEFAULTS, PRODUCER, TRANSACTIONAL_DEFAULTS, TOOLS_PRODUCER,
-    TOOLS_PRODUCER_DEFAULTS, DLQ_READER, SETTINGS_CHECK,
+    TOOLS_PRODUCER_DEFAULTS, DLQ_READER, CHANGELOG_READER, SETTINGS_CHECK,
 )
 """What README.md lists, in this order."""
