@@ -92,9 +92,10 @@ PRODUCER = ClientProperties("producer", (
                   "transactions require it"),
     KafkaProperty("acks", "all",
                   "an alert counts as delivered only once every in-sync replica has it"),
-    KafkaProperty("linger.ms", "5",
-                  "an alert waits at most 5 ms for others to share its request (librdkafka's "
-                  "default, pinned): each commit flushes anyway"),
+    KafkaProperty("linger.ms", "0",
+                  "each commit flushes the producer anyway: lingering only held an alert 1-2 ms "
+                  "before its first send (bench/commit_latency_bench.py), and alerts are too "
+                  "few to gain from batching"),
     KafkaProperty("compression.type", "lz4",
                   "alerts are repetitive JSON of a few KiB (with event.original); lz4 is the "
                   "cheapest of librdkafka's codecs in CPU"),
@@ -108,12 +109,13 @@ PRODUCER = ClientProperties("producer", (
 ))
 
 TRANSACTIONAL_DEFAULTS = ClientProperties("transactional producer (defaults)", (
-    KafkaProperty("retry.backoff.ms", "10",
-                  "until the broker has written the last transaction's markers it answers the "
-                  "next one's first request with CONCURRENT_TRANSACTIONS, which librdkafka "
-                  "retries after this: 100 ms by default made every send_offsets_to_transaction "
-                  "take ~100 ms (Kafka's Java producer retries this case after 20 ms); retries "
-                  "still back off exponentially up to retry.backoff.max.ms"),
+    KafkaProperty("retry.backoff.ms", "2",
+                  "until the broker has written the last transaction's markers (a few ms) it "
+                  "answers the next one's first request with CONCURRENT_TRANSACTIONS, which "
+                  "librdkafka retries after this: 100 ms by default made every "
+                  "send_offsets_to_transaction take ~100 ms, and 10 ms still made back-to-back "
+                  "transactions of a steady stream wait ~10 ms each (docs/benchmarks.md); "
+                  "retries still back off exponentially up to retry.backoff.max.ms"),
     KafkaProperty("metadata.recovery.strategy", "none",
                   "when every broker is down, librdkafka's default `rebootstrap` decommissions "
                   "the brokers it knows, the group coordinator among them, and "
