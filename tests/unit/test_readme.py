@@ -1,5 +1,6 @@
-"""The README and the operations manual stay true: the settings table names exactly the settings
-that exist, the set-up commands exist, and every relative link finds its file and heading."""
+"""The README and the operations manual stay true: the settings and metrics tables name exactly
+the settings and metrics that exist, the set-up commands exist, and every relative link finds
+its file and heading."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from consumer.config import Settings
+from consumer.stream.metrics import PREFIX, Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -23,6 +26,25 @@ def test_the_settings_table_lists_every_setting_and_no_other() -> None:
     documented = set(re.findall(r"^\| `(DETECTOR_[A-Z0-9_]+)` \|", OPERATIONS.read_text(), re.M))
     existing = {f"DETECTOR_{name.upper()}" for name in Settings.model_fields}
     assert documented == existing
+
+
+def test_the_metrics_table_lists_every_metric_and_no_other() -> None:
+    """Named as Prometheus shows them (counters with `_total`, info metrics with `_info`);
+    a name in parentheses is a remark, not a metric."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    suffix = {"counter": "_total", "info": "_info"}
+    exported = {
+        family.name.removeprefix(f"{PREFIX}_") + suffix.get(family.type, "")
+        for family in registry.collect()
+    }
+    table = OPERATIONS.read_text().split("## Metrics and health", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        name
+        for row in re.findall(r"^\| (.+?) \| \w+ \|", table, re.M)
+        for name in re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", row))
+    }
+    assert documented == exported
 
 
 def test_readme_gives_the_two_set_up_commands_that_exist() -> None:
