@@ -1,10 +1,12 @@
 """Every librdkafka property the detector sets, with the reason, in one place.
 
 The call sites compose each client's configuration from these tables and the user's own
-properties (`kafka`, `kafka_consumer`, `kafka_producer`), which pass through unchanged:
-`DEFAULTS` tables sit under everything the user gives, the others under the client's own
-table (`kafka_consumer` or `kafka_producer`). The admin clients (topic checks, the broker's
-transaction.max.timeout.ms, `topics create`) get only `EVERY_CLIENT` and the `kafka` table.
+properties (`kafka`, `kafka_consumer`, `kafka_producer`), which pass through unchanged. A
+`*_DEFAULTS` table sits under everything the user gives; the others override the `kafka` table
+(every client's) and are overridden by the client's own: `kafka_consumer` for the consumer,
+`kafka_producer` for the producers. The dead-letter and changelog readers take no client table,
+and the admin clients (topic checks, the broker's transaction.max.timeout.ms, `topics create`)
+get only `EVERY_CLIENT` and the `kafka` table.
 README.md lists the same properties; a test keeps the two equal. No Kafka client here: `config`,
 `stream/`, `offline/` and `cli` import it.
 """
