@@ -38,6 +38,7 @@ from pydantic_settings import (
 )
 
 from consumer.cloudtrail.envelopes import Shape
+from consumer.kafka_properties import CONSUMER, PRODUCER, SETTINGS_CHECK, TOOLS_PRODUCER
 from consumer.times import parse_duration
 
 ENV_PREFIX = "DETECTOR_"
@@ -322,13 +323,7 @@ class Settings(BaseSettings):
         config = {
             **self.client_config(),
             "group.id": self.group_id,
-            "enable.auto.commit": "false",
-            "enable.auto.offset.store": "false",
-            "isolation.level": "read_committed",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "auto.offset.reset": "earliest",
-            "statistics.interval.ms": "5000",
-            "enable.partition.eof": "false",
+            **CONSUMER.values(),
         }
         if self.static_membership:
             config["group.instance.id"] = f"{self.member_name}-{worker}"
@@ -337,10 +332,7 @@ class Settings(BaseSettings):
     def producer_config(self, worker: int) -> dict[str, str]:
         config = {
             **self.client_config(),
-            "enable.idempotence": "true",
-            "acks": "all",
-            "linger.ms": "5",
-            "compression.type": "lz4",
+            **PRODUCER.values(),
         }
         if self.delivery == "exactly-once":
             config["transactional.id"] = self.transactional_id(worker)
@@ -349,7 +341,10 @@ class Settings(BaseSettings):
     def plain_producer_config(self) -> dict[str, str]:
         """An idempotent producer outside any transaction, for the tools (replay, dlq replay):
         with a transactional.id librdkafka refuses every produce outside a transaction."""
-        config = {**self.producer_config(0), "linger.ms": "20"}
+        config = {
+            **self.client_config(), **PRODUCER.values(), **TOOLS_PRODUCER.values(),
+            **self.kafka_producer,
+        }
         config.pop("transactional.id", None)
         return config
 
@@ -476,7 +471,7 @@ def check_kafka_properties(settings: Settings) -> None:
     """librdkafka checks property names and values when a client is built, before it connects:
     build a consumer and a producer without brokers, so a misspelt property stops start-up
     naming the setting that holds it, instead of a traceback once the detector runs."""
-    quiet = {"log_level": "0"}
+    quiet = SETTINGS_CHECK.values()
     checks: list[tuple[Callable[[dict[str, str]], Any], dict[str, str], tuple[str, ...]]] = [
         (Consumer, settings.consumer_config(0), ("kafka_consumer", "kafka")),
         (Producer, settings.producer_config(0), ("kafka_producer", "kafka")),

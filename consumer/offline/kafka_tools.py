@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from consumer.alerts.document import Headers
+from consumer.kafka_properties import DLQ_READER
 from consumer.offline.replay import ReplayError, ReplayResult
 
 ADMIN_TIMEOUT_S = 15.0
@@ -123,9 +124,7 @@ def read_dead_letters(client_config: dict[str, str], topic: str) -> Iterator[Dea
     consumer = Consumer({
         **client_config,
         "group.id": f"cloudtrail-detector-dlq-{uuid.uuid4().hex}",
-        "enable.auto.commit": "false",
-        "enable.partition.eof": "true",
-        "isolation.level": "read_committed",
+        **DLQ_READER.values(),
     })
     try:
         try:

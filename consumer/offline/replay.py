@@ -27,6 +27,7 @@ from fastavro import schemaless_writer
 from consumer.cloudtrail.envelopes import Shape, wrap
 from consumer.cloudtrail.files import expand, read_records
 from consumer.cloudtrail.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
+from consumer.kafka_properties import REPLAY_DELIVERY_TIMEOUT_MS, TOOLS_PRODUCER_DEFAULTS
 
 ReplayFormat = Literal["avro", "avro-registry", "json"]
 Encoder = Callable[[dict[str, Any]], bytes]
@@ -35,18 +36,13 @@ REPLAY_NAMESPACE = uuid.UUID("2b0c7d1e-5f57-4c2a-8d0a-6a1f6f0e4d21")
 METADATA_TIMEOUT_S = 10.0
 """How long the pre-flight check waits for the broker's topic list."""
 
-DELIVERY_TIMEOUT_MS = 30_000
-"""message.timeout.ms for replay: a message not acknowledged by then is reported failed
-(librdkafka's default, 5 minutes, would leave a replay to a dead broker hanging)."""
-
-
 class ReplayError(Exception):
     """Replay cannot start: the topic is missing, or the broker or registry unreachable."""
 
 
 def producer_settings(config: dict[str, str]) -> dict[str, str]:
     """The replay producer: given settings, a bounded delivery timeout unless set already."""
-    return {"message.timeout.ms": str(DELIVERY_TIMEOUT_MS), **config}
+    return {**TOOLS_PRODUCER_DEFAULTS.values(), **config}
 
 
 def check_topic(producer: Producer, topic: str, bootstrap: str) -> None:
@@ -164,7 +160,7 @@ def replay(
     options: ReplayOptions,
     *,
     should_stop: Callable[[], bool] = lambda: False,
-    flush_timeout_s: float = DELIVERY_TIMEOUT_MS / 1000 + 5,
+    flush_timeout_s: float = REPLAY_DELIVERY_TIMEOUT_MS / 1000 + 5,
 ) -> ReplayResult:
     """Produce the records of `paths` and wait for every delivery report."""
     result = ReplayResult()

@@ -22,6 +22,7 @@ from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._resource import ResourceType
 
 from consumer.alerts.document import Headers
+from consumer.kafka_properties import TRANSACTIONAL_DEFAULTS
 from consumer.stream.kafka_log import client_errors, librdkafka_logger
 from consumer.stream.metrics import Metrics
 
@@ -262,30 +263,6 @@ def _retry(
             attempt += 1
 
 
-TRANSACTIONAL_DEFAULTS = {
-    "retry.backoff.ms": "10",
-    "metadata.recovery.strategy": "none",
-    "reconnect.backoff.max.ms": "1000",
-    "statistics.interval.ms": "1000",
-}
-"""Producer settings for transactions; `kafka_producer` overrides them.
-
-- `retry.backoff.ms`: until the broker has written the markers of the transaction just
-  committed, it answers the next transaction's first request with CONCURRENT_TRANSACTIONS, and
-  librdkafka retries after `retry.backoff.ms`: 100 ms by default, which made every
-  send_offsets_to_transaction take ~100 ms (Kafka's Java producer retries this case after
-  20 ms). Retries still back off exponentially up to `retry.backoff.max.ms`.
-- `metadata.recovery.strategy=none`: when every broker is down, librdkafka's default
-  `rebootstrap` decommissions the brokers it knows, the group coordinator among them; a
-  send_offsets_to_transaction then waits forever for that broker to come up again
-  (confluentinc/librdkafka#5456, #5511): every broker restart stalled the stream for the
-  whole wedged-commit watchdog. Without it the broker's own connection comes back and the
-  commit goes on. A replacement producer (after a wedged commit) bootstraps afresh.
-- `reconnect.backoff.max.ms=1000`: after an outage the transaction coordinator's connection
-  was retried up to 10 s apart (the default), and the first commit waited for it.
-- `statistics.interval.ms=1000`: the brokers' states, for `commit_wedged`.
-"""
-
 WEDGED_AFTER_UP_S = 8.0
 """A commit still blocked this long after the producer has a broker up again is wedged. A
 restarted broker accepts connections seconds before its coordinators have loaded: at 5 s a
@@ -348,7 +325,7 @@ class TransactionalSink(_ProducerSink):
         topics: Sequence[str] = (),
     ) -> None:
         self._watch = WedgeWatch()
-        super().__init__({**TRANSACTIONAL_DEFAULTS, **config}, metrics, timeout, topics)
+        super().__init__({**TRANSACTIONAL_DEFAULTS.values(), **config}, metrics, timeout, topics)
         self._initialised = False
 
     def _callbacks(self) -> dict[str, Any]:

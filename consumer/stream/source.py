@@ -28,6 +28,7 @@ from confluent_kafka import (
 )
 
 from consumer.config import StartFrom, start_timestamp_ms
+from consumer.kafka_properties import CONSUMER_DEFAULTS
 from consumer.stream.kafka_log import client_errors, librdkafka_logger
 from consumer.stream.metrics import Metrics
 from consumer.stream.sink import GroupMetadata
@@ -63,17 +64,9 @@ class InputSource(Protocol):
 
     def close(self) -> None: ...
 
-FETCH_DEFAULTS = {
-    "fetch.queue.backoff.ms": "10",
-    "queued.min.messages": "20000",
-}
-"""Prefetching tuned for a consumer that does real work per message; `kafka_consumer` overrides.
-
-librdkafka stops fetching a partition whose local queue holds more than `queued.min.messages`
-for `fetch.queue.backoff.ms`, 1000 ms by default: a consumer a little slower than the broker
-drained its queue and then sat idle for most of that second (138k events/s instead of 350k in
-bench/pipeline_bench.py). A smaller queue also halves the resident memory.
-"""
+FETCH_DEFAULTS = CONSUMER_DEFAULTS.values()
+"""Prefetching tuned for a consumer that does real work per message; `kafka` and
+`kafka_consumer` override it (reasons in consumer.kafka_properties)."""
 
 
 def offset_name(offset: int) -> str:

@@ -42,6 +42,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from consumer.alerts.document import Headers
+from consumer.kafka_properties import CHANGELOG_READER
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +239,7 @@ class KafkaChangelogReader:
 
     def __init__(self, client_config: Mapping[str, str], group_id: str) -> None:
         self._consumer = Consumer({
-            **client_config,
-            "group.id": f"{group_id}.restore",
-            "enable.auto.commit": "false",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": "true",
-            "auto.offset.reset": "earliest",
+            **client_config, **CHANGELOG_READER.values(), "group.id": f"{group_id}.restore",
         })
 
     def read(self, topic: str, partition: int) -> Iterator[ChangelogRecord]:

@@ -12,8 +12,8 @@ MAY_IMPORT = {
     "cloudtrail": {"times"},
     "rules": {"times", "cloudtrail"},
     "alerts": {"times", "cloudtrail", "rules"},
-    "stream": {"times", "cloudtrail", "rules", "alerts", "config"},
-    "offline": {"times", "cloudtrail", "rules", "alerts", "config"},
+    "stream": {"times", "cloudtrail", "rules", "alerts", "config", "kafka_properties"},
+    "offline": {"times", "cloudtrail", "rules", "alerts", "config", "kafka_properties"},
 }
 """Sub-package -> the other parts of `consumer` it may import."""
 
