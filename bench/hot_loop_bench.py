@@ -1,11 +1,11 @@
 """The detector's hot loop in-process, without Kafka: CPU per message, and where it goes.
 
-Run: .venv/bin/python bench/hot_loop_bench.py [--messages N] [--repeats N] [--profile]
+Run: .venv/bin/python -m bench.hot_loop_bench [--messages N] [--repeats N] [--profile]
      [--input-format avro|json] [--header NAME=VALUE]
 
 Feeds `Service._handle` (prefilter → decode → rules → alerts, with the per-partition offset and
 metric bookkeeping) batches of real `confluent_kafka.Message` objects carrying the pipeline
-benchmark's mix (bench/pipeline_workload.py), with a sink that only counts what it is given.
+benchmark's mix (bench/pipeline/workload.py), with a sink that only counts what it is given.
 Prints the best mean microseconds per message over `--repeats` passes next to what merely
 touching each message's value costs. `--input-format json` sends the same records as JSON
 text; `--header` puts a header on every message; `--profile` prints a pyinstrument tree of one pass
@@ -26,9 +26,15 @@ from typing import cast
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 from fastavro import schemaless_reader
-from pipeline_workload import SEED_RULE_ID, Mix, bench_rule_query, load_sources, write_bench_rules
 from prometheus_client import CollectorRegistry
 
+from bench.pipeline.workload import (
+    SEED_RULE_ID,
+    Mix,
+    bench_rule_query,
+    load_sources,
+    write_bench_rules,
+)
 from consumer.alerts.document import Headers
 from consumer.cloudtrail.record import READER_SCHEMA, avro_to_json
 from consumer.cloudtrail.types import CloudTrailRecord
@@ -41,6 +47,7 @@ from consumer.stream.service import Health, Service
 TOPIC = "cloudtrail-events"
 PARTITIONS = 4
 BATCH = 1000
+KafkaHeaders = list[tuple[str, str | bytes | None]]
 
 
 class CountingSink:
@@ -96,7 +103,7 @@ def as_json(payload: bytes) -> bytes:
 
 
 def batches(
-    rules_dir: Path, count: int, input_format: str, headers: list[tuple[str, bytes]] | None
+    rules_dir: Path, count: int, input_format: str, headers: KafkaHeaders | None
 ) -> tuple[list[list[Message]], int]:
     """`count` messages in consume()-sized batches, spread over partitions like a fetch does,
     and how many of them must alert."""
@@ -123,7 +130,7 @@ def best_us_per_message(run: Callable[[], None], messages: int, repeats: int) ->
     return best / messages * 1e6
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=5)
@@ -131,7 +138,7 @@ def main() -> None:
     parser.add_argument("--input-format", choices=["avro", "json"], default="avro")
     parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
                         help="a header on every message (repeatable)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     headers = [(name, value.encode()) for name, _, value in
                (header.partition("=") for header in args.header)] or None
