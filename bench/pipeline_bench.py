@@ -60,7 +60,7 @@ from pathlib import Path
 
 from bench import REPO
 from bench.pipeline.broker import Loaded, broker, framing, load, schema_registry
-from bench.pipeline.latency import measure_latency
+from bench.pipeline.latency import READER_FETCH_WAIT_MS, WARMUP_S, measure_latency
 from bench.pipeline.measure import Measurement, measure
 from bench.pipeline.report import environment, latency_lines, summarise, table, targets
 from bench.pipeline.variants import (
@@ -96,8 +96,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", choices=["avro", "avro-registry"], default="avro",
                         help="schemaless Avro, or Avro in the Schema Registry wire format "
                         "(served by a stand-in registry)")
-    parser.add_argument("--latency-rate", type=float, default=5000)
+    parser.add_argument("--latency-rate", type=float, default=10_000)
     parser.add_argument("--latency-seconds", type=float, default=30)
+    parser.add_argument("--latency-warmup", type=float, default=WARMUP_S,
+                        help="seconds at the latency rate before timing starts (default "
+                        f"{WARMUP_S:.0f})")
     parser.add_argument("--quick", action="store_true",
                         help="100k events and a 10 s latency run, for a fast sanity check")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2,
@@ -107,10 +110,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", default="abcdefghi",
                         help="which variants to run, e.g. 'ad' (default: all)")
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--reader-fetch-wait-ms", type=int, default=READER_FETCH_WAIT_MS,
+                        help="the latency run's alert reader's fetch.wait.max.ms "
+                        f"(default {READER_FETCH_WAIT_MS})")
+    parser.add_argument("--detector-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for every detector variant, e.g. "
+                        "DETECTOR_TRANSACTION_MAX_MS=100 (repeatable): to try a change in the "
+                        "same run's conditions")
     parser.add_argument("--rounds", type=int, default=3,
                         help=f"runs of the fast variants ({REPEATED}), interleaved; the table "
                         "gives each one's median and ratios taken within a round (default 3)")
     args = parser.parse_args(argv)
+    args.detector_env = dict(setting.partition("=")[::2] for setting in args.detector_env)
     if args.quick:
         args.rounds = 1
         args.events = min(args.events, 100_000)
@@ -143,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         setup = Setup(bootstrap, f"bench-input-{run_id}", args.partitions, args.events,
                       rules_dir, aws_rules_dir, args.format, registry_url, quix_python,
-                      args.workers, run_id, broker_pid)
+                      args.workers, run_id, broker_pid, args.detector_env)
         load_average = os.getloadavg()
         create_topics(bootstrap, {setup.topic: args.partitions})
         print(f"loading {args.events:,} events ({sources.origin}) into {setup.topic} ...",
@@ -161,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"latency: {args.latency_rate:,.0f} events/s for {args.latency_seconds:.0f} s "
                   "...", file=sys.stderr)
             latency = measure_latency(setup, sources, args.latency_rate, args.latency_seconds,
-                                      work)
+                                      work, warmup_s=args.latency_warmup,
+                                      reader_fetch_wait_ms=args.reader_fetch_wait_ms)
         load_after = os.getloadavg()
 
     summaries = summarise(rows)

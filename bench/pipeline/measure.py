@@ -55,7 +55,7 @@ class Measurement:
 COMMIT_SECONDS = "cloudtrail_detector_commit_duration_seconds"
 
 
-def _metric_totals(ports: list[int], family: str) -> list[float]:
+def metric_totals(ports: list[int], family: str) -> list[float]:
     """Each detector worker's `family` from its /metrics, summed over label sets (0 if down)."""
     totals = []
     for port in ports:
@@ -72,7 +72,7 @@ def _metric_totals(ports: list[int], family: str) -> list[float]:
 
 def _consumed(ports: list[int]) -> list[int]:
     """Messages each detector worker has consumed so far."""
-    consumed = _metric_totals(ports, "cloudtrail_detector_messages_consumed_total")
+    consumed = metric_totals(ports, "cloudtrail_detector_messages_consumed_total")
     return [int(total) for total in consumed]
 
 
@@ -151,8 +151,8 @@ def measure(
         result.peak_rss_mb = memory_kb(tree, "VmHWM") / 1024
         if variant.metrics_ports:
             ports = variant.metrics_ports
-            result.commits = int(sum(_metric_totals(ports, f"{COMMIT_SECONDS}_count")))
-            result.commit_wait_s = sum(_metric_totals(ports, f"{COMMIT_SECONDS}_sum"))
+            result.commits = int(sum(metric_totals(ports, f"{COMMIT_SECONDS}_count")))
+            result.commit_wait_s = sum(metric_totals(ports, f"{COMMIT_SECONDS}_sum"))
         result.seconds = end - start
         result.events = setup.events - consumed_before
     finally:

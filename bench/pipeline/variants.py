@@ -34,6 +34,8 @@ class Setup:
     run_id: str
     broker_pid: int | None
     """The local broker's process, whose CPU is reported too; None for an external one."""
+    detector_env: dict[str, str] = field(default_factory=dict)
+    """Settings every detector variant gets on top of the benchmark's (--detector-env)."""
 
 
 def detector_variant(
@@ -64,6 +66,7 @@ def detector_variant(
     }
     if setup.registry_url:
         env["DETECTOR_SCHEMA_REGISTRY_URL"] = setup.registry_url
+    env.update(setup.detector_env)
     return Variant(key, label, [sys.executable, "-m", "consumer", "run"], env,
                    metrics_ports=[port + worker for worker in range(workers)], by_rule=aws_rules)
 

@@ -130,13 +130,16 @@ def _retry(action: Callable[[], Any], what: str, deadline: float) -> None:
             raise
 
 
-TRANSACTIONAL_DEFAULTS = {"retry.backoff.ms": "10"}
+TRANSACTIONAL_DEFAULTS = {"retry.backoff.ms": "2"}
 """Producer settings for transactions; `kafka_producer` overrides them.
 
 Until the broker has written the markers of the transaction just committed, it answers the next
 transaction's first request with CONCURRENT_TRANSACTIONS, and librdkafka retries after
 `retry.backoff.ms`: 100 ms by default, which made every send_offsets_to_transaction take
-~100 ms (Kafka's Java producer retries this case after 20 ms). Retries still back off
+~100 ms (Kafka's Java producer retries this case after 20 ms). The markers take a few ms, so a
+10 ms backoff still made back-to-back transactions (a steady stream, committed whenever the
+input is drained) wait ~10 ms each: 2 ms gives alerts at 10,000 events/s a p50 ~10 ms lower
+(bench/commit_latency_bench.py, bench/pipeline_bench.py's latency run). Retries still back off
 exponentially up to `retry.backoff.max.ms`.
 """
 
