@@ -15,12 +15,22 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumer.alerts.document import Headers
 from consumer.stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+class GroupMetadata(Protocol):
+    """What a commit needs of the consumer group: its metadata for a transaction, or a
+    synchronous offset commit (at-least-once)."""
+
+    @property
+    def metadata(self) -> object: ...
+
+    def commit(self, offsets: list[TopicPartition]) -> None: ...
+
 
 class FatalSinkError(Exception):
     """The producer cannot go on (fenced by a newer instance, or a fatal librdkafka error)."""
@@ -29,8 +39,11 @@ class FatalSinkError(Exception):
 class Sink(Protocol):
     fatal_error: KafkaError | None
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
-        """Queue one message in the current batch."""
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
+        *, partition: int | None = None,
+    ) -> None:
+        """Queue one message in the current batch (to `partition`, else by its key)."""
 
     def begin(self) -> None:
         """Open a batch (a transaction in exactly-once mode); idempotent while one is open."""
@@ -38,7 +51,7 @@ class Sink(Protocol):
     @property
     def in_batch(self) -> bool: ...
 
-    def commit(self, offsets: Sequence[TopicPartition], consumer: Consumer) -> bool:
+    def commit(self, offsets: Sequence[TopicPartition], group: GroupMetadata) -> bool:
         """Make the batch's messages and offsets durable together; False when it was abandoned."""
 
     def abort(self) -> None:
@@ -80,12 +93,21 @@ class _ProducerSink:
         self.fatal_error = self.fatal_error or error
         raise FatalSinkError(f"transactional producer failed: {self.fatal_error}") from None
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
+        *, partition: int | None = None,
+    ) -> None:
         while True:
             try:
-                self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
-                )
+                if partition is None:
+                    self._producer.produce(
+                        topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
+                    )
+                else:
+                    self._producer.produce(
+                        topic, value=value, key=key, headers=headers, partition=partition,
+                        on_delivery=self._on_delivery,
+                    )
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -162,16 +184,15 @@ class TransactionalSink(_ProducerSink):
             self._failed_deliveries = 0
             self._open = True
 
-    def commit(self, offsets: Sequence[TopicPartition], consumer: Consumer) -> bool:
+    def commit(self, offsets: Sequence[TopicPartition], group: GroupMetadata) -> bool:
         if not self._open:
             return True
         deadline = time.monotonic() + self._timeout
         try:
             if offsets:
-                metadata = consumer.consumer_group_metadata()
                 _retry(
                     lambda: self._producer.send_offsets_to_transaction(
-                        list(offsets), metadata, self._timeout
+                        list(offsets), group.metadata, self._timeout
                     ),
                     "send offsets",
                     deadline,
@@ -214,7 +235,7 @@ class AtLeastOnceSink(_ProducerSink):
             self._failed_deliveries = 0
             self._open = True
 
-    def commit(self, offsets: Sequence[TopicPartition], consumer: Consumer) -> bool:
+    def commit(self, offsets: Sequence[TopicPartition], group: GroupMetadata) -> bool:
         if not self._open:
             return True
         remaining = self._producer.flush(self._timeout)
@@ -227,7 +248,7 @@ class AtLeastOnceSink(_ProducerSink):
             return False
         if offsets:
             try:
-                consumer.commit(offsets=list(offsets), asynchronous=False)
+                group.commit(list(offsets))
             except KafkaException as exception:
                 log.warning("offset commit failed: %s; reading the batch again", exception)
                 return False

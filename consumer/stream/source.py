@@ -3,7 +3,9 @@
 A partition with no committed offset starts where the rules would look in Elastic (their
 lookback, now-6m for the seed rule) unless `start_from` says otherwise, found through
 `offsets_for_times`. Rebalances call back into the service so it can commit or abort the open
-transaction before partitions move.
+transaction before partitions move, and restore state stores before a new partition's first
+message. The service sees the consumer only through `InputSource`: consume, pause, resume,
+rewind, and the group a commit goes to.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -26,10 +29,38 @@ from confluent_kafka import (
 
 from consumer.config import StartFrom, start_timestamp_ms
 from consumer.stream.metrics import Metrics
+from consumer.stream.sink import GroupMetadata
 
 log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[TopicPartition]], None]
+
+
+class InputSource(Protocol):
+    """The input side as the loop and the checkpoint use it (`Source`, or
+    `consumer.stream.testing.InMemorySource`)."""
+
+    assignment: set[tuple[str, int]]
+    committed: dict[tuple[str, int], int]
+    broker_reachable: bool
+    member_fenced: bool
+
+    @property
+    def group(self) -> GroupMetadata: ...
+
+    def consume(self, count: int, timeout: float) -> list[Message]: ...
+
+    def record_committed(self, offsets: list[TopicPartition]) -> None: ...
+
+    def rewind_to_committed(self) -> None: ...
+
+    def pause_at(self, partition: tuple[str, int], offset: int) -> None: ...
+
+    def resume(self, partition: tuple[str, int]) -> None: ...
+
+    def lag(self) -> int | None: ...
+
+    def close(self) -> None: ...
 
 FETCH_DEFAULTS = {
     "fetch.queue.backoff.ms": "10",
@@ -49,6 +80,20 @@ def offset_name(offset: int) -> str:
     return {OFFSET_BEGINNING: "the beginning", OFFSET_END: "the end"}.get(offset, str(offset))
 
 
+class ConsumerGroup:
+    """A commit's view of the consumer group (`sink.GroupMetadata`)."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+
+    @property
+    def metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
+    def commit(self, offsets: list[TopicPartition]) -> None:
+        self._consumer.commit(offsets=offsets, asynchronous=False)
+
+
 class Source:
     def __init__(
         self,
@@ -58,12 +103,16 @@ class Source:
         start_from: StartFrom,
         lookback: timedelta,
         metrics: Metrics,
+        on_assign: PartitionsCallback,
         on_revoke: PartitionsCallback,
         on_lost: PartitionsCallback,
     ) -> None:
+        """`on_assign` runs once the new partitions' committed offsets are known (in
+        `committed`), before their first message."""
         self._start_from = start_from
         self._lookback = lookback
         self._metrics = metrics
+        self._on_assign_hook = on_assign
         self._on_revoke_hook = on_revoke
         self._on_lost_hook = on_lost
         self._cooperative = "cooperative" in config.get("partition.assignment.strategy", "")
@@ -77,6 +126,9 @@ class Source:
         read_committed, else the high watermark), from librdkafka's statistics."""
         self._positions: dict[tuple[str, int], int] = {}
         self.broker_reachable = False
+        self.member_fenced = False
+        """The consumer reported a fatal error (e.g. another instance took our
+        group.instance.id): this member's group membership is gone."""
         self.consumer = Consumer(
             {**FETCH_DEFAULTS, **config, "stats_cb": self._on_stats, "error_cb": self._on_error}
         )
@@ -86,6 +138,11 @@ class Source:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+
+    @property
+    def group(self) -> ConsumerGroup:
+        """The consumer group as a commit needs it."""
+        return ConsumerGroup(self.consumer)
 
     def consume(self, count: int, timeout: float) -> list[Message]:
         """Up to `count` messages that are already fetched; when there are none, waits up to
@@ -135,6 +192,7 @@ class Source:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._start_offsets(partitions)
+        self._on_assign_hook(partitions)
         if self._cooperative:
             consumer.incremental_assign(partitions)
         else:
@@ -174,6 +232,8 @@ class Source:
         log.warning("lost %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self.member_fenced = True
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
             self.broker_reachable = False
         log.warning("consumer: %s", error)
@@ -204,7 +264,7 @@ class Source:
                     self._positions[key] = position
                 self._report_lag(key)
 
-    def record_committed(self, offsets: list[TopicPartition], *, assigned_only: bool = True
+    def record_committed(self, offsets: Iterable[TopicPartition], *, assigned_only: bool = True
                          ) -> None:
         """Offsets the group committed (read back, or just committed by this member)."""
         for tp in offsets:
@@ -240,6 +300,7 @@ class Source:
         if not partitions:
             return
         committed = self.consumer.committed(partitions, timeout=30)
+        self.record_committed([tp for tp in committed if tp.offset >= 0])
         to_start = [tp for tp in committed if tp.offset == OFFSET_INVALID]
         if to_start:
             self._start_offsets(to_start)
@@ -248,6 +309,16 @@ class Source:
                 self.consumer.seek(tp)
         for tp in to_start:
             self.consumer.seek(tp)
+
+    def pause_at(self, partition: tuple[str, int], offset: int) -> None:
+        """Stop fetching a partition, to read it again from `offset` once resumed."""
+        tp = TopicPartition(partition[0], partition[1], offset)
+        self.consumer.seek(tp)
+        self.consumer.pause([tp])
+
+    def resume(self, partition: tuple[str, int]) -> None:
+        if partition in self.assignment:
+            self.consumer.resume([TopicPartition(*partition)])
 
     def close(self) -> None:
         """Leave the group. A failure here (a rebalance callback timing out on a broker that is

@@ -1,17 +1,33 @@
-"""max_signals on a stream: the limit per window, the suppressed count, and transaction rollback."""
+"""max_signals on a stream: the limit per window, the suppressed count, and roll-back with the
+batch (the counts live in the partition's state store)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 from consumer.alerts.throttle import ClosedWindow, Throttle, window_start
+from consumer.stream.state import PartitionStore
 
 MINUTE = timedelta(minutes=1)
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 """The start of a one-minute window (and of a five-minute one)."""
 
 
-def admit_many(throttle: Throttle, rule_id: str, count: int, now: datetime) -> list[bool]:
+class Counted:
+    """A throttle with the store of one partition, as the stream gives it."""
+
+    def __init__(self, limits: dict[str, tuple[int, timedelta]]) -> None:
+        self.throttle = Throttle(limits)
+        self.store = PartitionStore(("in", 0))
+
+    def admit(self, rule_id: str, now: datetime) -> bool:
+        return self.throttle.admit(rule_id, now, self.store)
+
+    def closed_windows(self, now: datetime) -> list[ClosedWindow]:
+        return self.throttle.closed_windows(now, [self.store])
+
+
+def admit_many(throttle: Counted, rule_id: str, count: int, now: datetime) -> list[bool]:
     return [throttle.admit(rule_id, now) for _ in range(count)]
 
 
@@ -25,7 +41,7 @@ def test_window_start_is_aligned_to_the_epoch() -> None:
 
 
 def test_at_most_max_signals_matches_per_window_become_alerts() -> None:
-    throttle = Throttle({"r": (3, MINUTE)})
+    throttle = Counted({"r": (3, MINUTE)})
 
     admitted = admit_many(throttle, "r", 5, T0 + timedelta(seconds=10))
 
@@ -33,21 +49,21 @@ def test_at_most_max_signals_matches_per_window_become_alerts() -> None:
 
 
 def test_the_limit_starts_afresh_in_the_next_window() -> None:
-    throttle = Throttle({"r": (2, MINUTE)})
+    throttle = Counted({"r": (2, MINUTE)})
     admit_many(throttle, "r", 4, T0)
 
     assert admit_many(throttle, "r", 3, T0 + MINUTE) == [True, True, False]
 
 
 def test_rules_are_limited_independently() -> None:
-    throttle = Throttle({"a": (1, MINUTE), "b": (2, MINUTE)})
+    throttle = Counted({"a": (1, MINUTE), "b": (2, MINUTE)})
 
     assert admit_many(throttle, "a", 2, T0) == [True, False]
     assert admit_many(throttle, "b", 3, T0) == [True, True, False]
 
 
 def test_a_closed_window_is_reported_once_with_its_suppressed_count_when_it_has_ended() -> None:
-    throttle = Throttle({"r": (5, MINUTE)})
+    throttle = Counted({"r": (5, MINUTE)})
     admit_many(throttle, "r", 12, T0 + timedelta(seconds=1))
 
     before_the_end = throttle.closed_windows(T0 + timedelta(seconds=59))
@@ -60,14 +76,14 @@ def test_a_closed_window_is_reported_once_with_its_suppressed_count_when_it_has_
 
 
 def test_a_window_without_suppressed_matches_is_not_reported() -> None:
-    throttle = Throttle({"r": (5, MINUTE)})
+    throttle = Counted({"r": (5, MINUTE)})
     admit_many(throttle, "r", 5, T0)
 
     assert throttle.closed_windows(T0 + MINUTE) == []
 
 
 def test_a_window_ended_by_the_next_match_is_reported_with_its_own_counts() -> None:
-    throttle = Throttle({"r": (2, MINUTE)})
+    throttle = Counted({"r": (2, MINUTE)})
     admit_many(throttle, "r", 5, T0)
     admit_many(throttle, "r", 4, T0 + MINUTE)
 
@@ -78,49 +94,42 @@ def test_a_window_ended_by_the_next_match_is_reported_with_its_own_counts() -> N
     assert next_window == [ClosedWindow("r", T0 + MINUTE, T0 + 2 * MINUTE, 2)]
 
 
-def test_rollback_forgets_the_counts_of_an_aborted_batch() -> None:
-    throttle = Throttle({"r": (2, MINUTE)})
+def test_a_rolled_back_batch_forgets_its_counts() -> None:
+    throttle = Counted({"r": (2, MINUTE)})
     admit_many(throttle, "r", 1, T0)
-    throttle.checkpoint()
+    throttle.store.committed()
     assert admit_many(throttle, "r", 3, T0) == [True, False, False]
 
-    throttle.rollback()
+    throttle.store.rolled_back()
 
     assert admit_many(throttle, "r", 3, T0) == [True, False, False]
     assert throttle.closed_windows(T0 + MINUTE) == [ClosedWindow("r", T0, T0 + MINUTE, 2)]
 
 
-def test_rollback_restores_a_window_the_aborted_batch_closed_so_it_is_reported_once() -> None:
-    throttle = Throttle({"r": (1, MINUTE)})
-    admit_many(throttle, "r", 3, T0)
-    throttle.checkpoint()
-    admit_many(throttle, "r", 1, T0 + MINUTE)
+def test_a_window_reported_inside_a_rolled_back_batch_is_reported_again() -> None:
+    throttle = Counted({"r": (1, MINUTE)})
+    admit_many(throttle, "r", 4, T0)
+    throttle.store.committed()
+    assert throttle.closed_windows(T0 + MINUTE) == [ClosedWindow("r", T0, T0 + MINUTE, 3)]
 
-    throttle.rollback()
-    admit_many(throttle, "r", 1, T0 + MINUTE)
+    throttle.store.rolled_back()
 
-    assert throttle.closed_windows(T0 + MINUTE) == [ClosedWindow("r", T0, T0 + MINUTE, 2)]
+    assert throttle.closed_windows(T0 + MINUTE) == [ClosedWindow("r", T0, T0 + MINUTE, 3)]
+    throttle.store.committed()
     assert throttle.closed_windows(T0 + 2 * MINUTE) == []
 
 
-def test_rollback_after_a_committed_batch_keeps_that_batchs_counts() -> None:
-    throttle = Throttle({"r": (1, MINUTE)})
-    throttle.checkpoint()
-    admit_many(throttle, "r", 2, T0)
-    throttle.checkpoint()
-    admit_many(throttle, "r", 5, T0)
+def test_the_limit_is_the_members_over_its_partitions_and_each_partition_reports_its_own_part(
+) -> None:
+    throttle = Throttle({"r": (3, MINUTE)})
+    first, second = PartitionStore(("in", 0)), PartitionStore(("in", 1))
+    member = [first, second]
 
-    throttle.rollback()
+    admitted = [throttle.admit("r", T0, store, member)
+                for store in (first, second, first, second, first)]
 
-    assert throttle.closed_windows(T0 + MINUTE) == [ClosedWindow("r", T0, T0 + MINUTE, 1)]
-
-
-def test_a_window_reported_inside_an_aborted_batch_is_reported_again() -> None:
-    throttle = Throttle({"r": (1, MINUTE)})
-    admit_many(throttle, "r", 4, T0)
-    throttle.checkpoint()
-    assert throttle.closed_windows(T0 + MINUTE) == [ClosedWindow("r", T0, T0 + MINUTE, 3)]
-
-    throttle.rollback()
-
-    assert throttle.closed_windows(T0 + MINUTE) == [ClosedWindow("r", T0, T0 + MINUTE, 3)]
+    assert admitted == [True, True, True, False, False]
+    assert throttle.closed_windows(T0 + MINUTE, member) == [
+        ClosedWindow("r", T0, T0 + MINUTE, 2)
+    ]
+    assert dict(first.items()) == dict(second.items()) == {}
