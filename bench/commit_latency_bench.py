@@ -9,8 +9,9 @@ becomes visible. The alerts topic uses LogAppendTime, so the broker's append tim
 produce from the rest. Per transaction it prints the median and p99 of: produce() → alert appended
 (the producer's linger, and adding the partition to the transaction), send_offsets_to_transaction,
 commit_transaction, and commit returned → alert visible (the broker's transaction markers and the
-reader's fetch). `--producer` sets a property of the transactional producer (repeatable), to
-compare settings on the same broker. Uses $KAFKA_BOOTSTRAP_SERVERS, else a local KRaft broker.
+reader's fetch). The producer has the detector's settings; `--producer` overrides one
+(repeatable), to compare settings on the same broker. Uses $KAFKA_BOOTSTRAP_SERVERS, else a
+local KRaft broker.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.pipeline.broker import broker
 from bench.pipeline.latency import percentile
+from consumer.config import Settings
+from consumer.stream.sink import TRANSACTIONAL_DEFAULTS
 from tests.support.kafka import create_topics
 
 PHASES = ("produce → appended", "send offsets", "commit", "committed → visible",
@@ -73,6 +76,14 @@ def group_member(bootstrap: str, topic: str, group: str) -> Consumer:
     return consumer
 
 
+def detector_producer_config(bootstrap: str, transactional_id: str) -> dict[str, str]:
+    """The detector's transactional producer settings, as the service builds them."""
+    settings = Settings.model_validate({"bootstrap_servers": bootstrap, "input_topics": ["in"],
+                                        "input_format": "avro", "delivery": "exactly-once"})
+    return {**TRANSACTIONAL_DEFAULTS, **settings.producer_config(0),
+            "transactional.id": transactional_id}
+
+
 def run(bootstrap: str, args: argparse.Namespace) -> dict[str, list[float]]:
     run_id = uuid.uuid4().hex[:8]
     source, alerts = f"commit-bench-in-{run_id}", f"commit-bench-alerts-{run_id}"
@@ -87,9 +98,7 @@ def run(bootstrap: str, args: argparse.Namespace) -> dict[str, list[float]]:
                 "ready": ready, "results": results}, daemon=True)
     reader.start()
     member = group_member(bootstrap, source, f"commit-bench-{run_id}")
-    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"tx-{run_id}",
-                         "enable.idempotence": "true", "acks": "all", "linger.ms": "5",
-                         "retry.backoff.ms": "10", **args.producer})
+    producer = Producer({**detector_producer_config(bootstrap, f"tx-{run_id}"), **args.producer})
     producer.init_transactions(30)
     if not ready.wait(60):
         raise SystemExit("the reader got no assignment")
@@ -135,14 +144,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="one transaction started every this many ms (the latency run "
                         "commits 50-100 times a second)")
     parser.add_argument("--producer", action="append", default=[], metavar="NAME=VALUE",
-                        help="a transactional producer property (repeatable)")
+                        help="a transactional producer property over the detector's (repeatable)")
     parser.add_argument("--reader-fetch-wait-ms", type=int, default=10)
     args = parser.parse_args(argv)
     args.producer = dict(setting.partition("=")[::2] for setting in args.producer)
     with broker() as (bootstrap, _pid):
         phases = run(bootstrap, args)
-    print(f"producer {args.producer or 'defaults'}; reader fetch.wait.max.ms="
-          f"{args.reader_fetch_wait_ms}; {len(phases[PHASES[0]])} transactions measured")
+    print(f"producer: the detector's settings, {args.producer or 'unchanged'}; reader "
+          f"fetch.wait.max.ms={args.reader_fetch_wait_ms}; {len(phases[PHASES[0]])} "
+          "transactions measured")
     print("| phase (ms) | p50 | p99 |\n|---|---:|---:|")
     for name, values in phases.items():
         if values:
