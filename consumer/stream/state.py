@@ -247,24 +247,35 @@ class KafkaChangelogReader:
         })
 
     def read(self, topic: str, partition: int) -> Iterator[ChangelogRecord]:
+        """A transient error (a broker restarting) is retried until RESTORE_TIMEOUT_S."""
+        deadline = time.monotonic() + RESTORE_TIMEOUT_S
         tp = TopicPartition(topic, partition)
-        low, high = self._consumer.get_watermark_offsets(tp, timeout=30)
+        while True:
+            try:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+                break
+            except KafkaException as exception:
+                if exception.args[0].fatal() or time.monotonic() >= deadline:
+                    raise
+                log.warning("restoring %s[%d]: %s; retrying", topic, partition, exception)
         if high <= low:
             return
         self._consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
-        deadline = time.monotonic() + RESTORE_TIMEOUT_S
         try:
             while time.monotonic() < deadline:
                 for message in self._consumer.consume(10_000, 1.0):
                     error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            return
+                    if error is None:
+                        yield ChangelogRecord(
+                            message.key() or b"", message.value(),
+                            cast("Headers", message.headers() or []),
+                        )
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        return
+                    elif error.fatal():
                         raise KafkaException(error)
-                    yield ChangelogRecord(
-                        message.key() or b"", message.value(),
-                        cast("Headers", message.headers() or []),
-                    )
+                    else:
+                        log.warning("restoring %s[%d]: %s", topic, partition, error)
             raise TimeoutError(f"restoring {topic}[{partition}] took over {RESTORE_TIMEOUT_S}s")
         finally:
             self._consumer.unassign()

@@ -1,17 +1,22 @@
 """In-memory stand-ins for Kafka, for unit tests of the loop, the checkpoint and state stores.
 
 As bytewax ships `bytewax.testing`: an `InMemoryBroker` holds topics (committed records per
-partition, what a `read_committed` reader sees) and the group's committed offsets. Its
-`sink()` is a `Sink` whose open batch is a transaction: `commit` makes the batch's records
-visible and the offsets committed at once, `abort` drops them. Its `source(...)` is a `Source`
-that hands out the input topics' messages (real `confluent_kafka.Message` objects) from the
-group's committed offsets, and lets a test assign, revoke and lose partitions, which calls the
-service's hooks as librdkafka's rebalance callbacks would. The broker is also a
-`ChangelogReader`, so state stores restore from what the sink committed.
+partition, what a `read_committed` reader sees) and one group's committed offsets, and is the
+service's `Clients` (`Service(..., clients=broker)`, then `service.open(broker)` and
+`service.step()` from the test):
+- `open_sink()` gives an `InMemorySink`, whose open batch is a transaction: `commit` makes the
+  batch's records visible and commits the offsets at once, `abort` drops them;
+- `open_source(rebalance)` gives an `InMemorySource` over the broker's `inputs`, handing out real
+  `confluent_kafka.Message` objects from the group's committed offsets; the test calls its
+  `assign`, `revoke` and `lose`, which run the service's rebalance hooks as librdkafka's
+  callbacks would (the batch lifecycle's revoke and loss);
+- `changelog_reader()` is the broker itself: state stores restore from what sinks committed.
 
 Faults a test can inject into a sink: `fail_commits` (the next commits are abandoned, as a
-transaction the broker aborted), `wedge` (the next commit blocks until released, as
-librdkafka#5456), `fence(error)` (the producer reports a fatal error, as a fenced producer).
+transaction the broker aborted), `wedge` (the next commit blocks until the next `open_sink`,
+as librdkafka#5456; `wedge_commits` says whether it then commits after all), `fence(error)`
+(the producer reports a fatal error, as a fenced producer does). `member_fenced` on a source
+says the group membership is gone.
 """
 
 from __future__ import annotations
