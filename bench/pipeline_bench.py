@@ -39,9 +39,11 @@ since this machine's raw ceiling alone moves by a third from one run to the next
 each variant's median round and its range, and every ratio is the median of ratios taken within a
 round (b, c and i, which take minutes, run once and are compared with the first round).
 
-Then a latency run: the exactly-once detector on a fresh topic fed at --latency-rate events/s for
---latency-seconds, 0.5% of them matching; each alert's latency is the time from producing its
-event to reading the alert read_committed. RSS is sampled every second.
+Then a latency run (bench/pipeline/latency.py): the exactly-once detector on a fresh topic fed at
+--latency-rate events/s, --latency-warmup seconds untimed then --latency-seconds timed, 0.5% of
+them matching; each alert's latency is the time from producing its event to reading the alert
+read_committed, split into stages (delivery report, the alert's @timestamp, the broker's append
+time of the alert). RSS is sampled every second.
 
 The table is printed and written to bench/results/pipeline-<timestamp>.md.
 """
