@@ -1,6 +1,6 @@
 """Decode cost per event for each wire format, next to the raw parser it wraps.
 
-Run: .venv/bin/python bench/decode_bench.py [--repeats N] [--max-events N]
+Run: .venv/bin/python -m bench.decode_bench [--repeats N] [--max-events N]
 
 Data: every record under ../shared/datasets when present, else a few generated records. For each
 decoder it prints the mean cost per event of the raw parser (fastavro.schemaless_reader on the
@@ -20,12 +20,12 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+from bench import SHARED
 from consumer.cloudtrail.decode import (
     Decoder,
     Events,
@@ -37,7 +37,7 @@ from consumer.cloudtrail.envelopes import Shape, wrap
 from consumer.cloudtrail.record import READER_SCHEMA, SCHEMA_TEXT, json_to_avro
 from consumer.cloudtrail.types import CloudTrailRecord
 
-DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
+DATASETS = SHARED / "datasets"
 SEED_RULE_FIELDS = (
     "event.provider",
     "event.action",
@@ -59,11 +59,11 @@ class Row:
     normalize_us: float | None
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="passes per measurement; best wins")
     parser.add_argument("--max-events", type=int, default=0, help="use at most N events (0: all)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     events, source = load_events(args.max_events)
     records = [json_to_avro(event) for event in events]

@@ -1,6 +1,6 @@
 """What exceptions cost: microseconds per matching event judged, with value lists of 65,536.
 
-Run: .venv/bin/python bench/exceptions_bench.py [--calls N]
+Run: .venv/bin/python -m bench.exceptions_bench [--calls N]
 
 Exceptions are only consulted for an event a rule already matched (they can only remove a
 match), so their cost per consumed event is this figure times the match rate (about 0.1% on the
@@ -11,9 +11,9 @@ exception item whose test fails, the worst case: every item is tried.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from consumer.cloudtrail.decode import JsonDecoder
@@ -21,8 +21,6 @@ from consumer.cloudtrail.record import json_to_avro
 from consumer.rules import load_rules
 from consumer.rules.detector import Detector
 from consumer.rules.exceptions import load_exceptions, rule_links
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.events import create_access_key
 
 SEED = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
@@ -91,10 +89,10 @@ def _per_call_us(detector: Detector, calls: int) -> float:
     return best
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20_000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rules = load_rules()
     baseline = _per_call_us(Detector(JsonDecoder(), rules), args.calls)
     print("| exception item | load ms | µs per matching event | added µs |")

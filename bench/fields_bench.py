@@ -1,6 +1,6 @@
 """What reading one ECS field costs, per record, and its worst case on crafted values.
 
-Run: .venv/bin/python bench/fields_bench.py [--records N] [--repeats N]
+Run: .venv/bin/python -m bench.fields_bench [--records N] [--repeats N]
 
 Data: real CloudTrail records from ../shared/datasets (generated ones when it is absent), in the
 Avro record shape the rules see. Each field is read from every record once per pass, caches
@@ -13,6 +13,8 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
+from bench import SHARED
+from bench.rules_bench import _generated, _records_in
 from consumer.cloudtrail.normalize import ECS_FIELDS, _agent_device, _agent_family, _agent_os
 from consumer.cloudtrail.record import NotCloudTrailError, json_to_avro
 from consumer.cloudtrail.types import CloudTrailRecord
@@ -49,11 +51,10 @@ def _best(read: Callable[[CloudTrailRecord], object], records: Sequence[CloudTra
 
 
 def _records(count: int) -> tuple[list[CloudTrailRecord], str]:
-    from bench.rules_bench import DATASETS, _generated, _records_in  # noqa: PLC0415
-
     raw: list[dict[str, object]] = []
-    if DATASETS.is_dir():
-        for path in sorted(DATASETS.rglob("*.json*")):
+    datasets = SHARED / "datasets"
+    if datasets.is_dir():
+        for path in sorted(datasets.rglob("*.json*")):
             raw.extend(_records_in(path))
             if len(raw) >= count:
                 break
@@ -84,11 +85,11 @@ def _hostile() -> dict[str, CloudTrailRecord]:
     }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=5_000)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     records, origin = _records(args.records)
     print(f"{len(records)} records ({origin}), best of {args.repeats} passes, caches cleared\n")
     print("| field | µs / record |\n|---|---:|")

@@ -1,11 +1,12 @@
 """The detector's hot loop in-process, without Kafka: CPU per message, and where it goes.
 
-Run: .venv/bin/python bench/hot_loop_bench.py [--messages N] [--repeats N] [--profile]
+Run: .venv/bin/python -m bench.hot_loop_bench [--messages N] [--repeats N] [--profile]
      [--input-format avro|json] [--header NAME=VALUE]
 
-Feeds `Service._handle` (prefilter → decode → rules → alerts, with the per-partition offset and
-metric bookkeeping) batches of real `confluent_kafka.Message` objects carrying the pipeline
-benchmark's mix (bench/pipeline_workload.py), with a sink that only counts what it is given.
+Feeds the service's `BatchProcessor.process` (screen → decode → rules → alerts, with the
+per-partition offset and metric bookkeeping) batches of real `confluent_kafka.Message` objects
+carrying the pipeline benchmark's mix (bench/pipeline/workload.py), its alerts going to the
+in-memory sink of `consumer.stream.testing` (opened once per pass, then abandoned).
 Prints the best mean microseconds per message over `--repeats` passes next to what merely
 touching each message's value costs. `--input-format json` sends the same records as JSON
 text; `--header` puts a header on every message; `--profile` prints a pyinstrument tree of one pass
@@ -24,57 +25,37 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import Message
 from fastavro import schemaless_reader
-from pipeline_workload import SEED_RULE_ID, Mix, bench_rule_query, load_sources, write_bench_rules
 from prometheus_client import CollectorRegistry
 
-from consumer.alerts.document import Headers
+from bench.pipeline.workload import (
+    SEED_RULE_ID,
+    Mix,
+    bench_rule_query,
+    load_sources,
+    write_bench_rules,
+)
+from consumer.alerts.document import encode_json
 from consumer.cloudtrail.record import READER_SCHEMA, avro_to_json
 from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.config import Settings
 from consumer.rules.detector import Detector
 from consumer.stream.app import load_enabled_rules, make_decoder
+from consumer.stream.batch import THROTTLE_STORE, BatchProcessor
 from consumer.stream.metrics import Metrics
-from consumer.stream.service import Health, Service
+from consumer.stream.state import StateStore
+from consumer.stream.testing import InMemoryBroker, InMemorySink
 
 TOPIC = "cloudtrail-events"
 PARTITIONS = 4
 BATCH = 1000
+KafkaHeaders = list[tuple[str, str | bytes | None]]
 
 
-class CountingSink:
-    """Takes alerts and offsets and keeps nothing but counts."""
-
-    fatal_error: KafkaError | None = None
-
-    def __init__(self) -> None:
-        self.produced = 0
-
-    def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
-        self.produced += 1
-
-    def begin(self) -> None:
-        """Nothing to open."""
-
-    @property
-    def in_batch(self) -> bool:
-        return False
-
-    def commit(self, offsets: Sequence[TopicPartition], consumer: object) -> bool:
-        return True
-
-    def abort(self) -> None:
-        """Nothing to abandon."""
-
-    def poll(self) -> None:
-        """No deliveries to serve."""
-
-    def close(self, timeout: float) -> None:
-        """Nothing to close."""
-
-
-def build_service(rules_dir: Path, input_format: str) -> Service:
+def build_processor(rules_dir: Path, input_format: str) -> tuple[BatchProcessor, InMemorySink]:
+    """The service's batch processor as the service builds it, with an in-memory sink for its
+    output and in-memory state for the throttle's counts."""
     settings = Settings.model_validate(
         {
             "input_topics": [TOPIC],
@@ -83,11 +64,15 @@ def build_service(rules_dir: Path, input_format: str) -> Service:
             "disable_rules": [SEED_RULE_ID],
         }
     )
-    rules = load_enabled_rules(settings)
-    metrics = Metrics(CollectorRegistry())
-    service = Service(settings, Detector(make_decoder(settings), rules), metrics, Health())
-    service.sink = CountingSink()
-    return service
+    broker = InMemoryBroker(partitions=PARTITIONS, inputs=(TOPIC,))
+    sink = broker.sink()
+    throttle_counts = StateStore(THROTTLE_STORE, settings.group_id, broker)
+    for partition in range(PARTITIONS):
+        throttle_counts.assign((TOPIC, partition), None)
+    detector = Detector(make_decoder(settings), load_enabled_rules(settings))
+    processor = BatchProcessor(settings, detector, Metrics(CollectorRegistry()), sink,
+                               throttle_counts, encode_alert=encode_json)
+    return processor, sink
 
 
 def as_json(payload: bytes) -> bytes:
@@ -96,7 +81,7 @@ def as_json(payload: bytes) -> bytes:
 
 
 def batches(
-    rules_dir: Path, count: int, input_format: str, headers: list[tuple[str, bytes]] | None
+    rules_dir: Path, count: int, input_format: str, headers: KafkaHeaders | None
 ) -> tuple[list[list[Message]], int]:
     """`count` messages in consume()-sized batches, spread over partitions like a fetch does,
     and how many of them must alert."""
@@ -123,7 +108,7 @@ def best_us_per_message(run: Callable[[], None], messages: int, repeats: int) ->
     return best / messages * 1e6
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=5)
@@ -131,28 +116,31 @@ def main() -> None:
     parser.add_argument("--input-format", choices=["avro", "json"], default="avro")
     parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
                         help="a header on every message (repeatable)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     headers = [(name, value.encode()) for name, _, value in
                (header.partition("=") for header in args.header)] or None
     rules_dir = write_bench_rules(Path(tempfile.mkdtemp(prefix="hot-loop-rules-")))
-    service = build_service(rules_dir, args.input_format)
+    processor, sink = build_processor(rules_dir, args.input_format)
     work, matches = batches(rules_dir, args.messages, args.input_format, headers)
+    alerts: list[int] = []
 
     def handle_all() -> None:
+        sink.begin()
         for batch in work:
-            service._handle(batch, time.monotonic())
+            processor.process(batch, time.monotonic())
+        alerts.append(len(sink.pending))
+        sink.abort()
+        processor.throttle_counts.rolled_back()
 
     def touch_values() -> None:
         for batch in work:
             for message in batch:
                 message.value()
 
-    sink = service.sink
-    assert isinstance(sink, CountingSink)
     handle_all()
-    if sink.produced != matches:
-        raise SystemExit(f"{sink.produced} alerts from {matches} matching messages")
+    if alerts[-1] != matches:
+        raise SystemExit(f"{alerts[-1]} alerts from {matches} matching messages")
     if args.profile:
         profiler = importlib.import_module("pyinstrument").Profiler(interval=0.0002)
         with profiler:
@@ -161,7 +149,7 @@ def main() -> None:
     touch = best_us_per_message(touch_values, args.messages, args.repeats)
     handle = best_us_per_message(handle_all, args.messages, args.repeats)
     print("| step | µs per message |\n|---|---:|")
-    print(f"| touch value() only | {touch:.3f} |\n| Service._handle | {handle:.3f} |")
+    print(f"| touch value() only | {touch:.3f} |\n| BatchProcessor.process | {handle:.3f} |")
 
 
 if __name__ == "__main__":

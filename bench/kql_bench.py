@@ -1,6 +1,6 @@
 """Cost of Elastic's stateless KQL `query` rules per event, all loaded at once, on one core.
 
-Run: .venv/bin/python bench/kql_bench.py [--rules-dir DIR] [--events N] [--repeats N]
+Run: .venv/bin/python -m bench.kql_bench [--rules-dir DIR] [--events N] [--repeats N]
 
 Rules: every `query`/`kuery` rule in DIR (default ../shared/elastic-rules/aws) that loads, plus
 the built-ins. Data: the realistic mix of bench/rules_bench.py (real CloudTrail records from
@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rules_bench import SHARED, avro_payload, best_per_event, decode, realistic_mix
-
+from bench import SHARED
+from bench.rules_bench import avro_payload, best_per_event, decode, realistic_mix
 from consumer.cloudtrail.record import NotCloudTrailError, json_to_avro
 from consumer.rules import CombinedPrefilter
 from consumer.rules.loader import load_rule_set

@@ -1,6 +1,6 @@
 """Cost of each GROK, DISSECT, RLIKE and LIKE pattern of Elastic's AWS ES|QL rules, hostile values.
 
-Run: .venv/bin/python bench/patterns_bench.py [--shared DIR] [--size BYTES] [--timeout S]
+Run: .venv/bin/python -m bench.patterns_bench [--shared DIR] [--size BYTES] [--timeout S]
 
 The patterns are read at run time from the ES|QL rule files in ../shared/elastic-rules/aws
 (or DIR/elastic-rules/aws); without them the script says so and exits 0. For each pattern it
@@ -17,18 +17,16 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import re
-import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from consumer.rules import patterns  # noqa: E402
+from bench import SHARED
+from consumer.rules import patterns
+from consumer.rules.grok_library import ECS_V1
 
 
 @dataclass(frozen=True)
@@ -163,7 +161,7 @@ def _python_source(found: Found) -> tuple[str, str] | None:
             "fullmatch"
         )
     if found.kind == "GROK":
-        expanded = patterns._expand_grok(found.pattern, patterns.ECS_V1)
+        expanded = patterns._expand_grok(found.pattern, ECS_V1)
         tree = patterns._OnigParser(expanded, found.pattern).parse()
         return patterns._to_python(tree), "search"
     return None
@@ -239,9 +237,9 @@ def table(found: list[Found], size: int, timeout: float) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--size", type=int, default=1 << 20)
     parser.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Rule evaluation cost per event, with and without the byte prefilter, and the batch screen's
 cost with 1, 23 and 100+ rules loaded.
 
-Run: .venv/bin/python bench/rules_bench.py [--events N] [--repeats N] [--shared DIR]
+Run: .venv/bin/python -m bench.rules_bench [--events N] [--repeats N] [--shared DIR]
 
 Data: real CloudTrail records from ../shared/datasets (mostly non-IAM traffic) with the real
 CreateAccessKey records mixed in at 0.1%; generated records when ../shared is absent. Each
@@ -34,6 +34,7 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
+from bench import SHARED
 from consumer.cloudtrail.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
 from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.rules import CombinedPrefilter, CompiledQuery, Prefilter, load_rules
@@ -47,7 +48,6 @@ from consumer.rules.screen import (
     MultiPattern,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
 HARDENED_ID = "32403725-2adc-4bc1-a434-02793697b9bd"
 CREATE_KEY_SHARE = 0.001

@@ -25,6 +25,8 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from consumer.offline.replay import account_of, avro_encoder, json_encoder
 from scripts.kafka_local import free_port
@@ -212,6 +214,20 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
     finally:
         consumer.close()
     return [tp.offset for tp in committed]
+
+
+def create_topics(
+    bootstrap: str, topics: Mapping[str, int], config: Mapping[str, str] | None = None
+) -> None:
+    """Create `topics` (name -> partitions, one replica), each with topic `config`."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(name, partitions, 1, config=dict(config or {}))
+         for name, partitions in topics.items()],
+        operation_timeout=30,
+    )
+    for future in futures.values():
+        future.result(timeout=60)
 
 
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:

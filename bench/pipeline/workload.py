@@ -16,7 +16,6 @@ import io
 import json
 import random
 import re
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,20 +24,17 @@ from typing import Any
 
 from fastavro import schemaless_writer
 
+from bench import REPO, SHARED
 from consumer.cloudtrail.decode import SchemalessAvroDecoder
 from consumer.cloudtrail.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
 from consumer.cloudtrail.types import CloudTrailRecord
 from consumer.rules import CompiledQuery, LoadedRule, load_rules
 from consumer.rules.detector import Detector, Verdict
 from consumer.rules.loader import BUILTIN_PREFIX
+from tests.support.events import ACCOUNTS, event
 
-REPO = Path(__file__).resolve().parents[1]
-# The benchmarks share the tests' record builders and readers, and the local broker script.
-sys.path.insert(0, str(REPO))
-from tests.support.events import ACCOUNTS, event  # noqa: E402
-
-DATASETS = REPO.parent / "shared" / "datasets"
-AWS_RULES = REPO.parent / "shared" / "elastic-rules" / "aws"
+DATASETS = SHARED / "datasets"
+AWS_RULES = SHARED / "elastic-rules" / "aws"
 SEED_RULE_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
 SEED_RULE_FILE = "aws_iam_user_created_access_keys_for_another_user.toml"
 BENCH_RULE_ID = "b3f0c1de-0b5e-4c1f-9a55-5e11c0ffee01"
@@ -60,7 +56,7 @@ def write_bench_rules(directory: Path) -> Path:
     The detector runs it with the built-in seed rule disabled (DETECTOR_DISABLE_RULES), so
     a million-event run is never throttled and every match becomes an alert.
     """
-    builtin = Path(__file__).resolve().parents[1] / "consumer" / "rules" / "builtin"
+    builtin = REPO / "consumer" / "rules" / "builtin"
     text = (builtin / SEED_RULE_FILE).read_text(encoding="utf-8")
     text, ids = re.subn(r'(?m)^rule_id = ".*"$', f'rule_id = "{BENCH_RULE_ID}"', text)
     text, caps = re.subn(r"(?m)^max_signals = \d+$", f"max_signals = {BENCH_MAX_SIGNALS}", text)

@@ -1,4 +1,5 @@
-"""The pipeline benchmark's reference consumers, each run as its own process by pipeline_bench.py.
+"""The pipeline benchmark's reference consumers, each its own process (bench.pipeline_bench runs
+`python -m bench.pipeline.reference raw|raw-split|naive --bootstrap B --topic T --group G ...`).
 
     raw        the ceiling: confluent-kafka `consume()` batches, touching each value, nothing
                else
@@ -28,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
@@ -35,8 +37,8 @@ from types import FrameType
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from fastavro import schemaless_reader
-from pipeline_workload import BENCH_RULE_ID, SEED_RULE_ID
 
+from bench.pipeline.workload import BENCH_RULE_ID, SEED_RULE_ID
 from consumer.alerts.document import alert_for, encode_json
 from consumer.cloudtrail.normalize import normalize
 from consumer.cloudtrail.record import READER_SCHEMA, avro_to_json
@@ -198,7 +200,7 @@ def naive(
     consumer.close()
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", choices=["raw", "raw-split", "naive"])
     parser.add_argument("--bootstrap", required=True)
@@ -213,7 +215,7 @@ def main() -> None:
                         help="payloads carry the 5-byte Schema Registry header")
     parser.add_argument("--all-rules", action="store_true",
                         help="naive: every enabled rule of --rules-dir, not the seed rule's copy")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.variant == "raw":
         raw(args.bootstrap, args.topic, args.group, args.messages)
     elif args.variant == "raw-split":

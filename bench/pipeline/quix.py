@@ -1,11 +1,11 @@
-"""The same detection as a Quix Streams application, run as its own process by pipeline_bench.py.
+"""The same detection as a Quix Streams application, run as its own process by bench.pipeline_bench.
 
-    python bench/quix_variant.py --bootstrap B --topic T --group G --alerts-topic A \
+    python -m bench.pipeline.quix --bootstrap B --topic T --group G --alerts-topic A \
         --rules-dir D [--guarantee exactly-once|at-least-once] [--framed]
 
 Quix Streams is optional and not a project dependency: it pins confluent-kafka < 2.13 and
-pydantic < 2.14, so it lives in its own virtualenv and this script runs with that interpreter and
-the repository on PYTHONPATH (see docs/benchmarks.md). The application deserializes
+pydantic < 2.14, so it lives in its own virtualenv and this module runs with that interpreter,
+from the repository root (see docs/benchmarks.md). The application deserializes
 each message with Quix's own AvroDeserializer (fastavro's schemaless reader under the hood), keeps
 the records the rule matches, and produces their alert documents. It prints `{"first": t}` when
 the first message reaches the filter, and runs until SIGTERM.
@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline_variants import bench_rule, report
 from quixstreams import Application  # type: ignore[import-not-found]
 from quixstreams.models.serializers import (  # type: ignore[import-not-found]
     Deserializer,
@@ -28,6 +28,7 @@ from quixstreams.models.serializers import (  # type: ignore[import-not-found]
 )
 from quixstreams.models.serializers.avro import AvroDeserializer  # type: ignore[import-not-found]
 
+from bench.pipeline.reference import bench_rule, report
 from consumer.alerts.document import Alert, alert_for, encode_json
 from consumer.cloudtrail.record import SCHEMA_TEXT, avro_to_json
 
@@ -52,7 +53,7 @@ class FramedAvroDeserializer(Deserializer):  # type: ignore[misc]
         return self._body(value[CONFLUENT_HEADER_BYTES:], ctx)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
@@ -65,7 +66,7 @@ def main() -> None:
                         help="seconds between commits (Quix's default is 5)")
     parser.add_argument("--framed", action="store_true",
                         help="payloads carry the 5-byte Schema Registry header")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     rule = bench_rule(args.rules_dir)
     schema = json.loads(SCHEMA_TEXT)
