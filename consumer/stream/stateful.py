@@ -661,6 +661,8 @@ class Stateful:
         self._reported = now
         stats = self.stage.stats(int(time.time() * 1000))
         for rule_id in self.stage.rules:
+            metrics.late_events.labels(rule_id)  # a series at 0 from the start, for rate()
+            metrics.suppressed_matches.labels(rule_id)
             metrics.stateful_open_groups.labels(rule_id).set(stats.open_groups.get(rule_id, 0))
             metrics.stateful_state_bytes.labels(rule_id).set(stats.state_bytes.get(rule_id, 0))
         for partition in list(self._lag_labels - stats.watermark_lag_ms.keys()):

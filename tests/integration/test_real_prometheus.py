@@ -35,6 +35,9 @@ pytestmark = pytest.mark.slow
 ALERTS_FILE = REPO / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD_FILE = REPO / "deploy" / "grafana" / "dashboards" / "cloudtrail-detector.json"
 GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "1m", "$__interval": "1s"}
+COMPANION_RULE_ID = "5b0f0c87-35b5-4c1e-9a55-6f0e3a7a8d21"
+"""Our aggregating companion of the seed rule, off by default."""
+
 FAULT_ONLY_METRICS = {
     "cloudtrail_detector_produce_errors_total":
         "a failed delivery to the broker, which this healthy run does not cause",
@@ -46,6 +49,8 @@ FAULT_ONLY_METRICS = {
         "a message holding no CloudTrail (a digest, a GuardDuty event); this run sends none",
     "cloudtrail_detector_rules_skipped":
         "a rule the detector cannot run; this run loads only the built-in rules",
+    "cloudtrail_detector_messages_too_large_total":
+        "an alert or dead letter above its topic's max.message.bytes; this run has none",
 }
 FAULT_ONLY_EXPRESSIONS = {
     "alert CloudTrailDetectorTransactionsAborting":
@@ -99,7 +104,9 @@ def test_every_alert_rule_and_dashboard_query_returns_series_from_a_live_detecto
     produce_raw(bootstrap, topics.input, [(b"k", b"\x00not avro"), (b"k", b"")])
     group = f"g-{uuid.uuid4().hex}"
     detector = DetectorProcess(bootstrap, topics, run_dir / "detectors", group=group,
-                               extra_env={"DETECTOR_PREFILTER": "false"})
+                               extra_env={"DETECTOR_PREFILTER": "false",
+                                          # the companion aggregates: the stateful panels
+                                          "DETECTOR_ENABLE_RULES": COMPANION_RULE_ID})
     detectors.append(detector.start())
     detector.wait_ready()
 
