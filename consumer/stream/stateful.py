@@ -31,12 +31,13 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Messag
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from consumer.alerts.document import Alert, Headers, run_alert_for
+from consumer.alerts.document import Alert, Headers
+from consumer.alerts.stateful_rules import run_alerts
 from consumer.alerts.suppression import Suppressor
 from consumer.config import ConfigError
 from consumer.rules.esql.aggregate import AggregatingQuery, AggState
 from consumer.rules.loader import LoadedRule
-from consumer.rules.schedule import Schedule, WindowedAggregation, millis
+from consumer.rules.schedule import Schedule, WindowedAggregation
 from consumer.stream.metrics import Metrics
 from consumer.stream.repartition import (
     MATCH,
@@ -363,16 +364,8 @@ class _Windows:
         out: list[object] = []
         detected_at = datetime.now(UTC)
         for run in self.windows.due(watermark_ms):
-            for row, key in zip(run.rows, run.keys, strict=True):
-                alert = run_alert_for(self._rule, run.run_ms, row, key, detected_at=detected_at)
-                if self.suppressor is None:
-                    out.append(alert)
-                    continue
-                ts = millis(row.get(self._schedule.timestamp_field))
-                passed = self.suppressor.offer(alert, run.run_ms if ts is None else ts,
-                                               run.run_ms)
-                if passed is not None:
-                    out.append(passed)
+            out += run_alerts(self._rule, run, detected_at, self.suppressor,
+                              self._schedule.timestamp_field)
         if self.suppressor is not None:
             out += self.suppressor.due(watermark_ms)
         return out
