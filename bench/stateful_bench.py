@@ -36,12 +36,10 @@ from consumer.stream.state import (
 )
 from consumer.stream.stateful import STORE, AggregatingRule, StatefulStage
 from scripts.kafka_local import running_broker
-from tests.support.stateful_rules import counting_rule, rules_in
+from tests.support.stateful_rules import COUNT_AND_IPS, counting_rule, rules_in
 
 RULE_ID = "00000000-0000-4000-8000-00000000be0c"
-RULE = counting_rule(
-    rule_id=RULE_ID, name="Bench: reads by user",
-    aggregates="Esql.event_count = COUNT(*), Esql.source_ip_values = VALUES(source.ip)")
+RULE = counting_rule(rule_id=RULE_ID, name="Bench: reads by user", aggregates=COUNT_AND_IPS)
 TOPIC = "bench.repartition"
 START_MS = 1_764_410_400_000  # 2025-11-29T10:00:00Z, a run time
 

@@ -22,6 +22,8 @@ SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
 """The built-in rule aws_iam_user_created_access_keys_for_another_user."""
 START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 """A run time of every schedule used here (a multiple of 5 and 10 minutes since the epoch)."""
+COUNT_AND_IPS = "Esql.event_count = COUNT(*), Esql.source_ip_values = VALUES(source.ip)"
+"""`counting_rule` aggregates that also collect the callers' addresses."""
 
 
 def counting_rule(*, lookback: str | None = "10m", threshold: int | None = 3,

@@ -16,6 +16,7 @@ from consumer.rules.loader import LoadedRule
 from tests.conftest import shared_path
 from tests.support.events import event
 from tests.support.stateful_rules import (
+    COUNT_AND_IPS,
     COUNT_ID,
     SEED_ID,
     START,
@@ -42,9 +43,7 @@ def rules_with(tmp_path: Path, text: str) -> list[LoadedRule]:
 
 
 def counting_rules(tmp_path: Path, lookback: str = "5m") -> list[LoadedRule]:
-    return rules_with(tmp_path, counting_rule(
-        lookback=lookback,
-        aggregates="Esql.event_count = COUNT(*), Esql.source_ip_values = VALUES(source.ip)"))
+    return rules_with(tmp_path, counting_rule(lookback=lookback, aggregates=COUNT_AND_IPS))
 
 
 def run_scan(tmp_path: Path, records: list[dict[str, Any]], rules: list[LoadedRule],

@@ -26,6 +26,7 @@ from consumer.rules.detector import Detector
 from consumer.stream.repartition import InputPartition
 from consumer.stream.stateful import stateful_rules
 from tests.support.stateful_rules import (
+    COUNT_AND_IPS,
     START,
     counting_rule,
     key_created_at,
@@ -37,9 +38,7 @@ from tests.support.stateful_rules import (
 from tests.unit.test_stateful import Broker, Worker, run_group
 
 RULES = {
-    "count.toml": counting_rule(
-        threshold=2,
-        aggregates="Esql.event_count = COUNT(*), Esql.source_ip_values = VALUES(source.ip)"),
+    "count.toml": counting_rule(threshold=2, aggregates=COUNT_AND_IPS),
     "seed.toml": suppressed_seed_rule("user.name", minutes=12),
 }
 
