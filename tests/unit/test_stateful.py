@@ -337,13 +337,18 @@ def test_committed_alerts_equal_the_offline_count_whatever_crashes_and_rebalance
     assert Counter(broker.alerts) == offline(records)
 
 
+def lone_stage(emitted: list[object]) -> StatefulStage:
+    """A stage of CountRule alone: one input partition, one repartition partition, no
+    lateness; its outputs go to `emitted`."""
+    return StatefulStage([CountRule()], topic=TOPIC, partitions=1, inputs=frozenset({("in", 0)}),
+                         allowed_lateness_ms=0, idle_timeout_ms=10,
+                         emit=lambda rule, output: emitted.append(output))
+
+
 def test_a_late_event_is_counted_and_dropped() -> None:
     emitted: list[object] = []
-    stage = StatefulStage([CountRule()], topic=TOPIC, partitions=1,
-                          inputs=frozenset({("in", 0)}), allowed_lateness_ms=0,
-                          idle_timeout_ms=10, emit=lambda rule, output: emitted.append(output))
-    store = Store({})
-    stage.assign(0, store)
+    stage = lone_stage(emitted)
+    stage.assign(0, Store({}))
     produced: list[Encoded] = []
     stage.route(("in", 0), RULE, {"user": "a", "ts": 1_000_000}, None, wall_ms=0,
                 produce=lambda t, e: produced.append(e))
@@ -358,9 +363,7 @@ def test_a_late_event_is_counted_and_dropped() -> None:
 
 def test_an_event_at_the_markers_very_time_on_a_run_boundary_still_counts() -> None:
     emitted: list[object] = []
-    stage = StatefulStage([CountRule()], topic=TOPIC, partitions=1,
-                          inputs=frozenset({("in", 0)}), allowed_lateness_ms=0,
-                          idle_timeout_ms=10, emit=lambda rule, output: emitted.append(output))
+    stage = lone_stage(emitted)
     stage.assign(0, Store({}))
     produced: list[Encoded] = []
     stage.route(("in", 0), RULE, {"user": "a", "ts": 300_000}, None, wall_ms=0,
@@ -379,13 +382,7 @@ def test_an_event_at_the_markers_very_time_on_a_run_boundary_still_counts() -> N
 
 def test_restore_reproduces_the_groups_and_the_watermark() -> None:
     emitted: list[object] = []
-
-    def stage() -> StatefulStage:
-        return StatefulStage([CountRule()], topic=TOPIC, partitions=1,
-                             inputs=frozenset({("in", 0)}), allowed_lateness_ms=0,
-                             idle_timeout_ms=10, emit=lambda rule, output: emitted.append(output))
-
-    first, store = stage(), Store({})
+    first, store = lone_stage(emitted), Store({})
     first.assign(0, store)
     produced: list[Encoded] = []
     for ts in (100, 200_000, 300_000, 400_000):
@@ -396,7 +393,7 @@ def test_restore_reproduces_the_groups_and_the_watermark() -> None:
         first.consume(0, record.key, record.value, record.headers)
     first.flush()
     assert emitted == [(300_000, ("a",), 3)]
-    restored = stage()
+    restored = lone_stage(emitted)
     restored.assign(0, Store(dict(store.items())))
     assert restored.owned[0].states[RULE].open_groups == 1
     assert restored.owned[0].watermark.current_ms == 399_999
