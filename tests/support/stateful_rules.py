@@ -25,6 +25,24 @@ START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 COUNT_AND_IPS = "Esql.event_count = COUNT(*), Esql.source_ip_values = VALUES(source.ip)"
 """`counting_rule` aggregates that also collect the callers' addresses."""
 
+ACCESS_KEY_RULE = """
+[metadata]
+creation_date = "2025/01/01"
+updated_date = "2025/01/01"
+
+[rule]
+rule_id = "0b4d4c52-3c1e-4d4b-9a55-2f0f3e6c9b11"
+name = "Access keys"
+description = "Access keys."
+author = ["Elastic"]
+type = "esql"
+language = "esql"
+query = 'FROM logs-aws.cloudtrail-* | WHERE event.action == "CreateAccessKey"'
+risk_score = 21
+severity = "low"
+"""
+"""A row-at-a-time ES|QL rule file with no schedule and no suppression: tests add them."""
+
 
 def counting_rule(*, lookback: str | None = "10m", threshold: int | None = 3,
                   aggregates: str = "Esql.event_count = COUNT(*)", rule_id: str = COUNT_ID,
