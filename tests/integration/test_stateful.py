@@ -29,7 +29,7 @@ from consumer.offline.replay import avro_encoder
 from consumer.rules.loader import load_rules
 from scripts.kafka_local import LocalKafka
 from tests.conftest import Broker
-from tests.support.kafka import DetectorProcess, Topics, read_all, wait_until
+from tests.support.kafka import DetectorProcess, Topics, local_broker, read_all, wait_until
 from tests.support.stateful_rules import (
     COUNT_ID,
     SEED_ID,
@@ -275,12 +275,8 @@ def test_a_broker_restart_mid_stream_keeps_every_count(
 @pytest.fixture(scope="module")
 def own_broker(run_dir: Path) -> Iterator[LocalKafka]:
     """This module's own broker, which one test restarts."""
-    local = LocalKafka(workdir=run_dir / "kafka-stateful")
-    local.start()
-    try:
+    with local_broker(run_dir / "kafka-stateful") as local:
         yield local
-    finally:
-        local.stop()
 
 
 def test_suppression_on_the_seed_rule_sends_the_first_alert_then_the_count(
