@@ -25,7 +25,6 @@ from pathlib import Path
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from consumer.rules.loader import load_rules
 from consumer.stream.repartition import Encoded, encode_routed
 from consumer.stream.state import (
     OFFSET_HEADER,
@@ -37,31 +36,10 @@ from consumer.stream.state import (
 )
 from consumer.stream.stateful import STORE, AggregatingRule, StatefulStage
 from scripts.kafka_local import running_broker
+from tests.support.stateful_rules import COUNT_AND_IPS, counting_rule, rules_in
 
-RULE = """
-[metadata]
-creation_date = "2026/11/29"
-updated_date = "2026/11/29"
-
-[rule]
-rule_id = "00000000-0000-4000-8000-00000000be0c"
-name = "Bench: reads by user"
-description = "COUNT and VALUES by user."
-author = ["Bench"]
-type = "esql"
-language = "esql"
-interval = "5m"
-from = "now-10m"
-query = '''
-FROM logs-aws.cloudtrail-*
-| WHERE event.action == "GetObject"
-| STATS Esql.event_count = COUNT(*), Esql.source_ip_values = VALUES(source.ip) BY user.name
-| WHERE Esql.event_count >= 3
-'''
-risk_score = 21
-severity = "low"
-"""
-
+RULE_ID = "00000000-0000-4000-8000-00000000be0c"
+RULE = counting_rule(rule_id=RULE_ID, name="Bench: reads by user", aggregates=COUNT_AND_IPS)
 TOPIC = "bench.repartition"
 START_MS = 1_764_410_400_000  # 2025-11-29T10:00:00Z, a run time
 
@@ -84,8 +62,9 @@ def main() -> None:
                         help="also restore through a changelog on a local broker")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "bench.toml").write_text(RULE)
-        loaded = next(r for r in load_rules(Path(folder)) if r.aggregation is not None)
+        # By id: the built-in rules, loaded too, include an aggregating one.
+        loaded = next(r for r in rules_in(Path(folder), {"bench.toml": RULE})
+                      if r.rule_id == RULE_ID)
     rule = AggregatingRule(loaded)
     stage = stage_for(rule)
     store = PartitionStore((TOPIC, 0))

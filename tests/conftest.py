@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from scripts.kafka_local import LocalKafka
+from tests.support.kafka import local_broker
 
 pytest_plugins = ["tests.support.servers"]
 """The real servers' session fixtures (Schema Registry, Elasticsearch, Docker engine)."""
@@ -60,12 +61,8 @@ def broker(run_dir: Path) -> Iterator[Broker]:
     if external:
         yield Broker(external, None)
         return
-    local = LocalKafka(workdir=run_dir / "kafka")
-    local.start()
-    try:
+    with local_broker(run_dir / "kafka") as local:
         yield Broker(local.bootstrap_servers, local)
-    finally:
-        local.stop()
 
 
 @pytest.fixture

@@ -288,29 +288,41 @@ def build_alert(
     )
     columns = {name: _cut(value)[0] for name, value in (row or {}).items() if value is not None}
     text = reason(rule, {**ecs, **columns})
+    added: dict[str, Any] = {
+        "detector.truncated_fields": truncated or None,
+        "detector.omitted_fields": omitted or None,
+    }
+    if "@timestamp" in ecs:
+        added["kibana.alert.original_time"] = ecs["@timestamp"]
+    if original is not None:
+        added["event.original"] = original
+    account = ecs.get("cloud.account.id") or ""
+    subject = ecs.get("user.target.name") or _subject(ecs)
+    return _alert(rule, ruleset, identifier=identifier, text=text, detected_at=detected_at,
+                  key=f"{account}/{subject}", fields={**ecs, **columns}, added=added)
+
+
+def _alert(rule: RuleDefinition, ruleset: str, *, identifier: str, text: str,
+           detected_at: datetime, key: str, fields: Mapping[str, Any],
+           added: Mapping[str, Any]) -> Alert:
+    """What both builders make: `fields` (the event's or the row's), then what every alert
+    carries (time, kind, reason, the rule's fields, its id), then the builder's `added`
+    fields; null fields left out, dotted names nested."""
     flat: dict[str, Any] = {
-        **ecs,
-        **columns,
+        **fields,
         "@timestamp": _iso(detected_at),
         "event.kind": "alert",
         "message": text,
         **_rule_fields(rule, ruleset),
         "kibana.alert.uuid": identifier,
         "kibana.alert.reason": text,
-        "detector.truncated_fields": truncated or None,
-        "detector.omitted_fields": omitted or None,
+        **added,
     }
-    if "@timestamp" in ecs:
-        flat["kibana.alert.original_time"] = ecs["@timestamp"]
-    if original is not None:
-        flat["event.original"] = original
-    account = ecs.get("cloud.account.id") or ""
-    subject = ecs.get("user.target.name") or _subject(ecs)
     return Alert(
         alert_id=identifier,
         # A name from a \u-escaped JSON string may hold a lone surrogate, which UTF-8 cannot
         # encode: the key spells it as an escape instead of failing the whole batch.
-        key=f"{account}/{subject}".encode("utf-8", "backslashreplace"),
+        key=key.encode("utf-8", "backslashreplace"),
         headers=[("rule.id", rule.rule_id.encode()), ("rule.severity", rule.severity.encode())],
         document=nest({k: v for k, v in flat.items() if v is not None}),
     )
@@ -357,26 +369,11 @@ def build_run_alert(
     group = ", ".join(str(value) for value in group_key)
     text = (f"{rule.name}: {group or 'all events'} in the {_duration(rule.lookback)} "
             f"to {_iso(run_end)}")
-    flat: dict[str, Any] = {
-        **columns,
-        "@timestamp": _iso(detected_at),
-        "event.kind": "alert",
-        "message": text,
-        **_rule_fields(rule, ruleset),
-        "kibana.alert.uuid": identifier,
-        "kibana.alert.reason": text,
-        "detector.run.start": _iso(run_start),
-        "detector.run.end": _iso(run_end),
-    }
     account = columns.get("cloud.account.id")
-    return Alert(
-        alert_id=identifier,
-        key=f"{account if isinstance(account, str) else ''}/{group}".encode(
-            "utf-8", "backslashreplace"
-        ),
-        headers=[("rule.id", rule.rule_id.encode()), ("rule.severity", rule.severity.encode())],
-        document=nest({k: v for k, v in flat.items() if v is not None}),
-    )
+    return _alert(rule, ruleset, identifier=identifier, text=text, detected_at=detected_at,
+                  key=f"{account if isinstance(account, str) else ''}/{group}", fields=columns,
+                  added={"detector.run.start": _iso(run_start),
+                         "detector.run.end": _iso(run_end)})
 
 
 def run_alert_for(

@@ -22,6 +22,26 @@ from consumer.rules.loader import LoadedRule
 from consumer.rules.schedule import Row, RunRows, Schedule, WindowedAggregation, millis
 
 
+def run_alerts(rule: LoadedRule, run: RunRows, detected_at: datetime,
+               suppressor: Suppressor | None, timestamp_field: str) -> list[Alert]:
+    """The alerts of one evaluated run: each row's, through the rule's suppressor if it has
+    one (then they come out of the suppressor's `due`, not here). The stream's stage calls it
+    too, so the stream and `scan` make a run's alerts the same way."""
+    out: list[Alert] = []
+    for row, key in zip(run.rows, run.keys, strict=True):
+        alert = run_alert_for(rule, run.run_ms, row, key, detected_at=detected_at)
+        if suppressor is None:
+            out.append(alert)
+            continue
+        # Kibana takes a row's suppression time from its timestamp column, if it kept one,
+        # else from the alert's creation: the run.
+        ts = millis(row.get(timestamp_field))
+        passed = suppressor.offer(alert, run.run_ms if ts is None else ts, run.run_ms)
+        if passed is not None:
+            out.append(passed)
+    return out
+
+
 class StatefulRules:
     """The rules that need state, over one watermark: aggregating rules on their schedule, and
     suppression for every rule that has it (row-at-a-time ones included)."""
@@ -55,32 +75,14 @@ class StatefulRules:
         for row in rows:
             windows.add(ts, row)
 
-    def run_alerts(self, rule: LoadedRule, run: RunRows, detected_at: datetime) -> list[Alert]:
-        """The alerts of one evaluated run: each row's, through the rule's suppression if it
-        has one (then they come out of the suppressor's `due`, not here)."""
-        suppressor = self.suppressors.get(rule.rule_id)
-        timestamp = self.schedules[rule.rule_id].timestamp_field
-        out: list[Alert] = []
-        for row, key in zip(run.rows, run.keys, strict=True):
-            alert = run_alert_for(rule, run.run_ms, row, key, detected_at=detected_at)
-            if suppressor is None:
-                out.append(alert)
-                continue
-            # Kibana takes a row's suppression time from its timestamp column, if it kept
-            # one, else from the alert's creation: the run.
-            ts = millis(row.get(timestamp))
-            passed = suppressor.offer(alert, run.run_ms if ts is None else ts, run.run_ms)
-            if passed is not None:
-                out.append(passed)
-        return out
-
     def advance(self, watermark_ms: int | None, detected_at: datetime) -> list[Alert]:
         """The alerts due once the watermark is at `watermark_ms` (None: the end of input):
         every run now due, then every suppression window that closed."""
         out: list[Alert] = []
         for rule, windows in self.windows.values():
             for run in windows.flush() if watermark_ms is None else windows.due(watermark_ms):
-                out += self.run_alerts(rule, run, detected_at)
+                out += run_alerts(rule, run, detected_at, self.suppressors.get(rule.rule_id),
+                                  self.schedules[rule.rule_id].timestamp_field)
         for suppressor in self.suppressors.values():
             out += suppressor.flush() if watermark_ms is None else suppressor.due(watermark_ms)
         return out

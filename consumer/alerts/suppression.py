@@ -102,7 +102,9 @@ def _put(document: dict[str, Any], dotted: str, value: object) -> None:
     node[leaf] = value
 
 
-def _dump_alert(alert: Alert) -> dict[str, Any]:
+def alert_to_json(alert: Alert) -> dict[str, Any]:
+    """An alert as JSON, for a changelog or a repartition row: given back as it was built."""
+
     def value(item: str | bytes | None) -> object:
         return {"b": base64.b64encode(item).decode()} if isinstance(item, bytes) else item
 
@@ -114,7 +116,7 @@ def _dump_alert(alert: Alert) -> dict[str, Any]:
     }
 
 
-def _load_alert(data: Mapping[str, Any]) -> Alert:
+def alert_from_json(data: Mapping[str, Any]) -> Alert:
     def value(item: object) -> str | bytes | None:
         if isinstance(item, dict):
             return base64.b64decode(item["b"])
@@ -313,11 +315,11 @@ class Suppressor:
             return None
         return {
             "window": None if window is None else {
-                "first": _dump_alert(window.first), "first_ms": window.first_ms,
+                "first": alert_to_json(window.first), "first_ms": window.first_ms,
                 "run_ms": window.run_ms, "start_ms": window.start_ms, "end_ms": window.end_ms,
                 "count": window.count,
             },
-            "pending": [[m.ts_ms, m.run_ms, _dump_alert(m.alert)] for m in pending],
+            "pending": [[m.ts_ms, m.run_ms, alert_to_json(m.alert)] for m in pending],
         }
 
     def load_group(self, terms: Terms, data: Mapping[str, Any]) -> None:
@@ -326,10 +328,10 @@ class Suppressor:
         self._pending.pop(terms, None)
         if window is not None:
             self._windows[terms] = _Window(
-                _load_alert(window["first"]), int(window["first_ms"]), int(window["run_ms"]),
+                alert_from_json(window["first"]), int(window["first_ms"]), int(window["run_ms"]),
                 int(window["start_ms"]), int(window["end_ms"]), int(window["count"]),
             )
-        pending = [_Match(int(ts), int(run), _load_alert(alert))
+        pending = [_Match(int(ts), int(run), alert_from_json(alert))
                    for ts, run, alert in data.get("pending") or []]
         if pending:
             self._pending[terms] = pending

@@ -18,25 +18,25 @@ starts from exactly the state its first attempt started from.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol, cast
+from typing import Final, Protocol, cast
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from consumer.alerts.document import Alert, Headers, run_alert_for
-from consumer.alerts.suppression import Suppressor
+from consumer.alerts.document import Alert
+from consumer.alerts.stateful_rules import run_alerts
+from consumer.alerts.suppression import Suppressor, alert_from_json, alert_to_json
 from consumer.config import ConfigError
 from consumer.rules.esql.aggregate import AggregatingQuery, AggState
 from consumer.rules.loader import LoadedRule
-from consumer.rules.schedule import Schedule, WindowedAggregation, millis
+from consumer.rules.schedule import Schedule, WindowedAggregation
 from consumer.stream.metrics import Metrics
 from consumer.stream.repartition import (
     MATCH,
@@ -363,16 +363,8 @@ class _Windows:
         out: list[object] = []
         detected_at = datetime.now(UTC)
         for run in self.windows.due(watermark_ms):
-            for row, key in zip(run.rows, run.keys, strict=True):
-                alert = run_alert_for(self._rule, run.run_ms, row, key, detected_at=detected_at)
-                if self.suppressor is None:
-                    out.append(alert)
-                    continue
-                ts = millis(row.get(self._schedule.timestamp_field))
-                passed = self.suppressor.offer(alert, run.run_ms if ts is None else ts,
-                                               run.run_ms)
-                if passed is not None:
-                    out.append(passed)
+            out += run_alerts(self._rule, run, detected_at, self.suppressor,
+                              self._schedule.timestamp_field)
         if self.suppressor is not None:
             out += self.suppressor.due(watermark_ms)
         return out
@@ -458,24 +450,6 @@ class AggregatingRule:
 
     def new_state(self) -> GroupState:
         return _Windows(self.rule, self.query, self.schedule)
-
-
-def alert_to_json(alert: Alert) -> dict[str, object]:
-    """An alert as a repartition row: the suppressor receives it as it was built."""
-    return {
-        "id": alert.alert_id,
-        "key": base64.b64encode(alert.key).decode(),
-        "headers": [[name, None if value is None else base64.b64encode(
-            value if isinstance(value, bytes) else value.encode()).decode()]
-            for name, value in alert.headers],
-        "document": alert.document,
-    }
-
-
-def alert_from_json(data: Mapping[str, Any]) -> Alert:
-    headers: Headers = [(str(name), None if value is None else base64.b64decode(value))
-                        for name, value in data["headers"]]
-    return Alert(str(data["id"]), base64.b64decode(data["key"]), headers, data["document"])
 
 
 class _Suppression:

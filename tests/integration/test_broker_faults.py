@@ -30,6 +30,7 @@ from tests.support.kafka import (
     DetectorProcess,
     Topics,
     alert_event_ids,
+    local_broker,
     produce,
     read_all,
     wait_until,
@@ -46,12 +47,8 @@ again: before the sink's fix it waited for the whole 20 s wedged-commit watchdog
 
 @pytest.fixture(scope="module")
 def own_broker(run_dir: Path) -> Iterator[LocalKafka]:
-    local = LocalKafka(workdir=run_dir / "kafka-faults")
-    local.start()
-    try:
+    with local_broker(run_dir / "kafka-faults") as local:
         yield local
-    finally:
-        local.stop()
 
 
 def create_topics(bootstrap: str, *names: str, partitions: int = 3) -> None:

@@ -10,14 +10,13 @@ them exactly once, with the same count.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,39 +26,21 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from consumer.offline.replay import avro_encoder
-from consumer.offline.scan import scan
 from consumer.rules.loader import load_rules
 from scripts.kafka_local import LocalKafka
 from tests.conftest import Broker
-from tests.support.events import create_access_key, event
-from tests.support.kafka import DetectorProcess, Topics, read_all, wait_until
-
-COUNT_ID = "5c1f3e0a-8d2b-4f6e-9a7c-1b3d5e7f9a0b"
-START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
-
-COUNTING_RULE = f"""
-[metadata]
-creation_date = "2026/11/29"
-updated_date = "2026/11/29"
-
-[rule]
-rule_id = "{COUNT_ID}"
-name = "Many reads by one user"
-description = "Three or more GetObject calls by one user in a run's window."
-author = ["Test"]
-type = "esql"
-language = "esql"
-interval = "5m"
-from = "now-10m"
-query = '''
-FROM logs-aws.cloudtrail-*
-| WHERE event.action == "GetObject"
-| STATS Esql.event_count = COUNT(*) BY user.name
-| WHERE Esql.event_count >= 3
-'''
-risk_score = 21
-severity = "low"
-"""
+from tests.support.kafka import DetectorProcess, Topics, local_broker, read_all, wait_until
+from tests.support.stateful_rules import (
+    COUNT_ID,
+    SEED_ID,
+    START,
+    counting_rule,
+    key_created_at,
+    read_at,
+    scan_alerts,
+    suppressed_seed_rule,
+    write_rules,
+)
 
 USERS = [f"user-{n}" for n in range(12)]
 
@@ -75,28 +56,20 @@ def reads(count: int, seed: int) -> list[dict[str, Any]]:
     records = []
     for number in range(count):
         moment = START + timedelta(seconds=number * 7200 / count + rng.uniform(0, 60))
-        records.append(event(event_id=f"read-{seed}-{number}", caller=rng.choice(USERS),
-                             event_time=moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                             request_parameters={"bucketName": "logs"}))
+        records.append(read_at(f"read-{seed}-{number}", rng.choice(USERS), moment))
     return records
 
 
 def rules_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "rules"
-    folder.mkdir(exist_ok=True)
-    (folder / "count.toml").write_text(COUNTING_RULE)
-    return folder
+    return write_rules(tmp_path / "rules", {"count.toml": counting_rule()})
 
 
 def expected_alerts(tmp_path: Path, records: list[dict[str, Any]]) -> dict[str, int]:
     """scan's alerts of the counting rule: alert id -> event count."""
-    path = tmp_path / "events.jsonl"
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    output = io.StringIO()
-    scan([path], load_rules(rules_dir(tmp_path)), output, include_event_original=False)
+    alerts, _ = scan_alerts(tmp_path, records, load_rules(rules_dir(tmp_path)),
+                            include_event_original=False)
     found = {}
-    for line in output.getvalue().splitlines():
-        alert = json.loads(line)
+    for alert in alerts:
         if alert["kibana"]["alert"]["rule"]["rule_id"] == COUNT_ID:
             found[alert["kibana"]["alert"]["uuid"]] = alert["Esql"]["event_count"]
     assert len(found) > 10, "the stream must give the rule something to count"
@@ -175,9 +148,7 @@ class Scenario:
     def closing(self) -> list[dict[str, Any]]:
         """One read per input partition hours after the rest (each by its own user: no
         alert): the watermark passes every run without waiting for the input to go idle."""
-        moment = (START + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        return [event(event_id=f"closing-{p}", caller=f"closer-{p}", event_time=moment,
-                      request_parameters={"bucketName": "logs"})
+        return [read_at(f"closing-{p}", f"closer-{p}", START + timedelta(hours=6))
                 for p in range(self.partitions)]
 
     def close_windows(self) -> None:
@@ -304,34 +275,18 @@ def test_a_broker_restart_mid_stream_keeps_every_count(
 @pytest.fixture(scope="module")
 def own_broker(run_dir: Path) -> Iterator[LocalKafka]:
     """This module's own broker, which one test restarts."""
-    local = LocalKafka(workdir=run_dir / "kafka-stateful")
-    local.start()
-    try:
+    with local_broker(run_dir / "kafka-stateful") as local:
         yield local
-    finally:
-        local.stop()
-
-
-SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
 
 
 def test_suppression_on_the_seed_rule_sends_the_first_alert_then_the_count(
     broker: Broker, tmp_path: Path, detectors: list[DetectorProcess]
 ) -> None:
-    seed = (Path(__file__).resolve().parents[2] / "consumer" / "rules" / "builtin" /
-            "aws_iam_user_created_access_keys_for_another_user.toml").read_text()
-    folder = rules_dir(tmp_path)
     # Ours replaces the built-in rule of the same id, adding suppression by the caller.
-    (folder / "seed.toml").write_text(seed.replace(
-        "[detector]\n", "[detector.alert_suppression]\ngroup_by = [\"user.name\"]\n"
-        'duration = { value = 30, unit = "m" }\n\n[detector]\n', 1))
-    keys = []
-    for number, minute in enumerate((0, 5, 10, 50)):
-        record = create_access_key(event_id=f"key-{number}", caller="mallory",
-                                   target=f"t{number}")
-        record["eventTime"] = (START + timedelta(minutes=minute)).strftime(
-            "%Y-%m-%dT%H:%M:%S.%fZ")
-        keys.append(record)
+    write_rules(rules_dir(tmp_path), {"seed.toml": suppressed_seed_rule("user.name", 30)})
+    keys = [key_created_at(f"key-{number}", "mallory", f"t{number}",
+                           START + timedelta(minutes=minute))
+            for number, minute in enumerate((0, 5, 10, 50))]
     scenario = Scenario(broker.bootstrap_servers, tmp_path, detectors)
     scenario.detector().wait_ready()
     scenario.produce(keys, seed=8)

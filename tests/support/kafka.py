@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,21 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from consumer.offline.replay import account_of, avro_encoder, json_encoder
-from scripts.kafka_local import free_port
+from scripts.kafka_local import LocalKafka, free_port
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def local_broker(workdir: Path) -> Iterator[LocalKafka]:
+    """A local KRaft broker in `workdir` for the block; stopped after it, its files kept for
+    the logs (`running_broker` removes them)."""
+    local = LocalKafka(workdir=workdir)
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
 
 
 def produce(

@@ -71,6 +71,17 @@ class Harness:
         for _ in range(times):
             self.service.step()
 
+    def wedge(self, matches: int, watchdog_s: float) -> InMemorySink:
+        """`matches` matches on partition 0, the wedged-commit watchdog at `watchdog_s`, and
+        the producer whose next commit blocks (as librdkafka#5456), returned."""
+        self.service.checkpoint._wedged_after_s = watchdog_s
+        self.source.assign([("in", 0)])
+        for n in range(matches):
+            self.broker.produce("in", match(n), partition=0)
+        stuck = self.sink
+        stuck.wedge = threading.Event()
+        return stuck
+
     def alert_ids(self) -> list[str]:
         """The committed alerts' event ids, sorted (alerts spread over partitions by key)."""
         return sorted(json.loads(r.value or b"")["event"]["id"]
@@ -183,11 +194,7 @@ def test_a_wedged_commit_replaces_the_producer_and_the_batch_is_read_again(
     broker: InMemoryBroker,
 ) -> None:
     harness = Harness(broker, settings_for())
-    harness.service.checkpoint._wedged_after_s = 0.05
-    harness.source.assign([("in", 0)])
-    broker.produce("in", match(0), partition=0)
-    stuck = harness.sink
-    stuck.wedge = threading.Event()
+    stuck = harness.wedge(1, watchdog_s=0.05)
 
     harness.step()
     replaced = harness.sink is not stuck
@@ -203,11 +210,7 @@ def test_the_sinks_wedge_signal_replaces_the_producer_before_the_watchdog_deadli
 ) -> None:
     """After a broker restart the sink says at once what the 20 s watchdog would find out."""
     harness = Harness(broker, settings_for())
-    harness.service.checkpoint._wedged_after_s = 30
-    harness.source.assign([("in", 0)])
-    broker.produce("in", match(0), partition=0)
-    stuck = harness.sink
-    stuck.wedge = threading.Event()
+    stuck = harness.wedge(1, watchdog_s=30)
     stuck.signals_wedge = True
 
     started = time.monotonic()
@@ -225,12 +228,7 @@ def test_a_wedged_commit_that_committed_after_all_reloads_the_state_it_committed
 ) -> None:
     rules = throttled_rules(tmp_path / "rules", max_signals=2, interval="1h")
     harness = Harness(broker, settings_for(rules_dir=rules, disable_rules=[SEED_ID]))
-    harness.service.checkpoint._wedged_after_s = 0.05
-    harness.source.assign([("in", 0)])
-    for n in range(5):
-        broker.produce("in", match(n), partition=0)
-    stuck = harness.sink
-    stuck.wedge = threading.Event()
+    stuck = harness.wedge(5, watchdog_s=0.05)
     stuck.wedge_commits = True
 
     harness.step(2)

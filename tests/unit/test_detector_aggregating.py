@@ -12,38 +12,18 @@ from consumer.cloudtrail.record import json_to_avro
 from consumer.offline.replay import json_encoder
 from consumer.rules.detector import SKIPPED, Detector, Verdict
 from consumer.rules.exceptions import CompiledItem, ExceptionSet, RuleExceptions
-from consumer.rules.loader import LoadedRule, load_rules
+from consumer.rules.loader import LoadedRule
 from tests.support.events import create_access_key, event
+from tests.support.stateful_rules import COUNT_ID, counting_rule, rules_in
 
-COUNT_ID = "5c1f3e0a-8d2b-4f6e-9a7c-1b3d5e7f9a0b"
-RULE = f"""
-[metadata]
-creation_date = "2026/11/29"
-updated_date = "2026/11/29"
-
-[rule]
-rule_id = "{COUNT_ID}"
-name = "Reads per user"
-description = "GetObject calls per user."
-author = ["Test"]
-type = "esql"
-language = "esql"
-query = '''
-FROM logs-aws.cloudtrail-*
-| WHERE event.action == "GetObject"
-| STATS Esql.event_count = COUNT(*) BY user.name
-'''
-risk_score = 21
-severity = "low"
-"""
 READ = event(event_id="read-1", caller="alice", request_parameters={"bucketName": "logs"})
 CROSS_USER = create_access_key(event_id="cross", caller="mallory", target="bob")
 
 
 @pytest.fixture
 def rules(tmp_path: Path) -> list[LoadedRule]:
-    (tmp_path / "count.toml").write_text(RULE)
-    return load_rules(tmp_path)
+    return rules_in(tmp_path, {"count.toml": counting_rule(
+        lookback=None, threshold=None, name="Reads per user")})
 
 
 def test_a_record_gives_an_aggregating_rule_rows_not_a_match(rules: list[LoadedRule]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,71 +16,48 @@ from consumer.alerts.stateful_rules import StatefulRules
 from consumer.cloudtrail.decode import JsonDecoder
 from consumer.cloudtrail.record import json_to_avro
 from consumer.rules.detector import Detector
-from consumer.rules.loader import LoadedRule, load_rules
-from tests.support.events import ACCOUNTS, create_access_key, event
+from consumer.rules.loader import LoadedRule
+from tests.support.events import ACCOUNTS
+from tests.support.stateful_rules import (
+    START,
+    counting_rule,
+    key_created_at,
+    read_at,
+    rules_in,
+    suppressed_seed_rule,
+)
 
-START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 DETECTED_AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 LATENESS_MS = 3 * 60_000
-COUNTING = """
-[metadata]
-creation_date = "2026/11/29"
-updated_date = "2026/11/29"
-
-[rule]
-rule_id = "5c1f3e0a-8d2b-4f6e-9a7c-1b3d5e7f9a0b"
-name = "Reads per user"
-description = "Two or more GetObject calls by a user in a run's window."
-author = ["Test"]
-type = "esql"
-language = "esql"
-interval = "5m"
-from = "now-8m"
-query = '''
-FROM logs-aws.cloudtrail-*
-| WHERE event.action == "GetObject"
-| STATS Esql.event_count = COUNT(*), Esql.accounts = VALUES(cloud.account.id) BY user.name
-| WHERE Esql.event_count >= 2
-'''
-risk_score = 21
-severity = "low"
-
+SUPPRESSION_BY_USER = """
 [detector.alert_suppression]
 group_by = ["user.name"]
 duration = { value = 10, unit = "m" }
-"""
-SEED_SUPPRESSION = """[detector.alert_suppression]
-group_by = ["cloud.account.id"]
-
-[detector]
 """
 
 
 @pytest.fixture(scope="module")
 def rules(tmp_path_factory: pytest.TempPathFactory) -> list[LoadedRule]:
-    folder: Path = tmp_path_factory.mktemp("rules")
-    (folder / "counting.toml").write_text(COUNTING)
-    seed = (Path(__file__).parents[2] / "consumer" / "rules" / "builtin" /
-            "aws_iam_user_created_access_keys_for_another_user.toml").read_text()
-    (folder / "seed.toml").write_text(seed.replace("[detector]\n", SEED_SUPPRESSION, 1))
-    return load_rules(folder)
+    return rules_in(tmp_path_factory.mktemp("rules"), {
+        "counting.toml": counting_rule(
+            lookback="8m", threshold=2, name="Reads per user", extra=SUPPRESSION_BY_USER,
+            aggregates="Esql.event_count = COUNT(*), Esql.accounts = VALUES(cloud.account.id)"),
+        "seed.toml": suppressed_seed_rule("cloud.account.id"),
+    })
 
 
 def random_events(chance: random.Random, count: int) -> list[tuple[int, dict[str, Any]]]:
     events = []
     for number in range(count):
-        second = chance.randrange(0, 90 * 60)
-        moment = (START + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        moment = START + timedelta(seconds=chance.randrange(0, 90 * 60))
         account = chance.choice(ACCOUNTS[:2])
         if chance.random() < 0.3:
-            record = create_access_key(event_id=f"key-{number}", caller="mallory",
-                                       target=chance.choice(["bob", "carol"]), account=account)
-            record["eventTime"] = moment
+            record = key_created_at(f"key-{number}", "mallory", chance.choice(["bob", "carol"]),
+                                    moment, account=account)
         else:
-            caller = chance.choice(["alice", "bob", "dave"])
-            record = event(event_id=f"read-{number}", caller=caller, account=account,
-                           event_time=moment, request_parameters={"bucketName": "logs"})
-        events.append((int((START + timedelta(seconds=second)).timestamp() * 1000), record))
+            record = read_at(f"read-{number}", chance.choice(["alice", "bob", "dave"]), moment,
+                             account=account)
+        events.append((int(moment.timestamp() * 1000), record))
     return events
 
 

@@ -3,78 +3,54 @@ suppressed rules, with the watermark at the end of the input (or where a stream'
 
 from __future__ import annotations
 
-import io
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from consumer.cli import main
-from consumer.offline.scan import ScanCounts, scan
-from consumer.rules.loader import LoadedRule, load_rules
+from consumer.offline.scan import ScanCounts
+from consumer.rules.loader import LoadedRule
 from tests.conftest import shared_path
-from tests.support.events import create_access_key, event
-
-SEED_ID = "696015ef-718e-40ff-ac4a-cc2ba88dbeeb"
-COUNT_ID = "5c1f3e0a-8d2b-4f6e-9a7c-1b3d5e7f9a0b"
-START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
-"""A run time of every schedule used here."""
-
-COUNTING_RULE = f"""
-[metadata]
-creation_date = "2026/11/29"
-updated_date = "2026/11/29"
-
-[rule]
-rule_id = "{COUNT_ID}"
-name = "Many reads by one user"
-description = "Three or more GetObject calls by one user in a run's window."
-author = ["Test"]
-type = "esql"
-language = "esql"
-interval = "5m"
-from = "now-{{lookback}}"
-query = '''
-FROM logs-aws.cloudtrail-*
-| WHERE event.action == "GetObject"
-| STATS Esql.event_count = COUNT(*), Esql.source_ip_values = VALUES(source.ip) BY user.name
-| WHERE Esql.event_count >= 3
-'''
-risk_score = 21
-severity = "low"
-"""
+from tests.support.events import event
+from tests.support.stateful_rules import (
+    COUNT_AND_IPS,
+    COUNT_ID,
+    SEED_ID,
+    START,
+    counting_rule,
+    iso,
+    key_created_at,
+    read_at,
+    rules_in,
+    scan_alerts,
+    suppressed_seed_rule,
+)
 
 
 def at(minutes: float) -> str:
-    return (START + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso(START + timedelta(minutes=minutes))
 
 
 def read(number: int, minutes: float, caller: str = "alice") -> dict[str, Any]:
-    return event(event_id=f"read-{number}", caller=caller, event_time=at(minutes),
-                 request_parameters={"bucketName": "logs"})
+    return read_at(f"read-{number}", caller, START + timedelta(minutes=minutes))
 
 
 def rules_with(tmp_path: Path, text: str) -> list[LoadedRule]:
-    folder = tmp_path / "rules"
-    folder.mkdir(exist_ok=True)
-    (folder / "rule.toml").write_text(text)
-    return load_rules(folder)
+    return rules_in(tmp_path / "rules", {"rule.toml": text})
 
 
-def counting_rules(tmp_path: Path, lookback: str = "5m", extra: str = "") -> list[LoadedRule]:
-    return rules_with(tmp_path, COUNTING_RULE.replace("{lookback}", lookback) + extra)
+def counting_rules(tmp_path: Path, lookback: str = "5m") -> list[LoadedRule]:
+    return rules_with(tmp_path, counting_rule(lookback=lookback, aggregates=COUNT_AND_IPS))
 
 
 def run_scan(tmp_path: Path, records: list[dict[str, Any]], rules: list[LoadedRule],
              watermark: datetime | None = None) -> tuple[list[dict[str, Any]], ScanCounts]:
-    path = tmp_path / "events.jsonl"
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    output = io.StringIO()
-    counts = scan([path], rules, output, progress=None, watermark_ms=None if watermark is None
-                  else int(watermark.timestamp() * 1000))
-    return [json.loads(line) for line in output.getvalue().splitlines()], counts
+    return scan_alerts(tmp_path, records, rules, progress=None,
+                       watermark_ms=None if watermark is None
+                       else int(watermark.timestamp() * 1000))
 
 
 def of_rule(alerts: list[dict[str, Any]], rule_id: str) -> list[dict[str, Any]]:
@@ -142,17 +118,10 @@ def test_the_same_events_give_the_same_alert_ids_in_any_order(tmp_path: Path) ->
 
 
 def test_suppression_on_the_seed_rule_sends_one_alert_with_the_count(tmp_path: Path) -> None:
-    seed_text = (Path(__file__).parents[2] / "consumer" / "rules" / "builtin" /
-                 "aws_iam_user_created_access_keys_for_another_user.toml").read_text()
-    suppressed = seed_text.replace("[detector]\n", "[detector.alert_suppression]\n"
-                                   'group_by = ["user.name"]\n'
-                                   'duration = { value = 30, unit = "m" }\n\n[detector]\n', 1)
-    rules = rules_with(tmp_path, suppressed)
-    records = []
-    for number, minute in enumerate((0, 10, 20, 40)):
-        record = create_access_key(event_id=f"key-{number}", caller="mallory", target=f"t{number}")
-        record["eventTime"] = at(minute)
-        records.append(record)
+    rules = rules_with(tmp_path, suppressed_seed_rule("user.name", minutes=30))
+    records = [key_created_at(f"key-{number}", "mallory", f"t{number}",
+                              START + timedelta(minutes=minute))
+               for number, minute in enumerate((0, 10, 20, 40))]
 
     alerts, counts = run_scan(tmp_path, records, rules)
 
@@ -182,8 +151,7 @@ def test_elastics_companion_rule_alerts_on_a_self_created_key_then_used(tmp_path
     source = shared_path("elastic-rules", "aws",
                          "persistence_iam_user_self_created_access_key_subsequently_used.toml")
     rules = rules_with(tmp_path, source.read_text())
-    created = create_access_key(event_id="create-1", caller="alice", target=None)
-    created["eventTime"] = at(1)
+    created = key_created_at("create-1", "alice", None, START + timedelta(minutes=1))
     created["responseElements"] = {"accessKey": {
         "userName": "alice", "accessKeyId": "AKIANEWKEY0000000001", "status": "Active"}}
     used = event(event_id="use-1", caller="alice", event_time=at(3), event_name="ListBuckets")

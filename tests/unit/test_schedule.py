@@ -25,6 +25,7 @@ from consumer.rules.schedule import (
     row_key,
 )
 from tests.support.events import event
+from tests.support.stateful_rules import ACCESS_KEY_RULE as RULE
 
 MINUTE = 60_000
 T = 1_764_590_400_000
@@ -111,22 +112,6 @@ def test_with_from_shorter_than_interval_some_events_are_in_no_window() -> None:
     assert schedule.runs_covering(T - 10 * MINUTE) == [T]
 
 
-RULE = """
-[metadata]
-creation_date = "2025/01/01"
-updated_date = "2025/01/01"
-
-[rule]
-rule_id = "0b4d4c52-3c1e-4d4b-9a55-2f0f3e6c9b11"
-name = "Counts"
-description = "Counts events."
-author = ["Elastic"]
-type = "esql"
-language = "esql"
-query = 'FROM logs-aws.cloudtrail-* | WHERE event.action == "CreateAccessKey"'
-risk_score = 21
-severity = "low"
-"""
 
 
 def test_the_schedule_of_a_rule_file_defaults_to_elastics_5m_every_6m_by_timestamp() -> None:

@@ -337,66 +337,60 @@ def test_committed_alerts_equal_the_offline_count_whatever_crashes_and_rebalance
     assert Counter(broker.alerts) == offline(records)
 
 
-def test_a_late_event_is_counted_and_dropped() -> None:
-    emitted: list[object] = []
-    stage = StatefulStage([CountRule()], topic=TOPIC, partitions=1,
-                          inputs=frozenset({("in", 0)}), allowed_lateness_ms=0,
-                          idle_timeout_ms=10, emit=lambda rule, output: emitted.append(output))
-    store = Store({})
-    stage.assign(0, store)
+def lone_stage(emitted: list[object]) -> StatefulStage:
+    """A stage of CountRule alone: one input partition, one repartition partition, no
+    lateness; its outputs go to `emitted`."""
+    return StatefulStage([CountRule()], topic=TOPIC, partitions=1, inputs=frozenset({("in", 0)}),
+                         allowed_lateness_ms=0, idle_timeout_ms=10,
+                         emit=lambda rule, output: emitted.append(output))
+
+
+MARK = None
+"""In a `feed` script: the markers, as at a checkpoint."""
+
+
+def feed(stage: StatefulStage, script: list[int | None]) -> list[Encoded]:
+    """Route user a's events at the script's times and the markers where it says `MARK`, then
+    consume all of it in order, as the owner of the one repartition partition; returns what
+    was produced."""
     produced: list[Encoded] = []
-    stage.route(("in", 0), RULE, {"user": "a", "ts": 1_000_000}, None, wall_ms=0,
-                produce=lambda t, e: produced.append(e))
-    stage.markers(0, lambda p: False, lambda t, e: produced.append(e))
-    stage.route(("in", 0), RULE, {"user": "a", "ts": 100}, None, wall_ms=0,
-                produce=lambda t, e: produced.append(e))
+    for ts in script:
+        if ts is MARK:
+            stage.markers(0, lambda p: False, lambda t, e: produced.append(e))
+        else:
+            stage.route(("in", 0), RULE, {"user": "a", "ts": ts}, None, wall_ms=0,
+                        produce=lambda t, e: produced.append(e))
     for record in produced:
         stage.consume(0, record.key, record.value, record.headers)
+    return produced
+
+
+def test_a_late_event_is_counted_and_dropped() -> None:
+    emitted: list[object] = []
+    stage = lone_stage(emitted)
+    stage.assign(0, Store({}))
+    feed(stage, [1_000_000, MARK, 100])
     assert emitted == []  # the event at 100 belonged to the run at 300000, long closed
     assert stage.late_events == {RULE: 1}
 
 
 def test_an_event_at_the_markers_very_time_on_a_run_boundary_still_counts() -> None:
     emitted: list[object] = []
-    stage = StatefulStage([CountRule()], topic=TOPIC, partitions=1,
-                          inputs=frozenset({("in", 0)}), allowed_lateness_ms=0,
-                          idle_timeout_ms=10, emit=lambda rule, output: emitted.append(output))
+    stage = lone_stage(emitted)
     stage.assign(0, Store({}))
-    produced: list[Encoded] = []
-    stage.route(("in", 0), RULE, {"user": "a", "ts": 300_000}, None, wall_ms=0,
-                produce=lambda t, e: produced.append(e))
-    stage.markers(0, lambda p: False, lambda t, e: produced.append(e))
-    stage.route(("in", 0), RULE, {"user": "a", "ts": 300_000}, None, wall_ms=0,
-                produce=lambda t, e: produced.append(e))
-    stage.route(("in", 0), RULE, {"user": "a", "ts": 300_001}, None, wall_ms=0,
-                produce=lambda t, e: produced.append(e))
-    stage.markers(0, lambda p: False, lambda t, e: produced.append(e))
-    for record in produced:
-        stage.consume(0, record.key, record.value, record.headers)
+    feed(stage, [300_000, MARK, 300_000, 300_001, MARK])
     assert emitted == [(300_000, ("a",), 2)]
     assert stage.late_events == {}
 
 
 def test_restore_reproduces_the_groups_and_the_watermark() -> None:
     emitted: list[object] = []
-
-    def stage() -> StatefulStage:
-        return StatefulStage([CountRule()], topic=TOPIC, partitions=1,
-                             inputs=frozenset({("in", 0)}), allowed_lateness_ms=0,
-                             idle_timeout_ms=10, emit=lambda rule, output: emitted.append(output))
-
-    first, store = stage(), Store({})
+    first, store = lone_stage(emitted), Store({})
     first.assign(0, store)
-    produced: list[Encoded] = []
-    for ts in (100, 200_000, 300_000, 400_000):
-        first.route(("in", 0), RULE, {"user": "a", "ts": ts}, None, wall_ms=0,
-                produce=lambda t, e: produced.append(e))
-    first.markers(0, lambda p: False, lambda t, e: produced.append(e))
-    for record in produced:
-        first.consume(0, record.key, record.value, record.headers)
+    produced = feed(first, [100, 200_000, 300_000, 400_000, MARK])
     first.flush()
     assert emitted == [(300_000, ("a",), 3)]
-    restored = stage()
+    restored = lone_stage(emitted)
     restored.assign(0, Store(dict(store.items())))
     assert restored.owned[0].states[RULE].open_groups == 1
     assert restored.owned[0].watermark.current_ms == 399_999

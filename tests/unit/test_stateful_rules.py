@@ -9,11 +9,10 @@ the final count. An indexer keeps the last document per id, so that is what is c
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,62 +22,32 @@ from hypothesis import strategies as st
 from consumer.alerts.document import Alert, alert_for, encode_json
 from consumer.cloudtrail.decode import JsonDecoder
 from consumer.cloudtrail.record import json_to_avro
-from consumer.offline.scan import scan
 from consumer.rules.detector import Detector
-from consumer.rules.loader import LoadedRule, load_rules
 from consumer.stream.repartition import InputPartition
 from consumer.stream.stateful import stateful_rules
-from tests.support.events import create_access_key, event
+from tests.support.stateful_rules import (
+    COUNT_AND_IPS,
+    START,
+    counting_rule,
+    key_created_at,
+    read_at,
+    rules_in,
+    scan_alerts,
+    suppressed_seed_rule,
+)
 from tests.unit.test_stateful import Broker, Worker, run_group
 
-REPO = Path(__file__).resolve().parents[2]
-COUNT_ID = "5c1f3e0a-8d2b-4f6e-9a7c-1b3d5e7f9a0b"
-START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
-
-COUNTING_RULE = f"""
-[metadata]
-creation_date = "2026/11/29"
-updated_date = "2026/11/29"
-
-[rule]
-rule_id = "{COUNT_ID}"
-name = "Many reads by one user"
-description = "Two or more GetObject calls by one user in a run's window."
-author = ["Test"]
-type = "esql"
-language = "esql"
-interval = "5m"
-from = "now-10m"
-query = '''
-FROM logs-aws.cloudtrail-*
-| WHERE event.action == "GetObject"
-| STATS Esql.event_count = COUNT(*), Esql.source_ip_values = VALUES(source.ip) BY user.name
-| WHERE Esql.event_count >= 2
-'''
-risk_score = 21
-severity = "low"
-"""
-
-
-def load(folder: Path) -> list[LoadedRule]:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "count.toml").write_text(COUNTING_RULE)
-    seed = (REPO / "consumer" / "rules" / "builtin" /
-            "aws_iam_user_created_access_keys_for_another_user.toml").read_text()
-    (folder / "seed.toml").write_text(seed.replace(
-        "[detector]\n", "[detector.alert_suppression]\ngroup_by = [\"user.name\"]\n"
-        'duration = { value = 12, unit = "m" }\n\n[detector]\n', 1))
-    return load_rules(folder)
+RULES = {
+    "count.toml": counting_rule(threshold=2, aggregates=COUNT_AND_IPS),
+    "seed.toml": suppressed_seed_rule("user.name", minutes=12),
+}
 
 
 def make_event(number: int, kind: str, user: str, minute: int) -> dict[str, Any]:
-    moment = (START + timedelta(minutes=minute / 2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = START + timedelta(minutes=minute / 2)
     if kind == "read":
-        return event(event_id=f"e-{number}", caller=user, event_time=moment,
-                     request_parameters={"bucketName": "logs"})
-    record = create_access_key(event_id=f"e-{number}", caller=user, target=f"t{number}")
-    record["eventTime"] = moment
-    return record
+        return read_at(f"e-{number}", user, moment)
+    return key_created_at(f"e-{number}", user, f"t{number}", moment)
 
 
 def last_per_id(documents: list[dict[str, Any]]) -> dict[str, tuple[object, ...]]:
@@ -109,18 +78,16 @@ def test_the_streams_alerts_equal_scans_for_aggregating_and_suppressed_rules(
     tmp_path: Path, events: list[tuple[str, str, int]], inputs: int, repartitions: int, *,
     workers: int, seed: int, keyed: bool,
 ) -> None:
-    rules = load(tmp_path / f"rules-{seed}")
+    rules = rules_in(tmp_path / f"rules-{seed}", RULES)
     rng = random.Random(seed)
     lateness = 20 * 60_000
     # Within a partition, events are out of order by less than the allowed lateness.
     shuffled = sorted(enumerate(events), key=lambda e: e[1][2] + rng.randrange(20))
     records = [make_event(number, kind, user, minute) for number, (kind, user, minute) in shuffled]
 
-    path = tmp_path / f"events-{seed}.jsonl"
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    output = io.StringIO()
-    scan([path], rules, output, progress=None, include_event_original=False)
-    expected = last_per_id([json.loads(line) for line in output.getvalue().splitlines()])
+    scanned, _ = scan_alerts(tmp_path, records, rules, progress=None,
+                             include_event_original=False)
+    expected = last_per_id(scanned)
 
     detector = Detector(JsonDecoder(), rules, use_prefilter=False)
     stateful = stateful_rules(detector.aggregating, detector.rules)

@@ -4,7 +4,7 @@ repartition topic, runs close on the markers, state survives a crash through its
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -15,17 +15,22 @@ from consumer.stream.app import load_enabled_rules, make_decoder
 from consumer.stream.metrics import Metrics
 from consumer.stream.service import Health, Service
 from consumer.stream.testing import InMemoryBroker
-from tests.support.events import event
-from tests.unit.test_stateful_rules import COUNT_ID, COUNTING_RULE
+from tests.support.stateful_rules import (
+    COUNT_AND_IPS,
+    COUNT_ID,
+    START,
+    counting_rule,
+    read_at,
+    write_rules,
+)
 
-START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 REPARTITION = "g.repartition"
+RULES = {"count.toml": counting_rule(threshold=2, aggregates=COUNT_AND_IPS)}
 
 
 def read(number: int, minutes: float, caller: str = "alice") -> bytes:
-    moment = (START + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return json.dumps(event(event_id=f"read-{number}", caller=caller, event_time=moment,
-                            request_parameters={"bucketName": "logs"})).encode()
+    return json.dumps(read_at(f"read-{number}", caller,
+                              START + timedelta(minutes=minutes))).encode()
 
 
 def service(broker: InMemoryBroker, rules: Path) -> Service:
@@ -49,7 +54,7 @@ def counts(broker: InMemoryBroker) -> list[tuple[str, int]]:
 def test_rows_from_both_input_partitions_meet_in_their_group_and_alert_once(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "count.toml").write_text(COUNTING_RULE)
+    write_rules(tmp_path, RULES)
     broker = InMemoryBroker(partitions=2, inputs=("in", REPARTITION))
     running = service(broker, tmp_path)
     for number, minute in enumerate((1, 2, 3)):
@@ -66,7 +71,7 @@ def test_rows_from_both_input_partitions_meet_in_their_group_and_alert_once(
 
 
 def test_a_crash_mid_window_restores_the_groups_from_the_changelog(tmp_path: Path) -> None:
-    (tmp_path / "count.toml").write_text(COUNTING_RULE)
+    write_rules(tmp_path, RULES)
     broker = InMemoryBroker(partitions=2, inputs=("in", REPARTITION))
     first = service(broker, tmp_path)
     broker.produce("in", read(0, 1), partition=0)

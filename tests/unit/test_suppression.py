@@ -15,6 +15,7 @@ from consumer.alerts.suppression import Suppressor, field_value, instance_id, te
 from consumer.rules.loader import LoadedRule, RuleLoadError, parse_rule
 from consumer.rules.model import AlertSuppression, SuppressionDuration
 from tests.conftest import shared_path
+from tests.support.stateful_rules import ACCESS_KEY_RULE as RULE
 
 MINUTE = 60_000
 T = 1_764_590_400_000
@@ -278,22 +279,6 @@ def test_a_late_match_is_counted_and_folded_into_its_open_window() -> None:
 
 # --- rule files -------------------------------------------------------------------------------
 
-RULE = """
-[metadata]
-creation_date = "2025/01/01"
-updated_date = "2025/01/01"
-
-[rule]
-rule_id = "0b4d4c52-3c1e-4d4b-9a55-2f0f3e6c9b11"
-name = "Access keys"
-description = "Access keys."
-author = ["Elastic"]
-type = "esql"
-language = "esql"
-query = 'FROM logs-aws.cloudtrail-* | WHERE event.action == "CreateAccessKey"'
-risk_score = 21
-severity = "low"
-"""
 
 
 def test_a_rule_without_suppression_has_no_suppressor() -> None:
