@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -38,13 +39,15 @@ from consumer.stream.state import (
 from consumer.stream.stateful import STORE, AggregatingRule, StatefulStage
 from scripts.kafka_local import running_broker
 
-RULE = """
+RULE_ID = "00000000-0000-4000-8000-00000000be0c"
+"""The bench rule, picked by id: the built-in companion rule aggregates too."""
+RULE = f"""
 [metadata]
 creation_date = "2026/11/29"
 updated_date = "2026/11/29"
 
 [rule]
-rule_id = "00000000-0000-4000-8000-00000000be0c"
+rule_id = "{RULE_ID}"
 name = "Bench: reads by user"
 description = "COUNT and VALUES by user."
 author = ["Bench"]
@@ -77,15 +80,15 @@ def stage_for(rule: AggregatingRule) -> StatefulStage:
                          emit=lambda rule_id, output: None)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, default=1_000_000)
     parser.add_argument("--kafka", action="store_true",
                         help="also restore through a changelog on a local broker")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "bench.toml").write_text(RULE)
-        loaded = next(r for r in load_rules(Path(folder)) if r.aggregation is not None)
+        loaded = next(r for r in load_rules(Path(folder)) if r.rule_id == RULE_ID)
     rule = AggregatingRule(loaded)
     stage = stage_for(rule)
     store = PartitionStore((TOPIC, 0))
