@@ -213,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- data: {sources.origin}; {loaded.payload_bytes / args.events:.0f} bytes per event; "
         f"{len(loaded.expected_ids)} alerts known up front"
         + (f", {len(loaded.expected_rule_alerts)} with every AWS rule the detector runs "
-           f"({len(oracle.rules)} rules)"
+           f"that needs no state ({len(oracle.rules)} rules; {len(rule_sets.stateful)} "
+           "aggregating or suppressed ones counted, not checked)"
            if oracle else ""),
         f"- load average (1/5/15 min) before: {' '.join(f'{x:.2f}' for x in load_average)}; "
         f"after: {' '.join(f'{x:.2f}' for x in load_after)}",
