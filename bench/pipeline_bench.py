@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python -m bench.pipeline_bench [--quick] [--events N] [--partitions P]
          [--format avro|avro-registry] [--latency-rate R] [--latency-seconds S]
-         [--quix-python PATH] [--variants abcdefghi] [--workers N] [--no-latency] [--rounds N]
+         [--quix-python PATH] [--variants abcdefghij] [--workers N] [--no-latency] [--rounds N]
 
 On one broker ($KAFKA_BOOTSTRAP_SERVERS, else a local KRaft broker from scripts/kafka_local.py)
 it loads one input topic with a realistic CloudTrail mix (bench/pipeline/workload.py: the alerts
@@ -20,11 +20,17 @@ consumer group, one at a time, each in its own process:
     h  the detector, 1 worker, exactly-once, with every rule of ../shared/elastic-rules/aws it
        runs (the rules directory pointed at a copy of that folder: Elastic's seed file replaces
        the built-in, the ES|QL and KQL `query` rules load, the other rule types are skipped)
-    i  naive as b, evaluating every one of h's rules on every message
+    i  naive as b, evaluating every one of h's rules that needs no state on every message
+    j  the detector, 1 worker, exactly-once, with the ES|QL rule files of
+       ../shared/elastic-rules/aws only (the other built-ins switched off): Elastic's ES|QL
+       rules, aggregating (STATS) ones included; the one it refuses is named with its reason
 
-h and i are skipped when ../shared is absent. Their rules are copied with a max_signals that
+h, i and j are skipped when ../shared is absent. Their rules are copied with a max_signals that
 never throttles, as is the seed rule's copy the others run; their known alerts are one per
-(rule, event) that the detector's own decode and `Detector.judge` give each source record offline.
+(rule, event) that the detector's own decode and `Detector.judge` give each source record
+offline, for the rules that need no state. Aggregating and suppressed rules' alerts depend on
+event time, schedule and watermark: they are counted, not checked, and the stateful stage's open
+groups, state bytes and late events are read from /metrics at the end of the run.
 
 Each variant is timed from its first consumed message (so process start-up is left out; for
 the detector, from when every worker has consumed one, seen on /metrics every 20 ms) until its
@@ -57,6 +63,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -64,7 +71,14 @@ from bench import REPO
 from bench.pipeline.broker import Loaded, broker, framing, load, schema_registry
 from bench.pipeline.latency import READER_FETCH_WAIT_MS, WARMUP_S, measure_latency
 from bench.pipeline.measure import Measurement, measure
-from bench.pipeline.report import environment, latency_lines, summarise, table, targets
+from bench.pipeline.report import (
+    environment,
+    latency_lines,
+    state_lines,
+    summarise,
+    table,
+    targets,
+)
 from bench.pipeline.variants import (
     DEFAULT_QUIX_PYTHON,
     Setup,
@@ -75,19 +89,23 @@ from bench.pipeline.variants import (
     reference_variant,
 )
 from bench.pipeline.workload import (
+    OTHER_BUILTINS,
     Mix,
+    is_stateful,
     load_sources,
     rule_oracle,
     seed_query,
     write_aws_rules,
     write_bench_rules,
 )
-from consumer.rules import load_rules
+from consumer.alerts.suppression import Suppressor
+from consumer.rules import LoadedRule, load_rules
+from consumer.rules.loader import load_rule_set
 from tests.support.kafka import create_topics, end_offsets
 
 RESULTS = REPO / "bench" / "results"
 
-REPEATED = "adefgh"
+REPEATED = "adefghj"
 """The variants that take seconds, run once per round; b, c and i take minutes and run once."""
 
 
@@ -109,7 +127,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="workers of variant f (default: the CPU count)")
     parser.add_argument("--quix-python", help="an interpreter with quixstreams installed "
                         f"(default: this one, else {DEFAULT_QUIX_PYTHON})")
-    parser.add_argument("--variants", default="abcdefghi",
+    parser.add_argument("--variants", default="abcdefghij",
                         help="which variants to run, e.g. 'ad' (default: all)")
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--reader-fetch-wait-ms", type=int, default=READER_FETCH_WAIT_MS,
@@ -139,10 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     rules_dir = write_bench_rules(work / "rules")
     aws_rules_dir = write_aws_rules(work / "aws-rules")
+    esql_rules_dir = write_aws_rules(work / "esql-rules", esql_only=True)
     sources = load_sources(seed_query())
     oracle = None
-    if aws_rules_dir is not None and any(key in args.variants for key in "hi"):
-        oracle = rule_oracle([rule for rule in load_rules(aws_rules_dir) if rule.enabled])
+    rule_sets = RuleSets()
+    if aws_rules_dir is not None and any(key in args.variants for key in "hij"):
+        aws_rules = [rule for rule in load_rules(aws_rules_dir) if rule.enabled]
+        oracle = rule_oracle(aws_rules)
+        rule_sets = RuleSets.of(aws_rules, esql_rules_dir)
+        if "j" in args.variants:
+            for line in rule_sets.esql_lines:
+                print(f"(j) {line}", file=sys.stderr)
     quix_python, quix_version = find_quix_python(args.quix_python)
     args.quix_why = quix_version
     if quix_python is None and "c" in args.variants:
@@ -155,8 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.enter_context(schema_registry()) if args.format == "avro-registry" else None
         )
         setup = Setup(bootstrap, f"bench-input-{run_id}", args.partitions, args.events,
-                      rules_dir, aws_rules_dir, args.format, registry_url, quix_python,
-                      args.workers, run_id, broker_pid, args.detector_env)
+                      rules_dir, aws_rules_dir, esql_rules_dir, args.format, registry_url,
+                      quix_python, args.workers, run_id, broker_pid, args.detector_env)
         load_average = os.getloadavg()
         create_topics(bootstrap, {setup.topic: args.partitions})
         print(f"loading {args.events:,} events ({sources.origin}) into {setup.topic} ...",
@@ -168,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"loaded in {loaded.seconds:.1f} s, {loaded.payload_bytes / args.events:.0f} "
               f"bytes per event; {len(loaded.expected_ids)} alerts expected "
               f"({len(loaded.expected_rule_alerts)} with every AWS rule)", file=sys.stderr)
-        rows = run_variants(setup, args, ends, loaded, work)
+        rows = run_variants(setup, args, ends, loaded, work, rule_sets=rule_sets)
         latency = None
         if not args.no_latency:
             print(f"latency: {args.latency_rate:,.0f} events/s for {args.latency_seconds:.0f} s "
@@ -188,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- data: {sources.origin}; {loaded.payload_bytes / args.events:.0f} bytes per event; "
         f"{len(loaded.expected_ids)} alerts known up front"
         + (f", {len(loaded.expected_rule_alerts)} with every AWS rule the detector runs "
-           f"({len(oracle.rules)} rules)"
+           f"that needs no state ({len(oracle.rules)} rules; {len(rule_sets.stateful)} "
+           "aggregating or suppressed ones counted, not checked)"
            if oracle else ""),
         f"- load average (1/5/15 min) before: {' '.join(f'{x:.2f}' for x in load_average)}; "
         f"after: {' '.join(f'{x:.2f}' for x in load_after)}",
@@ -196,6 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         *table(summaries),
         "",
     ]
+    if "j" in summaries:
+        report_lines += ["## Elastic's AWS ES|QL rules (j)", "", *rule_sets.esql_lines, ""]
+    state = state_lines(summaries)
+    if state:
+        report_lines += ["## State of aggregating and suppressed rules at the end", "", *state,
+                         ""]
     scaling = summaries["f"].ratio_to(summaries.get("d")) if "f" in summaries else None
     if scaling:
         report_lines += [f"Workers: 1 → {args.workers}: {scaling:.2f}x the throughput (median "
@@ -219,8 +251,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failures else 0
 
 
+@dataclass(frozen=True)
+class RuleSets:
+    """What the AWS-rule variants run: the rules the per-event oracle leaves unchecked, and j's."""
+
+    stateful: frozenset[str] = frozenset()
+    """Aggregating and suppressed rules of h's set: their alerts are counted, not checked."""
+    esql_stateless: frozenset[str] = frozenset()
+    """j's rules that the oracle checks: its known alerts are the oracle's of these."""
+    esql_lines: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, aws_rules: list[LoadedRule], esql_rules_dir: Path | None) -> RuleSets:
+        stateful = frozenset(rule.rule_id for rule in aws_rules if is_stateful(rule))
+        if esql_rules_dir is None:
+            return cls(stateful)
+        esql = load_rule_set(esql_rules_dir, dict.fromkeys(OTHER_BUILTINS, False))
+        running = [rule for rule in esql.rules if rule.enabled]
+        files = len(list(esql_rules_dir.glob("*.toml")))
+        lines = [
+            f"{files} ES|QL rule files; {len(running)} run, "
+            f"{sum(rule.aggregation is not None for rule in running)} of them aggregating "
+            f"(STATS), {sum(Suppressor.for_rule(rule) is not None for rule in running)} with "
+            f"alert_suppression; {len(esql.skipped)} refused"
+        ]
+        lines += [f"refused: {Path(rule.source).name}: {rule.reason}" for rule in esql.skipped]
+        return cls(stateful | {rule.rule_id for rule in running if is_stateful(rule)},
+                   frozenset(rule.rule_id for rule in running if not is_stateful(rule)),
+                   tuple(lines))
+
+
 def run_variants(
-    setup: Setup, args: argparse.Namespace, ends: list[int], loaded: Loaded, work: Path
+    setup: Setup, args: argparse.Namespace, ends: list[int], loaded: Loaded, work: Path, *,
+    rule_sets: RuleSets,
 ) -> list[Measurement]:
     rows = []
     schedule = [
@@ -235,7 +298,7 @@ def run_variants(
         dlq_topic = f"{setup.topic}.dlq-{key}{index}"
         topics = (setup.topic, alerts_topic, dlq_topic)
         variant: Variant | None
-        if key in "hi" and setup.aws_rules_dir is None:
+        if key in "hij" and setup.aws_rules_dir is None:
             rows.append(Measurement(key, "every AWS rule", skipped="../shared/elastic-rules/aws "
                                     "is absent"))
             continue
@@ -266,6 +329,10 @@ def run_variants(
                                        topics=topics, group=group, aws_rules=True)
         elif key == "i":
             variant = reference_variant(setup, key, "naive, every AWS rule", group, alerts_topic)
+        elif key == "j":
+            variant = detector_variant(setup, key, "detector, Elastic's AWS ES|QL rules, 1 "
+                                       "worker, exactly-once", delivery="exactly-once",
+                                       workers=1, topics=topics, group=group, esql_rules=True)
         else:
             raise SystemExit(f"unknown variant {key!r}")
         if variant is None:
@@ -274,11 +341,16 @@ def run_variants(
         if key not in "ag":
             create_topics(setup.bootstrap, {alerts_topic: 1, dlq_topic: 1})
         print(f"({key}) {variant.label}, round {round_index + 1} ...", file=sys.stderr)
+        expected = loaded.expected_ids
+        if key == "j":
+            expected = {alert for alert in loaded.expected_rule_alerts
+                        if alert.split(" ", 1)[0] in rule_sets.esql_stateless}
+        elif variant.by_rule:
+            expected = loaded.expected_rule_alerts
         row = measure(variant, setup, ends=ends, group=group,
-                      alerts_topic=None if key in "ag" else alerts_topic,
-                      expected=loaded.expected_rule_alerts if variant.by_rule
-                      else loaded.expected_ids,
-                      log_dir=work, deadline_s=120 + setup.events / (200 if key == "i" else 2000))
+                      alerts_topic=None if key in "ag" else alerts_topic, expected=expected,
+                      log_dir=work, deadline_s=120 + setup.events / (200 if key == "i" else 2000),
+                      unchecked_rules=rule_sets.stateful if variant.by_rule else frozenset())
         row.round = round_index
         if row.seconds:
             print(f"    {row.rate:,.0f} events/s, {row.cpu_s:.1f} CPU s, "

@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -55,12 +56,12 @@ def stage_for(rule: AggregatingRule) -> StatefulStage:
                          emit=lambda rule_id, output: None)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, default=1_000_000)
     parser.add_argument("--kafka", action="store_true",
                         help="also restore through a changelog on a local broker")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         # By id: the built-in rules, loaded too, include an aggregating one.
         loaded = next(r for r in rules_in(Path(folder), {"bench.toml": RULE})

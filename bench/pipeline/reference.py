@@ -12,7 +12,8 @@
                asynchronously the requests queue up without bound (770 MB after 20 s) until
                heartbeats time out behind them. With --all-rules it evaluates every enabled
                rule that loading --rules-dir gives (the benchmark's copy of
-               ../shared/elastic-rules/aws), each one on every message.
+               ../shared/elastic-rules/aws) and that needs no state (no STATS, no
+               alert_suppression), each one on every message.
 
 Each prints JSON lines on stdout for the benchmark to time: `{"first": t}` when the first
 message arrived (t from time.time()), and for `raw` and `raw-split` `{"done": t}` once they read
@@ -38,7 +39,7 @@ from types import FrameType
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from fastavro import schemaless_reader
 
-from bench.pipeline.workload import BENCH_RULE_ID, SEED_RULE_ID
+from bench.pipeline.workload import BENCH_RULE_ID, SEED_RULE_ID, is_stateful
 from consumer.alerts.document import alert_for, encode_json
 from consumer.cloudtrail.normalize import normalize
 from consumer.cloudtrail.record import READER_SCHEMA, avro_to_json
@@ -166,7 +167,8 @@ def naive(
     all_rules: bool,
 ) -> None:
     rules = (
-        [rule for rule in load_rules(rules_dir) if rule.enabled] if all_rules
+        [rule for rule in load_rules(rules_dir) if rule.enabled and not is_stateful(rule)]
+        if all_rules
         else [bench_rule(rules_dir)]
     )
     stopping = stop_event()

@@ -122,6 +122,10 @@ def targets(summaries: dict[str, Summary], latency: Latency | None) -> list[str]
     every_rule = ratio("h", "a")
     if every_rule:
         lines.append(f"- every AWS rule, (h) / (a): {every_rule:.2f}x the raw ceiling")
+    esql_rules = ratio("j", "a")
+    if esql_rules:
+        lines.append(f"- Elastic's AWS ES|QL rules, (j) / (a): {esql_rules:.2f}x the raw ceiling; "
+                     f"(j) / (d): {ratio('j', 'd') or 0:.2f}x the seed rule alone")
     raw_scaling = ratio("g", "a")
     if raw_scaling:
         lines.append(f"- for comparison, the raw ceiling's own scaling (g) / (a): "
@@ -129,6 +133,24 @@ def targets(summaries: dict[str, Summary], latency: Latency | None) -> list[str]
     if latency is not None and latency.latencies_ms:
         check("latency p99", latency.percentile(0.99), 50, " ms", lower=True)
         check("RSS max during the latency run", max(latency.rss_mb), 200, " MB", lower=True)
+    return lines
+
+
+def state_lines(summaries: dict[str, Summary]) -> list[str]:
+    """The stateful stage at the end of each run of a variant with aggregating or suppressed
+    rules, from its /metrics: what the per-event oracle leaves unchecked."""
+    lines = []
+    for summary in summaries.values():
+        for row in summary.rows:
+            if not row.seconds or row.open_groups is None or not (
+                    row.open_groups or row.stateful_alerts or row.late_events):
+                continue
+            lines.append(
+                f"- ({row.key}) round {row.round + 1}: {row.open_groups:,} open groups, "
+                f"{row.state_bytes or 0:,} state bytes ({(row.state_bytes or 0) / 1e6:.2f} MB), "
+                f"{row.late_events or 0:,} late events, {row.stateful_alerts:,} alerts of "
+                "aggregating and suppressed rules (counted, not checked)"
+            )
     return lines
 
 

@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.pipeline.processes import free_port_pair
-from bench.pipeline.workload import (
-    SEED_RULE_ID,
-)
+from bench.pipeline.workload import OTHER_BUILTINS, SEED_RULE_ID
 
 DEFAULT_QUIX_PYTHON = (
     Path.home() / ".cache" / "cloudtrail-detector" / "quix-venv" / "bin" / "python"
@@ -27,6 +25,8 @@ class Setup:
     rules_dir: Path
     aws_rules_dir: Path | None
     """The copy of ../shared/elastic-rules/aws that h and i run; None when it is absent."""
+    esql_rules_dir: Path | None
+    """The copy of its ES|QL rule files only, that j runs; None when it is absent."""
     input_format: str
     registry_url: str | None
     quix_python: Path | None
@@ -40,11 +40,19 @@ class Setup:
 
 def detector_variant(
     setup: Setup, key: str, label: str, *, delivery: str, workers: int,
-    topics: tuple[str, str, str], group: str, aws_rules: bool = False,
+    topics: tuple[str, str, str], group: str, aws_rules: bool = False, esql_rules: bool = False,
 ) -> Variant:
     """`aws_rules`: the copy of ../shared/elastic-rules/aws as the rules directory, with its
-    seed file in the built-in's place; else the seed rule's copy, the built-in switched off."""
+    seed file in the built-in's place; `esql_rules`: the copy of its ES|QL files, the other
+    built-ins switched off; else the seed rule's copy, the built-in switched off."""
     input_topic, alerts_topic, dlq_topic = topics
+    rules_dir: Path | None = setup.rules_dir
+    disabled = SEED_RULE_ID
+    if aws_rules:
+        rules_dir, disabled = setup.aws_rules_dir, ""
+    elif esql_rules:
+        rules_dir, disabled = setup.esql_rules_dir, ",".join(OTHER_BUILTINS)
+    assert rules_dir is not None, "the AWS-rule variants are skipped when ../shared is absent"
     port = free_port_pair()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")},
@@ -58,8 +66,8 @@ def detector_variant(
         "DETECTOR_START_FROM": "earliest",
         "DETECTOR_DELIVERY": delivery,
         "DETECTOR_WORKERS": str(workers),
-        "DETECTOR_RULES_DIR": str(setup.aws_rules_dir if aws_rules else setup.rules_dir),
-        "DETECTOR_DISABLE_RULES": "" if aws_rules else SEED_RULE_ID,
+        "DETECTOR_RULES_DIR": str(rules_dir),
+        "DETECTOR_DISABLE_RULES": disabled,
         "DETECTOR_METRICS_HOST": "127.0.0.1",
         "DETECTOR_METRICS_PORT": str(port),
         "DETECTOR_LOG_LEVEL": "WARNING",
@@ -68,7 +76,8 @@ def detector_variant(
         env["DETECTOR_SCHEMA_REGISTRY_URL"] = setup.registry_url
     env.update(setup.detector_env)
     return Variant(key, label, [sys.executable, "-m", "consumer", "run"], env,
-                   metrics_ports=[port + worker for worker in range(workers)], by_rule=aws_rules)
+                   metrics_ports=[port + worker for worker in range(workers)],
+                   by_rule=aws_rules or esql_rules)
 
 
 def reference_variant(setup: Setup, key: str, label: str, group: str, alerts_topic: str) -> Variant:

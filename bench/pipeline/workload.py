@@ -1,12 +1,14 @@
 """The pipeline benchmark's input: a realistic CloudTrail mix and the alerts it must produce.
 
-Real records from ../shared/datasets are replayed with fresh eventIDs (generated ones when
-../shared is absent). About 0.1% are CreateAccessKey calls, one in ten of those a cross-user key
-creation that the seed rule flags; the rest are near misses (self-created keys, failed calls).
+Real records from ../shared/datasets are replayed with fresh eventIDs and eventTimes that advance
+with the stream (generated records when ../shared is absent). About 0.1% are CreateAccessKey
+calls, one in ten of those a cross-user key creation that the seed rule flags; the rest are near
+misses (self-created keys, failed calls).
 The expected alerts are found up front by evaluating the compiled seed rule directly on each
 source record, without Kafka, decoder or prefilter, and checked against the datasets' labels.
 For a whole rule set (every rule of ../shared/elastic-rules/aws the detector runs), each source
-record is decoded as the detector decodes it and judged by `Detector.judge`, without prefilter.
+record is decoded as the detector decodes it and judged by `Detector.judge`, without prefilter,
+by the rules that need no state; aggregating and suppressed rules are left out of it.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from fastavro import schemaless_writer
 
 from bench import REPO, SHARED
+from consumer.alerts.suppression import Suppressor
 from consumer.cloudtrail.decode import SchemalessAvroDecoder
 from consumer.cloudtrail.record import READER_SCHEMA, NotCloudTrailError, json_to_avro
 from consumer.cloudtrail.types import CloudTrailRecord
@@ -44,6 +48,13 @@ CREATE_KEY_EVERY = 1000
 """One event in this many is a CreateAccessKey call."""
 MATCHING_SHARE = 0.1
 """Share of the CreateAccessKey calls that the seed rule flags."""
+ESQL_TYPE = re.compile(r'(?m)^type = "esql"$')
+OTHER_BUILTINS = (
+    "32403725-2adc-4bc1-a434-02793697b9bd",
+    "5b0f0c87-35b5-4c1e-9a55-6f0e3a7a8d21",
+)
+"""The built-in rules besides the seed rule (the hardened seed rule and its companion): variant
+j switches them off, to run Elastic's ES|QL rules and nothing else."""
 LABEL_FILES = (
     "createaccesskey-real-events",
     "panther-analysis-createaccesskey-fixtures",
@@ -68,9 +79,9 @@ def write_bench_rules(directory: Path) -> Path:
     return directory
 
 
-def write_aws_rules(directory: Path) -> Path | None:
-    """Every rule file of ../shared/elastic-rules/aws with max_signals = BENCH_MAX_SIGNALS, in
-    `directory`; None when ../shared is absent.
+def write_aws_rules(directory: Path, *, esql_only: bool = False) -> Path | None:
+    """Every rule file of ../shared/elastic-rules/aws (with `esql_only`, every ES|QL one) with
+    max_signals = BENCH_MAX_SIGNALS, in `directory`; None when ../shared is absent.
 
     Pointed at it, the detector runs every rule of the folder it can (Elastic's seed file
     replacing the built-in, the rule types it lacks skipped) and throttles none of them.
@@ -81,6 +92,8 @@ def write_aws_rules(directory: Path) -> Path | None:
     cap = f"max_signals = {BENCH_MAX_SIGNALS}"
     for path in sorted(AWS_RULES.glob("*.toml")):
         text = path.read_text(encoding="utf-8")
+        if esql_only and not ESQL_TYPE.search(text):
+            continue
         text, caps = re.subn(r"(?m)^max_signals = \d+$", cap, text)
         if not caps:
             text, caps = re.subn(r"(?m)^\[rule\]$", f"[rule]\n{cap}", text, count=1)
@@ -216,6 +229,14 @@ class Event:
 
 _ID_PLACEHOLDER = "00000000-0000-4000-8000-0000000000ff"
 """Written as each template's eventID; a fresh id of the same length replaces its bytes."""
+_TIME_PLACEHOLDER = "1999-12-31T23:59:59Z"
+"""Written as each template's eventTime (when it has one); the event's own time replaces it."""
+EVENT_TIME_START = datetime(2025, 11, 29, 10, 0, tzinfo=UTC)
+EVENTS_PER_SECOND = 300
+"""Event time advances by a second every this many events (a million events: about 55 minutes
+of an account's CloudTrail), so that the aggregating rules' windows (5 to 60 minutes) fill
+with groups as a stream's would, instead of every replay of a dataset landing on the same,
+long past times and being late."""
 
 
 @dataclass(frozen=True)
@@ -223,32 +244,51 @@ class _Template:
     payload: bytes
     key: bytes | None
     rules: tuple[str, ...] = ()
+    timed: bool = False
+    """It has an eventTime (the placeholder), which each event replaces."""
 
 
 def _template(record: CloudTrailRecord, oracle: Detector | None) -> _Template:
     """The record encoded once, so a million events cost a bytes.replace each, not an encode;
     with the rule_ids that `oracle` says flag it, judged once (no rule reads event.id, the
-    only field that differs between the events of a template: checked by `rule_oracle`)."""
+    fields that differ between the events of a template, event.id and @timestamp: checked by
+    `rule_oracle`)."""
+    timed = isinstance(record.get("eventTime"), str)
+    fields: dict[str, Any] = {**record, "eventID": _ID_PLACEHOLDER}
+    if timed:
+        fields["eventTime"] = _TIME_PLACEHOLDER
     buffer = io.BytesIO()
-    schemaless_writer(buffer, READER_SCHEMA, {**record, "eventID": _ID_PLACEHOLDER})
+    schemaless_writer(buffer, READER_SCHEMA, fields)
     payload = buffer.getvalue()
-    if payload.count(_ID_PLACEHOLDER.encode()) != 1:
-        raise RuntimeError("the eventID placeholder is not unique in an encoded record")
+    if payload.count(_ID_PLACEHOLDER.encode()) != 1 or (
+            timed and payload.count(_TIME_PLACEHOLDER.encode()) != 1):
+        raise RuntimeError("a placeholder is not unique in an encoded record")
     account = record.get("recipientAccountId")
     key = account.encode() if isinstance(account, str) else None
     if oracle is None:
-        return _Template(payload, key)
+        return _Template(payload, key, timed=timed)
     verdict = oracle.inspect(payload)
     assert isinstance(verdict, Verdict), "a bench record is one event, never skipped"
-    return _Template(payload, key, tuple(rule.rule_id for rule in verdict.matched))
+    return _Template(payload, key, tuple(rule.rule_id for rule in verdict.matched), timed)
+
+
+def is_stateful(rule: LoadedRule) -> bool:
+    """An aggregating (STATS) or suppressed rule: its alerts depend on event time, schedule and
+    watermark, not on each event alone, so the per-event oracle leaves it out (for an
+    aggregating rule `rule.query` is only the part before STATS)."""
+    return rule.aggregation is not None or Suppressor.for_rule(rule) is not None
 
 
 def rule_oracle(rules: list[LoadedRule]) -> Detector:
-    """The detector's own decode and judge, without prefilter: what it must alert on."""
-    for rule in rules:
-        if "event.id" in rule.query.fields_read:
-            raise RuntimeError(f"rule {rule.rule_id} reads event.id, which each event changes")
-    return Detector(SchemalessAvroDecoder(), rules, use_prefilter=False)
+    """The detector's own decode and judge, without prefilter, over the stateless `rules`: the
+    (rule, event) alerts it must give; the stateful rules' alerts are counted, not checked."""
+    stateless = [rule for rule in rules if not is_stateful(rule)]
+    for rule in stateless:
+        for changed in ("event.id", "@timestamp"):
+            if changed in rule.query.fields_read:
+                raise RuntimeError(f"rule {rule.rule_id} reads {changed}, which each event "
+                                   "changes")
+    return Detector(SchemalessAvroDecoder(), stateless, use_prefilter=False)
 
 
 class Mix:
@@ -256,7 +296,8 @@ class Mix:
 
     Event `i` is a CreateAccessKey call when `i % create_key_every == create_key_every // 2`,
     and of those a `matching_share` (drawn at random) is one the rule flags. Every event gets
-    a fresh eventID, so every alert is distinct. With `oracle`, each event also names the rules
+    a fresh eventID, so every alert is distinct, and an eventTime that advances with `i`
+    (EVENTS_PER_SECOND). With `oracle`, each event also names the rules
     of its rule set that flag it.
     """
 
@@ -291,4 +332,8 @@ class Mix:
             template = self._background[index % len(self._background)]
         event_id = str(uuid.UUID(int=self._id_base | index))
         payload = template.payload.replace(_ID_PLACEHOLDER.encode(), event_id.encode(), 1)
+        if template.timed:
+            moment = EVENT_TIME_START + timedelta(seconds=index // EVENTS_PER_SECOND)
+            payload = payload.replace(_TIME_PLACEHOLDER.encode(),
+                                      moment.strftime("%Y-%m-%dT%H:%M:%SZ").encode(), 1)
         return Event(payload, template.key, event_id, matches, template.rules)
