@@ -324,13 +324,19 @@ def _source_ip(record: CloudTrailRecord) -> EcsValue:
     such an address is in no query's view of source.ip. AWS services appear there by host name.
     """
     address = _text(record.get("sourceIPAddress"))
-    if address is None:
-        return None
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
+    if address is None or not _is_ip(address):
         return None
     return address
+
+
+@lru_cache(maxsize=65536)
+def _is_ip(text: str) -> bool:
+    """Cached: every rule reading source.ip asks for each event, and addresses repeat."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _user_agent(record: CloudTrailRecord) -> EcsValue:

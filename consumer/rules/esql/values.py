@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from consumer.times import parse_iso_utc
@@ -52,6 +53,12 @@ def ip_key(value: object) -> int | None:
     """An address as one integer in IPv6 space (IPv4 mapped), so the two families compare."""
     if not isinstance(value, str):
         return None
+    return _ip_key(value)
+
+
+@lru_cache(maxsize=65536)
+def _ip_key(value: str) -> int | None:
+    """Cached: CIDR_MATCH and ip comparisons parse the same few addresses event after event."""
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
