@@ -43,6 +43,7 @@ from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from consumer.alerts.document import Headers
 from consumer.kafka_properties import CHANGELOG_READER
+from consumer.stream.kafka_log import client_errors, librdkafka_logger
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,10 @@ class KafkaChangelogReader:
     def __init__(self, client_config: Mapping[str, str], group_id: str) -> None:
         self._consumer = Consumer({
             **client_config, **CHANGELOG_READER.values(), "group.id": f"{group_id}.restore",
+            # An outage's connection errors are counted with the other clients', not logged
+            # by librdkafka line by line.
+            "error_cb": lambda error: client_errors.report("changelog reader", error),
+            "logger": librdkafka_logger,
         })
 
     def read(self, topic: str, partition: int) -> Iterator[ChangelogRecord]:
