@@ -126,19 +126,12 @@ def scan(
                 if item.error is not None:
                     raise NotCloudTrailError(item.error)
                 record = json_to_avro(item.record)
-            except NotCloudTrailError as error:
+                verdict = detector.judge(record)
+            except (NotCloudTrailError, RuleEvaluationError) as error:
                 counts.rejected += 1
                 if bar is not None:
                     bar.clear()
                 print(f"skipped {item.origin}: {error}", file=sys.stderr)
-                continue
-            try:
-                verdict = detector.judge(record)
-            except RuleEvaluationError as failed:
-                counts.rejected += 1
-                if bar is not None:
-                    bar.clear()
-                print(f"skipped {item.origin}: {failed}", file=sys.stderr)
                 continue
             counts.excepted += len(verdict.excepted)
             if on_verdict is not None:
